@@ -1,0 +1,1 @@
+from collab_keras.initializers.concatenate_mixing import ConcatenateMixing

@@ -1,0 +1,2 @@
+from collab_keras.layers.collaborative_attention import CollaborativeAttention
+from collab_keras.layers.cached_collaborative_attention import CachedCollaborativeAttention
