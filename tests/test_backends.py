@@ -12,6 +12,7 @@ import sys
 import pytest
 
 BACKEND_TESTS = [
+    "tests/test_cached_collaborative_attention.py",
     "tests/test_collaborative_attention.py",
 ]
 

@@ -21,6 +21,9 @@ from collab_keras.initializers.concatenate_mixing import ConcatenateMixing
 from collab_keras.ops.collaborative_dot_product_attention import (
     collaborative_dot_product_attention,
 )
+from collab_keras.ops.collaborative_dot_product_attention import (
+    fused_attention_preferred,
+)
 
 # Einsum letters. Lower case letters name the batch and position axes of the
 # inputs (`a` is the batch); upper case letters name the other axes:
@@ -485,8 +488,6 @@ class CollaborativeAttention(Layer):
             return False
         if self.flash_attention:
             return True
-        from collab_keras.ops import fused_attention_preferred
-
         return query is not None and fused_attention_preferred(
             query, self.shared_key_dim, self.value_dim, self.use_bias
         )

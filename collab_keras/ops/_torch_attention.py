@@ -10,9 +10,17 @@ memory-efficient or the math kernel).
 import torch
 import torch.nn.functional as F
 
-# How the shared key reaches the kernel: "gqa" (one key head, enable_gqa),
-# "expand" (a stride-0 view with one head per query head) or "copy".
-KEY_LAYOUT = "gqa"
+# cuDNN attention takes head sizes up to 256; on an H200 (PyTorch 2.11) its
+# forward+backward at head size 192 took longer than at 256 (1.61 vs 1.22 ms,
+# batch 32, length 512, 12 heads: docs/performance.md), so key widths between
+# 128 and 256 are zero-padded to 256.
+CUDNN_MAX_WIDTH = 256
+
+
+def key_width(width):
+    """Head size given to the kernel for a shared key of `width`."""
+    width = -(-width // 8) * 8
+    return CUDNN_MAX_WIDTH if 128 < width < CUDNN_MAX_WIDTH else width
 
 
 def attention(query, key, value, mixing, mask, scale, flash_attention=None):
@@ -22,19 +30,20 @@ def attention(query, key, value, mixing, mask, scale, flash_attention=None):
     PyTorch chooses the kernel, whatever `flash_attention` says (the layer
     decides whether to come here at all).
     """
-    num_heads, value_dim = value.shape[-2], value.shape[-1]
+    value_dim = value.shape[-1]
     width = -(-value_dim // 8) * 8
     mixed = torch.einsum("btk,nk->bntk", query, mixing.to(query.dtype))
     key = key.unsqueeze(1)  # (B, 1, S, K)
+    padded = key_width(key.shape[-1]) if query.is_cuda else key.shape[-1]
+    if padded != key.shape[-1]:
+        mixed = F.pad(mixed, (0, padded - key.shape[-1]))
+        key = F.pad(key, (0, padded - key.shape[-1]))
     value = value.permute(0, 2, 1, 3)  # (B, N, S, V)
     if width != value_dim:
         value = F.pad(value, (0, width - value_dim))
-    gqa = KEY_LAYOUT == "gqa"
-    if not gqa:
-        key = key.expand(-1, num_heads, -1, -1)
-        if KEY_LAYOUT == "copy":
-            key = key.contiguous()
+    # One key head read by every query head: faster than a stride-0 expanded
+    # or a copied key (docs/performance.md, attention core table).
     output = F.scaled_dot_product_attention(
-        mixed, key, value, attn_mask=mask, scale=scale, enable_gqa=gqa
+        mixed, key, value, attn_mask=mask, scale=scale, enable_gqa=True
     )
     return output.permute(0, 2, 1, 3)[..., :value_dim]  # (B, T, N, V)

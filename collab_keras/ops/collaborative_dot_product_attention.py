@@ -169,7 +169,9 @@ def fused_attention_preferred(query, key_width, value_width, use_bias):
     The choice follows the measurements in docs/performance.md:
     - JAX: the cuDNN kernel on GPUs, when its head size limit allows
       (`_jax_attention.cudnn_applies`); on CPUs the explicit path is faster.
-    - torch: SDPA on CUDA devices; on CPUs the explicit path.
+    - torch: SDPA (cuDNN) on CUDA devices for shared key widths up to 256
+      (wider ones fall to PyTorch's math kernel, slower than the explicit
+      path); on CPUs the explicit path.
     - TensorFlow: `keras.ops.dot_product_attention` on the broadcast key
       (XLA-compiled, faster than the explicit einsums on CPUs).
     Decoding steps (query length below `MIN_FUSED_QUERY_LENGTH`) always take
@@ -193,5 +195,12 @@ def fused_attention_preferred(query, key_width, value_width, use_bias):
             key_width, value_width + int(use_bias), query.dtype
         )
     if name == "torch":
-        return bool(getattr(query, "is_cuda", False))
+        from collab_keras.ops import _torch_attention
+
+        return (
+            bool(getattr(query, "is_cuda", False))
+            and _torch_attention.key_width(key_width)
+            <= _torch_attention.CUDNN_MAX_WIDTH
+            and value_width + int(use_bias) <= _torch_attention.CUDNN_MAX_WIDTH
+        )
     return name == "tensorflow"

@@ -1,0 +1,206 @@
+"""Collaborative attention with a key/value cache for autoregressive decoding."""
+
+from keras import ops
+from keras.saving import register_keras_serializable
+
+from collab_keras.layers.collaborative_attention import CollaborativeAttention
+
+
+@register_keras_serializable(package="collab_keras")
+class CachedCollaborativeAttention(CollaborativeAttention):
+    """Collaborative attention with a decoding cache.
+
+    The collaborative counterpart of `keras_hub.layers.CachedMultiHeadAttention`.
+    All heads share one key projection, so the cache holds the one shared key
+    per position instead of a key per head. Per position the cache stores:
+
+    - `"key"`: the shared key `y Wk`, `shared_key_dim` numbers;
+    - `"content"`: the content-bias term `y . content_bias[:, h]`, one number
+      per head (absent when `use_bias=False`);
+    - `"value"`: the per-head values, `num_heads * value_dim` numbers.
+
+    That is `K + N + N * V` numbers per position and layer, against
+    `2 * N * key_dim` for concatenated heads.
+
+    The layer runs in one of three modes, as the keras-hub layer does:
+
+    - no cache: ordinary collaborative attention;
+    - static cache (`cache_update_index=None`): the cached keys, content and
+      values are used and the `key`/`value` inputs are ignored (decoder
+      cross-attention, computed once per source sequence);
+    - updated cache: the keys, content and values of the `value`/`key`
+      inputs are written into the cache at `cache_update_index` first
+      (decoder self-attention, one new position per step).
+
+    Args:
+        Those of `CollaborativeAttention`.
+
+    Call arguments:
+        query: Query tensor of shape `(B, T, dim)`.
+        value: Value tensor of shape `(B, S*, dim)`: with an updated cache,
+            the `S*` new positions that are written at `cache_update_index`.
+        key: Optional key tensor of shape `(B, S*, dim)`. Defaults to `value`.
+        attention_mask: Optional boolean mask of shape `(B, T, S)`, `S` the
+            cache length when a cache is given.
+        cache: Optional dict with `"key"` `(B, S, shared_key_dim)`,
+            `"value"` `(B, S, num_heads, value_dim)` and, when `use_bias`,
+            `"content"` `(B, S, num_heads)`; see `initial_cache` and
+            `compute_cache`.
+        cache_update_index: Optional int or int tensor: where to write the
+            new positions into `cache`. `None` leaves the cache unchanged.
+        return_attention_scores: Whether to also return the weights.
+        training: Whether dropout is active.
+        use_causal_mask: Whether to add a causal mask (only without cache).
+
+    Returns:
+        `attention_output` of shape `(B, T, E)`, followed by the attention
+        weights when `return_attention_scores`, followed by the updated cache
+        when `cache` is given.
+
+    Example:
+
+    ```python
+    layer = CachedCollaborativeAttention(num_heads=4, key_dim=16,
+                                         shared_key_dim=32)
+    x = keras.random.normal((2, 5, 64))
+    cache = layer.initial_cache(batch_size=2, max_length=5)
+    for i in range(5):
+        mask = ops.arange(5)[None, None, :] <= i  # (1, 1, S)
+        y, cache = layer(x[:, i:i + 1], x[:, i:i + 1], attention_mask=mask,
+                         cache=cache, cache_update_index=i)
+    ```
+    """
+
+    def call(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        cache=None,
+        cache_update_index=None,
+        return_attention_scores=False,
+        training=None,
+        use_causal_mask=False,
+    ):
+        if cache is None:
+            if cache_update_index is not None:
+                raise ValueError(
+                    "`cache_update_index` should not be set if `cache` is "
+                    f"`None`. Received: cache_update_index={cache_update_index}"
+                )
+            return super().call(
+                query,
+                value,
+                key=key,
+                query_mask=query_mask,
+                value_mask=value_mask,
+                key_mask=key_mask,
+                attention_mask=attention_mask,
+                return_attention_scores=return_attention_scores,
+                training=training,
+                use_causal_mask=use_causal_mask,
+            )
+        if use_causal_mask:
+            raise ValueError(
+                "With a cache, pass the causal mask as `attention_mask`. "
+                "Received: use_causal_mask=True"
+            )
+        if key is None:
+            key = value
+        self._check_cache(cache)
+        if cache_update_index is not None:
+            update = self.compute_cache(value, key)
+            start = cache_update_index
+            if not isinstance(start, int):  # a plain int keeps torch fast
+                start = ops.cast(start, "int32")
+            cache = {
+                name: ops.slice_update(
+                    cache[name],
+                    [0, start] + [0] * (len(cache[name].shape) - 2),
+                    ops.cast(update[name], cache[name].dtype),
+                )
+                for name in update
+            }
+        if attention_mask is not None:
+            attention_mask = ops.cast(attention_mask, "bool")
+        query = self._query_dense(query)  # (B, T, K)
+        attention_output, attention_scores = self._compute_attention(
+            query,
+            cache["key"],  # (B, S, K)
+            cache["value"],  # (B, S, N, V)
+            cache.get("content"),  # (B, S, N)
+            attention_mask,
+            training=training,
+            return_attention_scores=return_attention_scores,
+        )
+        attention_output = self._output_dense(attention_output)  # (B, T, E)
+        if return_attention_scores:
+            return attention_output, attention_scores, cache
+        return attention_output, cache
+
+    def compute_cache(self, value, key=None):
+        """The cache entries of a key/value sequence.
+
+        Args:
+            value: Tensor of shape `(B, S, dim)`.
+            key: Optional tensor of shape `(B, S, dim)`; defaults to `value`.
+
+        Returns:
+            A dict with `"key"` `(B, S, K)`, `"value"` `(B, S, N, V)` and,
+            when `use_bias`, `"content"` `(B, S, N)`.
+        """
+        if key is None:
+            key = value
+        cache = {
+            "key": self._key_dense(key),  # (B, S, K)
+            "value": self._value_dense(value),  # (B, S, N, V)
+        }
+        if self.use_bias:
+            cache["content"] = self._content_scores(key)  # (B, S, N)
+        return cache
+
+    def initial_cache(self, batch_size, max_length, dtype=None):
+        """An all-zero cache for `max_length` positions.
+
+        Args:
+            batch_size: Number of sequences.
+            max_length: Number of positions the cache can hold.
+            dtype: Cache dtype; defaults to the layer's compute dtype.
+
+        Returns:
+            A dict of zero tensors, shaped as `compute_cache` returns.
+        """
+        dtype = dtype or self.compute_dtype
+        cache = {
+            "key": ops.zeros(
+                (batch_size, max_length, self.shared_key_dim), dtype=dtype
+            ),
+            "value": ops.zeros(
+                (batch_size, max_length, self.num_heads, self.value_dim),
+                dtype=dtype,
+            ),
+        }
+        if self.use_bias:
+            cache["content"] = ops.zeros(
+                (batch_size, max_length, self.num_heads), dtype=dtype
+            )
+        return cache
+
+    def cache_size_per_position(self):
+        """Numbers cached per position: `K + N + N * V` (`K + N * V` without
+        bias)."""
+        size = self.shared_key_dim + self.num_heads * self.value_dim
+        return size + (self.num_heads if self.use_bias else 0)
+
+    def _check_cache(self, cache):
+        expected = {"key", "value"} | ({"content"} if self.use_bias else set())
+        if not isinstance(cache, dict) or set(cache) != expected:
+            keys = sorted(cache) if isinstance(cache, dict) else type(cache)
+            raise ValueError(
+                f"`cache` must be a dict with keys {sorted(expected)}. "
+                f"Received: cache with keys {keys}"
+            )

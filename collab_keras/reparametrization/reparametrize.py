@@ -1,0 +1,412 @@
+"""Convert `keras.layers.MultiHeadAttention` into `CollaborativeAttention`."""
+
+import numbers
+import time
+
+import keras
+import numpy as np
+
+from collab_keras.layers import CollaborativeAttention
+from collab_keras.reparametrization.calibration import LogitStatistics
+from collab_keras.reparametrization.cp_decomposition import cp_decompose_heads
+
+# Batch size of the forward passes that record calibration activations.
+_CALIBRATION_BATCH_SIZE = 32
+
+
+def reparametrize(
+    obj,
+    shared_key_dim,
+    calibration_data=None,
+    method="als",
+    max_iterations=100,
+    tolerance=1e-6,
+    seed=None,
+    verbose=True,
+):
+    """Turns multi-head attention into collaborative attention.
+
+    The query/key part of head `h` is the matrix `T_h = Wq_h Wk_h^T`; a
+    collaborative layer with shared key size `R` computes
+    `Wq diag(m_h) Wk^T`, so the conversion is a rank-`R` CP decomposition of
+    the `(d_q, heads, d_k)` tensor `T` (see `cp_decompose_heads`). The query
+    bias survives the softmax only through the content bias
+    `content_bias[:, h] = Wk_h bq_h`, which is exact; the key bias cancels;
+    values and the output projection are copied. When
+    `shared_key_dim >= num_heads * key_dim` the heads' projections are copied
+    side by side and the result equals the input up to float rounding.
+
+    Given a Keras model (functional, Sequential or a keras-hub backbone such
+    as `BertBackbone`, whose attention layers sit inside
+    `TransformerEncoder` blocks), every `MultiHeadAttention` layer is
+    converted in a copy of the model; all other weights are kept. The input
+    is never modified.
+
+    With `calibration_data` the decomposition minimizes the mean squared
+    error of the attention logits on those activations (keys centered per
+    sequence, since softmax ignores shifts along the keys) instead of the
+    plain error of `T`; see `LogitStatistics`.
+
+    Args:
+        obj: a built `keras.layers.MultiHeadAttention` layer, or a Keras
+            model containing such layers.
+        shared_key_dim: positive integer, the shared key/query size `R` of
+            the new layers.
+        calibration_data: optional data for the data-aware mode. For a
+            layer: an array of query activations `(batch, length, d_q)`
+            (self-attention) or a tuple `(query, key)` of such arrays. For a
+            model: model inputs as accepted by `model(...)` (an array, a list
+            or a dict of arrays with a common first axis), run through the
+            model in batches of 32 to record the activations reaching each
+            attention layer.
+        method: `"als"` (the default: implicit alternating least squares
+            from an SVD start, fast) or `"parafac"` (the paper's reference:
+            tensorly's parafac from a random start on the dense tensor).
+        max_iterations: maximum number of ALS sweeps per layer.
+        tolerance: stop a layer's ALS when its relative error improves by
+            less than this between two sweeps.
+        seed: integer seed; the result is deterministic for a given seed.
+        verbose: whether to show a progress bar over layers (models only).
+
+    Returns:
+        A tuple `(converted, report)`: a built `CollaborativeAttention` (for
+        a layer) or a new model, and a list with one dict per converted
+        layer: `"name"` (its path), `"shared_key_dim"`, `"relative_error"`
+        (`||T - T_hat|| / ||T||`), `"logit_relative_error"` (the error under
+        the calibration metrics; `None` without calibration data),
+        `"iterations"` and `"seconds"`.
+
+    Example:
+
+    ```python
+    mha = keras.layers.MultiHeadAttention(num_heads=8, key_dim=32)
+    mha(x, x)  # builds it
+    layer, report = reparametrize(mha, shared_key_dim=128)
+    ```
+    """
+    if (
+        isinstance(shared_key_dim, bool)
+        or not isinstance(shared_key_dim, numbers.Integral)
+        or shared_key_dim < 1
+    ):
+        raise ValueError(
+            "`shared_key_dim` must be a positive integer. "
+            f"Received: shared_key_dim={shared_key_dim!r}"
+        )
+    if method not in ("als", "parafac"):
+        raise ValueError(
+            f"`method` must be 'als' or 'parafac'. Received: method={method!r}"
+        )
+    options = {
+        "rank": int(shared_key_dim),
+        "method": method,
+        "max_iterations": max_iterations,
+        "tolerance": tolerance,
+        "seed": seed,
+    }
+    if isinstance(obj, keras.Model):
+        return _reparametrize_model(obj, calibration_data, options, verbose)
+    _check_attention(obj, "obj")
+    statistics = None
+    if calibration_data is not None:
+        statistics = _layer_statistics(obj, calibration_data)
+    layer, entry = _convert(obj, statistics, options)
+    entry["name"] = obj.name
+    return layer, [entry]
+
+
+def _reparametrize_model(model, calibration_data, options, verbose):
+    """Converts every attention layer of a copy of `model`."""
+    try:
+        copy = keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(model)
+        )
+        copy.set_weights(model.get_weights())
+    except Exception as error:
+        raise ValueError(
+            "`obj` must be a model that can be rebuilt from its config "
+            "(functional, Sequential, or a registered subclass with "
+            f"`get_config`). Received: obj={model.name!r}, which failed "
+            f"with: {error}"
+        ) from error
+    sites = _attention_sites(copy)
+    if not sites:
+        raise ValueError(
+            "The model has no keras.layers.MultiHeadAttention layer to "
+            f"reparametrize. Received: obj={model.name!r} with layers "
+            f"{[layer.name for layer in model.layers]}"
+        )
+    statistics = {}
+    if calibration_data is not None:
+        statistics = _model_statistics(copy, sites, calibration_data)
+
+    report = []
+    graph_replacements = {}
+    progbar = keras.utils.Progbar(
+        len(sites), verbose=1 if verbose else 0, unit_name="layer"
+    )
+    for parent, attribute, layer, path in sites:
+        new_layer, entry = _convert(layer, statistics.get(id(layer)), options)
+        entry["name"] = path
+        report.append(entry)
+        if attribute is None:
+            graph_replacements[id(layer)] = new_layer
+        else:
+            _swap_sublayer(parent, attribute, layer, new_layer)
+        progbar.add(1)
+    for layer in copy._flatten_layers(include_self=True, recursive=True):
+        if hasattr(layer, "_torch_params"):
+            # torch backend: refresh the parameters torch sees.
+            layer._track_variables()
+    if graph_replacements:
+        # Nodes of a functional graph: call the new layers on the same
+        # inputs. The copy's other layers (and weights) are reused.
+        copy = keras.models.clone_model(
+            copy,
+            clone_function=lambda x: graph_replacements.get(id(x), x),
+            recursive=True,
+        )
+    return copy, report
+
+
+def _attention_sites(root):
+    """`(parent, attribute or None, layer, path)` of every attention layer.
+
+    `attribute` names the parent's attribute holding the layer; `None` for a
+    node of a functional graph.
+    """
+    sites = []
+
+    def visit(parent, path):
+        graph = set()
+        if isinstance(parent, keras.Model) and hasattr(parent, "operations"):
+            graph = {id(op) for op in parent.operations}
+        for child in parent._flatten_layers(include_self=False, recursive=False):
+            child_path = f"{path}/{child.name}"
+            if not isinstance(child, keras.layers.MultiHeadAttention):
+                visit(child, child_path)
+                continue
+            _check_attention(child, child_path)
+            attribute = next(
+                (k for k, v in _attributes(parent).items() if v is child), None
+            )
+            if attribute is None and id(child) not in graph:
+                raise ValueError(
+                    f"Cannot replace the attention layer {child_path!r}: it "
+                    "is neither an attribute of its parent layer nor a node "
+                    f"of a functional model. Received: parent={parent!r}"
+                )
+            sites.append((parent, attribute, child, child_path))
+
+    visit(root, root.name)
+    return sites
+
+
+def _attributes(parent):
+    """`parent`'s attributes; torch modules keep sublayers in `_modules`."""
+    attributes = vars(parent)
+    return {**attributes, **attributes.get("_modules", {})}
+
+
+def _swap_sublayer(parent, attribute, layer, new_layer):
+    """Replaces `parent.<attribute>`, a sublayer, in place."""
+    index = next(i for i, x in enumerate(parent._layers) if x is layer)
+    parent._layers[index] = new_layer  # what Keras tracks
+    modules = vars(parent).get("_modules", {})
+    if attribute in modules:
+        modules[attribute] = new_layer  # torch backend
+    else:
+        object.__setattr__(parent, attribute, new_layer)
+
+
+def _check_attention(layer, argument):
+    """Checks that `layer` is a built, convertible MultiHeadAttention."""
+    if type(layer) is not keras.layers.MultiHeadAttention:
+        kind = (
+            "a subclass of MultiHeadAttention with its own call"
+            if isinstance(layer, keras.layers.MultiHeadAttention)
+            else "not a keras.layers.MultiHeadAttention layer or a Keras model"
+        )
+        raise ValueError(
+            f"`{argument}` must be a keras.layers.MultiHeadAttention layer or "
+            f"a Keras model; this is {kind}. Received: {argument}={layer!r}"
+        )
+    if not layer.built:
+        raise ValueError(
+            f"`{argument}` must be built (call it once or call `build()`) "
+            f"so that its weights exist. Received: {argument}={layer.name!r} "
+            "with built=False"
+        )
+    config = layer.get_config()
+    if config.get("use_gate") or config.get("sliding_window") is not None:
+        raise ValueError(
+            "Gated or sliding-window attention has no collaborative "
+            f"counterpart. Received: {argument}={layer.name!r} with "
+            f"use_gate={config.get('use_gate')}, "
+            f"sliding_window={config.get('sliding_window')}"
+        )
+
+
+def _convert(mha, statistics, options):
+    """One built CollaborativeAttention equal to `mha` up to its rank."""
+    start = time.perf_counter()
+    query_kernel = keras.ops.convert_to_numpy(mha._query_dense.kernel)
+    key_kernel = keras.ops.convert_to_numpy(mha._key_dense.kernel)
+    query_metric = key_metric = None
+    if statistics is not None:
+        query_metric, key_metric = statistics.metrics()
+    query_factor, mixing, key_factor, info = cp_decompose_heads(
+        query_kernel,
+        key_kernel,
+        query_metric=query_metric,
+        key_metric=key_metric,
+        **options,
+    )
+
+    rank, heads = options["rank"], query_kernel.shape[1]
+    config = mha.get_config()
+    for unsupported in ("use_gate", "sliding_window"):
+        config.pop(unsupported, None)
+    config["shared_key_dim"] = rank
+    # Weights are set below; the initializer only matters for a rebuild, and
+    # block one-hot mixing needs at least one dimension per head.
+    if rank < heads:
+        config["mixing_initializer"] = "random_normal"
+    layer = CollaborativeAttention.from_config(config)
+    layer.build(**mha._build_shapes_dict)
+
+    assignments = [
+        (layer._query_dense.kernel, query_factor),  # (d_q, R)
+        (layer._key_dense.kernel, key_factor),  # (d_k, R)
+        (layer.mixing, mixing),  # (H, R)
+        (layer._value_dense.kernel, mha._value_dense.kernel),
+        (layer._output_dense.kernel, mha._output_dense.kernel),
+    ]
+    if layer.use_bias:
+        query_bias = keras.ops.convert_to_numpy(mha._query_dense.bias)
+        # c_h = Wk_h bq_h: the only query/key bias term softmax keeps.
+        content_bias = np.einsum("jhk,hk->jh", key_kernel, query_bias)
+        assignments += [
+            (layer.content_bias, content_bias),  # (d_k, H)
+            (layer._value_dense.bias, mha._value_dense.bias),
+            (layer._output_dense.bias, mha._output_dense.bias),
+        ]
+    for variable, value in assignments:
+        value = keras.ops.convert_to_numpy(value).astype(variable.dtype)
+        variable.assign(value)
+
+    entry = {
+        "name": mha.name,
+        "shared_key_dim": rank,
+        "relative_error": info["relative_error"],
+        "logit_relative_error": (
+            None if statistics is None else info["weighted_relative_error"]
+        ),
+        "iterations": info["iterations"],
+        "seconds": time.perf_counter() - start,
+    }
+    return layer, entry
+
+
+def _layer_statistics(mha, calibration_data):
+    """LogitStatistics of activations given for one layer."""
+    if isinstance(calibration_data, (tuple, list)):
+        query, key = calibration_data
+    else:
+        query = key = calibration_data
+    query, key = np.asarray(query), np.asarray(key)
+    query_dim = mha._build_shapes_dict["query_shape"][-1]
+    key_shape = mha._build_shapes_dict.get("key_shape")
+    key_dim = (key_shape or mha._build_shapes_dict["value_shape"])[-1]
+    if (
+        query.ndim < 2
+        or key.ndim < 2
+        or query.shape[-1] != query_dim
+        or key.shape[-1] != key_dim
+        or len(query) != len(key)
+    ):
+        raise ValueError(
+            "`calibration_data` must be query activations of shape "
+            f"(batch, length, {query_dim}) or a tuple (query, key) with key "
+            f"activations of shape (batch, length, {key_dim}). Received: "
+            f"calibration_data with shapes {query.shape} and {key.shape}"
+        )
+    statistics = LogitStatistics(query_dim, key_dim)
+    statistics.update(query, key, self_attention=query is key)
+    return statistics
+
+
+def _model_statistics(model, sites, calibration_data):
+    """Runs `model` on the data, recording each attention layer's inputs."""
+    statistics = {}
+    for _, _, layer, _ in sites:
+        shapes = layer._build_shapes_dict
+        key_shape = shapes.get("key_shape") or shapes["value_shape"]
+        statistics[id(layer)] = LogitStatistics(
+            shapes["query_shape"][-1], key_shape[-1]
+        )
+        layer.call = _recording_call(layer, statistics[id(layer)])
+    try:
+        size = len(keras.tree.flatten(calibration_data)[0])
+        for start in range(0, size, _CALIBRATION_BATCH_SIZE):
+            batch = keras.tree.map_structure(
+                lambda x: x[start : start + _CALIBRATION_BATCH_SIZE],
+                calibration_data,
+            )
+            model(batch, training=False)
+    except Exception as error:
+        shapes = keras.tree.map_structure(np.shape, calibration_data)
+        raise ValueError(
+            "`calibration_data` must be inputs that the model accepts. "
+            f"Received: calibration_data with shapes {shapes}, which failed "
+            f"with: {error}"
+        ) from error
+    finally:
+        for _, _, layer, _ in sites:
+            del layer.call
+    return statistics
+
+
+def _recording_call(layer, statistics):
+    """`layer.call`, also adding its query and key to `statistics`."""
+    call = layer.call
+
+    def recording_call(
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        **kwargs,
+    ):
+        mask = layer._compute_attention_mask(
+            query,
+            value,
+            query_mask=query_mask,
+            value_mask=value_mask,
+            key_mask=key_mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+        )
+        statistics.update(
+            keras.ops.convert_to_numpy(query),
+            keras.ops.convert_to_numpy(value if key is None else key),
+            None if mask is None else keras.ops.convert_to_numpy(mask),
+            self_attention=query is (value if key is None else key),
+        )
+        return call(
+            query,
+            value,
+            key=key,
+            query_mask=query_mask,
+            value_mask=value_mask,
+            key_mask=key_mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            **kwargs,
+        )
+
+    return recording_call

@@ -1,0 +1,148 @@
+"""The attention switch: one argument turns concatenated heads collaborative.
+
+`attention="concatenate"` builds `keras.layers.MultiHeadAttention` (exactly the
+layer keras-hub's blocks use, so keras-hub weights load unchanged);
+`attention="collaborative"` builds `collab_keras.layers.CollaborativeAttention`
+with a shared query/key of width `shared_key_dim`. In decoders the cached
+variants are built: `keras_hub.layers.CachedMultiHeadAttention` and
+`collab_keras.layers.CachedCollaborativeAttention`.
+
+`attention` may also be a callable (a layer factory) taking the keyword
+arguments `num_heads, key_dim, shared_key_dim, dropout, cached,
+kernel_initializer, bias_initializer, dtype, name` (plus any
+`attention_kwargs`) and returning a layer with the call signature of
+`keras.layers.MultiHeadAttention` (and, when `cached`, of
+`keras_hub.layers.CachedMultiHeadAttention`). Register it with
+`keras.saving.register_keras_serializable` so that models using it save.
+"""
+
+import keras
+from keras_hub.layers import CachedMultiHeadAttention
+
+from collab_keras.layers import CachedCollaborativeAttention
+from collab_keras.layers import CollaborativeAttention
+
+ATTENTIONS = ("concatenate", "collaborative")
+
+
+def check_attention(attention, shared_key_dim=None):
+    """Validates the attention switch; returns `attention` (deserialized).
+
+    Args:
+        attention: `"concatenate"`, `"collaborative"` or a layer factory
+            (or its serialized form).
+        shared_key_dim: Shared query/key width, `None` for the default.
+
+    Raises:
+        ValueError: on an unknown name, or `shared_key_dim` given with
+            `attention="concatenate"`.
+    """
+    if isinstance(attention, dict):
+        attention = keras.saving.deserialize_keras_object(attention)
+    if isinstance(attention, str):
+        if attention not in ATTENTIONS:
+            raise ValueError(
+                "Argument `attention` must be one of "
+                f"{ATTENTIONS} or a layer factory. "
+                f"Received: attention={attention!r}"
+            )
+        if attention == "concatenate" and shared_key_dim is not None:
+            raise ValueError(
+                "Argument `shared_key_dim` applies only to "
+                "attention='collaborative'. Received: "
+                f"attention='concatenate', shared_key_dim={shared_key_dim!r}"
+            )
+    elif not callable(attention):
+        raise ValueError(
+            "Argument `attention` must be one of "
+            f"{ATTENTIONS} or a layer factory. "
+            f"Received: attention={attention!r}"
+        )
+    if shared_key_dim is not None and (
+        isinstance(shared_key_dim, bool)
+        or not isinstance(shared_key_dim, int)
+        or shared_key_dim <= 0
+    ):
+        raise ValueError(
+            "Argument `shared_key_dim` must be a positive integer. "
+            f"Received: shared_key_dim={shared_key_dim!r}"
+        )
+    return attention
+
+
+def serialize_attention(attention):
+    """The `get_config` form of the attention switch."""
+    if isinstance(attention, str):
+        return attention
+    return keras.saving.serialize_keras_object(attention)
+
+
+def make_attention(
+    attention,
+    num_heads,
+    key_dim,
+    shared_key_dim=None,
+    dropout=0.0,
+    cached=False,
+    kernel_initializer="glorot_uniform",
+    bias_initializer="zeros",
+    attention_kwargs=None,
+    dtype=None,
+    name=None,
+):
+    """Builds one attention layer.
+
+    Args:
+        attention: `"concatenate"`, `"collaborative"` or a layer factory.
+        num_heads: Number of heads.
+        key_dim: Per-head query/key size (sets the score scale).
+        shared_key_dim: Shared query/key width for collaborative attention;
+            `None` means `num_heads * key_dim`.
+        dropout: Dropout on the attention weights.
+        cached: Whether to build the variant with a decoding cache.
+        kernel_initializer: Initializer of the projection kernels.
+        bias_initializer: Initializer of the biases.
+        attention_kwargs: Extra keyword arguments for the layer (e.g.
+            `{"mixing_initializer": "random_normal"}`).
+        dtype: Layer dtype policy.
+        name: Layer name.
+
+    Returns:
+        A Keras layer with the call signature of
+        `keras.layers.MultiHeadAttention`.
+
+    Example:
+
+    ```python
+    layer = make_attention("collaborative", num_heads=8, key_dim=64,
+                           shared_key_dim=128)
+    ```
+    """
+    attention = check_attention(attention, shared_key_dim)
+    kwargs = dict(
+        num_heads=num_heads,
+        key_dim=key_dim,
+        dropout=dropout,
+        kernel_initializer=_clone(kernel_initializer),
+        bias_initializer=_clone(bias_initializer),
+        dtype=dtype,
+        name=name,
+        **(attention_kwargs or {}),
+    )
+    if attention == "concatenate":
+        layer_class = (
+            CachedMultiHeadAttention if cached else keras.layers.MultiHeadAttention
+        )
+        return layer_class(**kwargs)
+    if attention == "collaborative":
+        layer_class = (
+            CachedCollaborativeAttention if cached else CollaborativeAttention
+        )
+        return layer_class(shared_key_dim=shared_key_dim, **kwargs)
+    return attention(shared_key_dim=shared_key_dim, cached=cached, **kwargs)
+
+
+def _clone(initializer):
+    """A fresh initializer, so that layers do not draw the same values."""
+    initializer = keras.initializers.get(initializer)
+    return initializer.__class__.from_config(initializer.get_config())

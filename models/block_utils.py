@@ -1,0 +1,201 @@
+"""Helpers shared by the transformer blocks: activations and masks."""
+
+import keras
+from keras import ops
+
+from .attention_factory import check_attention
+from .attention_factory import serialize_attention
+
+# Feed-forward activations by name (names keep the block configs plain).
+ACTIVATIONS = {
+    "relu": keras.activations.relu,
+    "gelu": lambda x: keras.activations.gelu(x, approximate=False),
+    "gelu_approximate": lambda x: keras.activations.gelu(x, approximate=True),
+}
+
+
+def get_activation(name):
+    """The feed-forward activation called `name` (see `ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"Argument `activation` must be one of {sorted(ACTIVATIONS)}. "
+            f"Received: activation={name!r}"
+        )
+    return ACTIVATIONS[name]
+
+
+def padding_attention_mask(padding_mask, attention_mask=None):
+    """Merges a key padding mask `(B, S)` with an attention mask `(B, T, S)`.
+
+    Returns a boolean mask broadcastable to `(B, T, S)`, or `None`.
+    """
+    masks = []
+    if padding_mask is not None:
+        if len(padding_mask.shape) != 2:
+            raise ValueError(
+                "`padding_mask` must have shape (batch, length). "
+                f"Received: padding_mask.shape={tuple(padding_mask.shape)}"
+            )
+        masks.append(ops.expand_dims(ops.cast(padding_mask, "bool"), 1))
+    if attention_mask is not None:
+        if len(attention_mask.shape) != 3:
+            raise ValueError(
+                "`attention_mask` must have shape (batch, query length, key "
+                "length). Received: "
+                f"attention_mask.shape={tuple(attention_mask.shape)}"
+            )
+        masks.append(ops.cast(attention_mask, "bool"))
+    if not masks:
+        return None
+    mask = masks[0]
+    for other in masks[1:]:
+        mask = ops.logical_and(mask, other)
+    return mask
+
+
+def causal_mask(query_length, key_length, start_index=0):
+    """`(1, T, S)` boolean mask: query `i` (at `start_index + i`) sees keys
+    `j <= start_index + i`."""
+    rows = ops.arange(query_length, dtype="int32") + ops.cast(
+        start_index, "int32"
+    )
+    columns = ops.arange(key_length, dtype="int32")
+    mask = ops.greater_equal(rows[:, None], columns[None, :])  # (T, S)
+    return ops.expand_dims(mask, 0)
+
+
+class BlockBase(keras.layers.Layer):
+    """Arguments, sublayer helpers and config shared by the two blocks."""
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        attention="concatenate",
+        shared_key_dim=None,
+        key_dim=None,
+        dropout=0.0,
+        attention_dropout=None,
+        activation="relu",
+        layer_norm_epsilon=1e-5,
+        normalize_first=False,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        attention_kwargs=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.attention = check_attention(attention, shared_key_dim)
+        get_activation(activation)
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.shared_key_dim = shared_key_dim
+        self.key_dim = key_dim
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation = activation
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.normalize_first = normalize_first
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.attention_kwargs = attention_kwargs
+
+    def _head_size(self, hidden_dim):
+        key_dim = self.key_dim or hidden_dim // self.num_heads
+        if key_dim == 0:
+            raise ValueError(
+                "`hidden_dim` must be at least `num_heads`. Received: "
+                f"hidden_dim={hidden_dim}, num_heads={self.num_heads}"
+            )
+        return key_dim
+
+    def _attention_dropout_rate(self):
+        if self.attention_dropout is None:
+            return self.dropout
+        return self.attention_dropout
+
+    def _layer_norm(self, name, shape):
+        layer = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
+        )
+        layer.build(shape)
+        return layer
+
+    def _dropout(self, name):
+        return keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name=name
+        )
+
+    def _dense(self, units, activation, name, shape):
+        layer = keras.layers.Dense(
+            units,
+            activation=activation,
+            kernel_initializer=_clone(self.kernel_initializer),
+            bias_initializer=_clone(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+        layer.build(shape)
+        return layer
+
+    def _build_feedforward(self, shape):
+        """Feed-forward sublayers for inputs of shape `(B, T, hidden)`."""
+        self._feedforward_layer_norm = self._layer_norm(
+            "feedforward_layer_norm", shape
+        )
+        self._feedforward_intermediate_dense = self._dense(
+            self.intermediate_dim,
+            get_activation(self.activation),
+            "feedforward_intermediate_dense",
+            shape,
+        )
+        self._feedforward_output_dense = self._dense(
+            shape[-1],
+            None,
+            "feedforward_output_dense",
+            tuple(shape[:-1]) + (self.intermediate_dim,),
+        )
+        self._feedforward_dropout = self._dropout("feedforward_dropout")
+
+    def _feedforward(self, x, training=None):
+        """Residual feed-forward sub-block, pre- or post-norm."""
+        residual = x
+        if self.normalize_first:
+            x = self._feedforward_layer_norm(x)
+        x = self._feedforward_intermediate_dense(x)  # (B, T, intermediate)
+        x = self._feedforward_output_dense(x)  # (B, T, hidden)
+        x = self._feedforward_dropout(x, training=training)
+        x = x + residual
+        if not self.normalize_first:
+            x = self._feedforward_layer_norm(x)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "attention": serialize_attention(self.attention),
+                "shared_key_dim": self.shared_key_dim,
+                "key_dim": self.key_dim,
+                "dropout": self.dropout,
+                "attention_dropout": self.attention_dropout,
+                "activation": self.activation,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "normalize_first": self.normalize_first,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+                "attention_kwargs": self.attention_kwargs,
+            }
+        )
+        return config
+
+
+def _clone(initializer):
+    """A fresh initializer, so that sublayers do not draw the same values."""
+    return initializer.__class__.from_config(initializer.get_config())

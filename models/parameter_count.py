@@ -1,0 +1,213 @@
+"""Closed-form parameter counts of the zoo models.
+
+Per attention layer with width `d`, `N` heads of size `d_k = d / N`:
+
+- concatenated (`keras.layers.MultiHeadAttention`, biases everywhere):
+  query, key, value and output `4 (d^2 + d)`;
+- collaborative with shared width `K`: shared query and key `2 d K` (no
+  bias), mixing `N K`, content bias `d N`, value and output `2 (d^2 + d)`.
+
+Example:
+
+```python
+count_parameters("bert", "bert_base_cased")  # 108_310_272
+count_parameters("bert", "bert_base_cased", attention="collaborative",
+                 shared_key_dim=384)  # 101_379_840
+```
+"""
+
+from .presets import BERT_PRESETS
+from .presets import TRANSFORMER_PRESETS
+from .presets import VIT_PRESETS
+from .presets import get_preset
+
+_FAMILIES = {
+    "transformer": TRANSFORMER_PRESETS,
+    "bert": BERT_PRESETS,
+    "vit": VIT_PRESETS,
+}
+
+
+def attention_parameters(hidden_dim, num_heads, attention, shared_key_dim=None):
+    """Parameters of one self- or cross-attention layer of width
+    `hidden_dim`."""
+    d = hidden_dim
+    values_and_output = 2 * (d * d + d)
+    if attention == "concatenate":
+        return 2 * (d * d + d) + values_and_output
+    k = shared_key_dim or d
+    return 2 * d * k + num_heads * k + d * num_heads + values_and_output
+
+
+def block_parameters(
+    hidden_dim,
+    intermediate_dim,
+    num_heads,
+    attention,
+    shared_key_dim=None,
+    num_attention_layers=1,
+):
+    """One encoder (`num_attention_layers=1`) or decoder (2) block: the
+    attention layers, one layer norm per sub-block, the feed-forward net."""
+    d, i = hidden_dim, intermediate_dim
+    attention = num_attention_layers * attention_parameters(
+        d, num_heads, attention, shared_key_dim
+    )
+    layer_norms = (num_attention_layers + 1) * 2 * d
+    feedforward = d * i + i + i * d + d
+    return attention + layer_norms + feedforward
+
+
+def bert_parameters(
+    vocabulary_size,
+    num_layers,
+    num_heads,
+    hidden_dim,
+    intermediate_dim,
+    max_sequence_length=512,
+    num_segments=2,
+    attention="concatenate",
+    shared_key_dim=None,
+    num_classes=None,
+    **unused,
+):
+    """`BertEncoder` (pooler included, no MLM head)."""
+    d = hidden_dim
+    embeddings = (vocabulary_size + max_sequence_length + num_segments) * d
+    embeddings += 2 * d  # layer norm
+    blocks = num_layers * block_parameters(
+        d, intermediate_dim, num_heads, attention, shared_key_dim
+    )
+    pooler = d * d + d
+    head = 0 if num_classes is None else d * num_classes + num_classes
+    return embeddings + blocks + pooler + head
+
+
+def vit_parameters(
+    image_shape,
+    patch_size,
+    num_layers,
+    num_heads,
+    hidden_dim,
+    mlp_dim,
+    num_classes=None,
+    attention="concatenate",
+    shared_key_dim=None,
+    **unused,
+):
+    """`VisionTransformer` (head included when `num_classes` is set)."""
+    d = hidden_dim
+    if isinstance(patch_size, int):
+        patch_size = (patch_size, patch_size)
+    height, width, channels = image_shape
+    num_patches = (height // patch_size[0]) * (width // patch_size[1])
+    patches = patch_size[0] * patch_size[1] * channels * d + d
+    embeddings = patches + d + (num_patches + 1) * d  # + class token, positions
+    blocks = num_layers * block_parameters(
+        d, mlp_dim, num_heads, attention, shared_key_dim
+    )
+    final_norm = 2 * d
+    head = 0 if num_classes is None else d * num_classes + num_classes
+    return embeddings + blocks + final_norm + head
+
+
+def transformer_parameters(
+    vocabulary_size,
+    num_encoder_layers,
+    num_decoder_layers,
+    num_heads,
+    hidden_dim,
+    intermediate_dim,
+    source_vocabulary_size=None,
+    max_sequence_length=1024,
+    normalize_first=False,
+    share_embeddings=False,
+    tie_output_embeddings=True,
+    attention="concatenate",
+    shared_key_dim=None,
+    cross_attention=None,
+    **unused,
+):
+    """`TransformerNMT`."""
+    d = hidden_dim
+    source_vocabulary_size = source_vocabulary_size or vocabulary_size
+    embeddings = vocabulary_size * d + 2 * max_sequence_length * d
+    if not share_embeddings:
+        embeddings += source_vocabulary_size * d
+    encoder = num_encoder_layers * block_parameters(
+        d, intermediate_dim, num_heads, attention, shared_key_dim, 1
+    )
+    decoder = num_decoder_layers * block_parameters(
+        d, intermediate_dim, num_heads, attention, shared_key_dim, 1
+    )
+    cross_attention = cross_attention or attention
+    cross_key_dim = shared_key_dim if cross_attention == attention else None
+    decoder += num_decoder_layers * (
+        attention_parameters(d, num_heads, cross_attention, cross_key_dim)
+        + 2 * d  # its layer norm
+    )
+    final_norms = 4 * d if normalize_first else 0
+    output = 0 if tie_output_embeddings else d * vocabulary_size + vocabulary_size
+    return embeddings + encoder + decoder + final_norms + output
+
+
+def count_parameters(family, preset, **kwargs):
+    """Closed-form parameter count of a preset.
+
+    Args:
+        family: `"transformer"`, `"bert"` or `"vit"`.
+        preset: A preset name of that family.
+        **kwargs: Constructor arguments overriding the preset (e.g.
+            `attention`, `shared_key_dim`).
+
+    Returns:
+        The number of parameters `model.count_params()` reports.
+    """
+    if family not in _FAMILIES:
+        raise ValueError(
+            f"Argument `family` must be one of {sorted(_FAMILIES)}. "
+            f"Received: family={family!r}"
+        )
+    config = get_preset(_FAMILIES[family], preset)
+    config.update(kwargs)
+    counter = {
+        "transformer": transformer_parameters,
+        "bert": bert_parameters,
+        "vit": vit_parameters,
+    }[family]
+    return counter(**config)
+
+
+def cache_bytes_per_token(
+    preset,
+    attention="concatenate",
+    shared_key_dim=None,
+    bytes_per_number=4,
+    **kwargs,
+):
+    """Decoder self-attention cache of a `TransformerNMT` preset, in bytes
+    per target position (all decoder layers).
+
+    Concatenated heads cache a key and a value per head: `2 d` numbers per
+    layer. Collaborative heads cache the shared key, the content term and
+    the values: `K + N + d` numbers per layer (`K + d` without biases).
+
+    Args:
+        preset: A `TRANSFORMER_PRESETS` name.
+        attention: `"concatenate"` or `"collaborative"`.
+        shared_key_dim: Shared key width (`None`: `hidden_dim`).
+        bytes_per_number: 4 for float32, 2 for (b)float16.
+        **kwargs: Constructor arguments overriding the preset.
+
+    Returns:
+        Bytes per generated token, matching
+        `TransformerNMT.cache_bytes_per_token()["self"]`.
+    """
+    config = get_preset(TRANSFORMER_PRESETS, preset)
+    config.update(kwargs)
+    d, heads = config["hidden_dim"], config["num_heads"]
+    if attention == "concatenate":
+        numbers = 2 * d
+    else:
+        numbers = (shared_key_dim or d) + heads + d
+    return config["num_decoder_layers"] * numbers * bytes_per_number

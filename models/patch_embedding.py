@@ -1,0 +1,92 @@
+"""ViT patch embedding: patches, class token, learned positions."""
+
+import keras
+from keras import ops
+from keras_hub.layers import PositionEmbedding
+
+
+@keras.saving.register_keras_serializable(package="collab_keras")
+class PatchEmbedding(keras.layers.Layer):
+    """Splits images into patches, embeds them, prepends a class token and
+    adds learned position embeddings.
+
+    The weights are those of keras-hub's `ViTPatchingAndEmbedding`: a
+    `Conv2D` `patch_embedding` (kernel = stride = `patch_size`), a
+    `class_token` of shape `(1, 1, hidden_dim)` and a position table of
+    `num_patches + 1` rows.
+
+    Args:
+        image_size: `(height, width)` of the input images.
+        patch_size: `(patch_height, patch_width)`.
+        hidden_dim: Embedding width.
+        **kwargs: Base layer keyword arguments.
+
+    Call arguments:
+        images: Float tensor `(batch, height, width, channels)`.
+
+    Returns:
+        Tensor `(batch, num_patches + 1, hidden_dim)`, the class token first.
+
+    Example:
+
+    ```python
+    layer = PatchEmbedding((32, 32), (4, 4), hidden_dim=64)
+    layer(keras.random.normal((2, 32, 32, 3))).shape  # (2, 65, 64)
+    ```
+    """
+
+    def __init__(self, image_size, patch_size, hidden_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.image_size = tuple(image_size)
+        self.patch_size = tuple(patch_size)
+        self.hidden_dim = hidden_dim
+        self.num_patches = (self.image_size[0] // self.patch_size[0]) * (
+            self.image_size[1] // self.patch_size[1]
+        )
+
+    def build(self, images_shape):
+        self.class_token = self.add_weight(
+            shape=(1, 1, self.hidden_dim),
+            initializer="random_normal",
+            name="class_token",
+        )
+        self.patch_embedding = keras.layers.Conv2D(
+            self.hidden_dim,
+            kernel_size=self.patch_size,
+            strides=self.patch_size,
+            padding="valid",
+            data_format="channels_last",
+            dtype=self.dtype_policy,
+            name="patch_embedding",
+        )
+        self.patch_embedding.build(images_shape)
+        self.position_embedding = PositionEmbedding(
+            sequence_length=self.num_patches + 1,
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+            dtype=self.dtype_policy,
+            name="position_embedding",
+        )
+        self.position_embedding.build((None, self.num_patches + 1, self.hidden_dim))
+
+    def call(self, images):
+        x = self.patch_embedding(images)  # (batch, rows, columns, hidden)
+        batch = ops.shape(x)[0]
+        x = ops.reshape(x, (batch, self.num_patches, self.hidden_dim))
+        class_token = ops.cast(self.class_token, x.dtype)
+        class_token = ops.tile(class_token, (batch, 1, 1))  # (batch, 1, hidden)
+        x = ops.concatenate([class_token, x], axis=1)  # (batch, patches + 1, hidden)
+        return x + self.position_embedding(x)
+
+    def compute_output_shape(self, images_shape):
+        return (images_shape[0], self.num_patches + 1, self.hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "hidden_dim": self.hidden_dim,
+            }
+        )
+        return config

@@ -1,0 +1,202 @@
+"""Shared checks for the zoo models, and tests of the attention switch."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras
+import numpy as np
+import pytest
+from keras_hub.layers import CachedMultiHeadAttention
+
+from collab_keras.layers import CachedCollaborativeAttention
+from collab_keras.layers import CollaborativeAttention
+from collab_keras.models import TransformerDecoderBlock
+from collab_keras.models import TransformerEncoderBlock
+from collab_keras.models import make_attention
+
+ATTENTIONS = [
+    pytest.param("concatenate", None, id="concatenate"),
+    pytest.param("collaborative", 16, id="collaborative"),
+]
+
+
+def numpy_outputs(outputs):
+    return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
+
+
+def check_model(model, inputs, loss_output, targets, tmp_path):
+    """Forward, one training step, `.keras` round trip, SavedModel export.
+
+    Args:
+        model: A zoo model (dict outputs).
+        inputs: A batch of inputs (dict of arrays or one array).
+        loss_output: Output trained with sparse cross-entropy on `targets`.
+        targets: Integer labels for `loss_output`.
+        tmp_path: pytest temporary folder.
+    """
+    import tensorflow as tf
+
+    # Forward.
+    outputs = numpy_outputs(model(inputs))
+    for value in outputs.values():
+        assert np.all(np.isfinite(value))
+
+    # One training step changes the weights and gives a finite loss.
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    optimizer = keras.optimizers.Adam(1e-3)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(targets, model(inputs, training=True)[loss_output])
+    gradients = tape.gradient(loss, model.trainable_weights)
+    optimizer.apply_gradients(zip(gradients, model.trainable_weights))
+    assert np.isfinite(float(loss))
+    changed = [
+        not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights)
+    ]
+    assert sum(changed) > len(changed) // 2
+    outputs = numpy_outputs(model(inputs))
+
+    # `.keras` round trip: same config, same outputs.
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored) is type(model)
+    assert restored.get_config() == model.get_config()
+    for name, value in numpy_outputs(restored(inputs)).items():
+        np.testing.assert_allclose(value, outputs[name], atol=1e-5, rtol=1e-5)
+
+    # SavedModel export: the `serve` endpoint gives the same outputs.
+    export_dir = str(tmp_path / "saved_model")
+    model.export(export_dir, format="tf_saved_model", verbose=False)
+    reloaded = tf.saved_model.load(export_dir)
+    served = reloaded.serve(inputs)
+    for name, value in served.items():
+        np.testing.assert_allclose(
+            value.numpy(), outputs[name], atol=1e-5, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize(
+    "attention, cached, expected",
+    [
+        ("concatenate", False, keras.layers.MultiHeadAttention),
+        ("concatenate", True, CachedMultiHeadAttention),
+        ("collaborative", False, CollaborativeAttention),
+        ("collaborative", True, CachedCollaborativeAttention),
+    ],
+)
+def test_make_attention_switch(attention, cached, expected):
+    layer = make_attention(attention, num_heads=4, key_dim=8, cached=cached)
+    assert type(layer) is expected
+
+
+def test_make_attention_factory():
+    calls = []
+
+    def factory(**kwargs):
+        calls.append(kwargs)
+        kwargs.pop("cached")
+        return CollaborativeAttention(**kwargs)
+
+    block = TransformerEncoderBlock(4, 32, attention=factory, shared_key_dim=8)
+    block(np.zeros((1, 5, 16), "float32"))
+    assert calls[0]["shared_key_dim"] == 8
+    assert calls[0]["num_heads"] == 4
+    assert isinstance(block.self_attention_layer, CollaborativeAttention)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"attention": "talking_heads"}, "Received: attention='talking_heads'"),
+        (
+            {"attention": "concatenate", "shared_key_dim": 8},
+            "Received: attention='concatenate', shared_key_dim=8",
+        ),
+        (
+            {"attention": "collaborative", "shared_key_dim": 0},
+            "Received: shared_key_dim=0",
+        ),
+        ({"activation": "swish"}, "Received: activation='swish'"),
+    ],
+)
+@pytest.mark.parametrize(
+    "block_class", [TransformerEncoderBlock, TransformerDecoderBlock]
+)
+def test_block_bad_arguments(block_class, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        block_class(num_heads=4, intermediate_dim=32, **kwargs)
+
+
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+@pytest.mark.parametrize("normalize_first", [False, True])
+def test_encoder_block_padding_changes_nothing(
+    attention, shared_key_dim, normalize_first
+):
+    block = TransformerEncoderBlock(
+        4,
+        64,
+        attention=attention,
+        shared_key_dim=shared_key_dim,
+        normalize_first=normalize_first,
+    )
+    x = np.random.default_rng(0).normal(size=(2, 9, 32)).astype("float32")
+    mask = np.ones((2, 9), "int32")
+    mask[:, 6:] = 0
+    padded = keras.ops.convert_to_numpy(block(x, padding_mask=mask))
+    garbage = x.copy()
+    garbage[:, 6:] = 100.0
+    changed = keras.ops.convert_to_numpy(block(garbage, padding_mask=mask))
+    short = keras.ops.convert_to_numpy(block(x[:, :6]))
+    np.testing.assert_allclose(padded[:, :6], changed[:, :6], atol=1e-5)
+    np.testing.assert_allclose(padded[:, :6], short, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+def test_decoder_block_masks(attention, shared_key_dim):
+    block = TransformerDecoderBlock(
+        4, 64, attention=attention, shared_key_dim=shared_key_dim
+    )
+    rng = np.random.default_rng(1)
+    target = rng.normal(size=(2, 7, 32)).astype("float32")
+    source = rng.normal(size=(2, 9, 32)).astype("float32")
+    source_mask = np.ones((2, 9), "int32")
+    source_mask[:, 5:] = 0
+    full = keras.ops.convert_to_numpy(
+        block(target, source, encoder_padding_mask=source_mask)
+    )
+    # Padded source positions are not attended to.
+    changed_source = source.copy()
+    changed_source[:, 5:] = -50.0
+    out = block(target, changed_source, encoder_padding_mask=source_mask)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), full, atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(block(target, source[:, :5])), full, atol=1e-5
+    )
+    # Causal: changing a future target position changes no earlier output.
+    changed_target = target.copy()
+    changed_target[:, 4:] = 7.0
+    out = keras.ops.convert_to_numpy(
+        block(changed_target, source, encoder_padding_mask=source_mask)
+    )
+    np.testing.assert_allclose(out[:, :4], full[:, :4], atol=1e-5)
+    assert not np.allclose(out[:, 4:], full[:, 4:])
+
+
+@pytest.mark.parametrize(
+    "block_class", [TransformerEncoderBlock, TransformerDecoderBlock]
+)
+def test_block_config_round_trip(block_class):
+    block = block_class(
+        num_heads=4,
+        intermediate_dim=32,
+        attention="collaborative",
+        shared_key_dim=8,
+        normalize_first=True,
+        activation="gelu",
+        attention_kwargs={"mixing_initializer": "random_normal"},
+    )
+    config = block.get_config()
+    restored = block_class.from_config(config)
+    assert restored.get_config() == config

