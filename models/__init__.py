@@ -7,7 +7,6 @@ see docs/models.md.
 
 from .attention_factory import make_attention
 from .bert_encoder import BertEncoder
-from .collaborative_conversion import to_collaborative
 from .generation import generate
 from .keras_hub_weights import load_bert_backbone_weights
 from .keras_hub_weights import load_vit_backbone_weights

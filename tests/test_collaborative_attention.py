@@ -214,6 +214,20 @@ class CollaborativeAttentionTest(testing.TestCase):
             output = _numpy(layer(query, query, attention_mask=mask))
             self.assertTrue(np.isfinite(output).all())
 
+    def test_fused_path_ignores_the_content_of_masked_keys(self):
+        rng = np.random.default_rng(11)
+        query = rng.normal(size=(2, 5, 8)).astype("float32")
+        value = query.copy()
+        value[:, 3:] = 1000.0  # padding whose content term is huge
+        mask = np.broadcast_to(np.arange(5) < 3, (2, 5, 5))
+        layer = CollaborativeAttention(2, 4, bias_initializer="ones")
+        explicit, _ = layer(
+            query, value, attention_mask=mask, return_attention_scores=True
+        )
+        layer.flash_attention = True
+        fused = layer(query, value, attention_mask=mask)
+        self.assertAllClose(explicit, fused, atol=1e-4, rtol=1e-4)
+
     def test_padding_masks_reach_attention_and_propagate(self):
         tokens = layers.Input((None,), dtype="int32")
         embedded = layers.Embedding(10, 8, mask_zero=True)(tokens)

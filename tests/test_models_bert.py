@@ -8,7 +8,7 @@ import pytest
 
 from collab_keras.models import BertEncoder
 from collab_keras.models import load_bert_backbone_weights
-from collab_keras.models import to_collaborative
+from collab_keras.reparametrization import reparametrize
 from tests.test_models_harness import ATTENTIONS
 from tests.test_models_harness import check_model
 from tests.test_models_harness import numpy_outputs
@@ -153,7 +153,7 @@ def test_minilm_parity_with_keras_hub_and_collaborative_copy():
     )
 
     # Reparametrized at shared_key_dim = hidden_dim: exact.
-    collaborative, report = to_collaborative(model, shared_key_dim=384)
+    collaborative, report = reparametrize(model, 384, verbose=False)
     assert collaborative.attention == "collaborative"
     assert len(report) == 6
     assert all(entry["relative_error"] < 1e-6 for entry in report)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from collab_keras.models import TransformerNMT
-from collab_keras.models import to_collaborative
+from collab_keras.reparametrization import reparametrize
 from tests.test_models_harness import ATTENTIONS
 from tests.test_models_harness import check_model
 from tests.test_models_harness import numpy_outputs
@@ -173,7 +173,8 @@ def test_padding_changes_nothing_in_unpadded_outputs(attention, shared_key_dim):
 
 def test_collaborative_copy_generates_the_same():
     model = _model()
-    collaborative, _ = to_collaborative(model, shared_key_dim=64)
+    collaborative, report = reparametrize(model, 64, verbose=False)
+    assert collaborative.attention == "collaborative" and len(report) == 6
     source, source_mask = _source()
     inputs = _inputs()
     np.testing.assert_allclose(
@@ -187,6 +188,15 @@ def test_collaborative_copy_generates_the_same():
         ),
         keras.ops.convert_to_numpy(model.generate(source, source_mask, max_length=6)),
     )
+    # Calibration records the cached decoder attention too; below one
+    # dimension per head; an explicit concatenated cross-attention stays.
+    model = _model(cross_attention="concatenate")
+    compressed, report = reparametrize(
+        model, 2, calibration_data=inputs, max_iterations=2, verbose=False
+    )
+    assert len(report) == 4
+    assert all(entry["logit_relative_error"] is not None for entry in report)
+    assert compressed(inputs)["logits"].shape == (2, 7, 1000)
 
 
 def test_bad_inputs_and_arguments():

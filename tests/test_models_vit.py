@@ -6,7 +6,7 @@ import pytest
 
 from collab_keras.models import VisionTransformer
 from collab_keras.models import load_vit_backbone_weights
-from collab_keras.models import to_collaborative
+from collab_keras.reparametrization import reparametrize
 from tests.test_models_harness import ATTENTIONS
 from tests.test_models_harness import check_model
 from tests.test_models_harness import numpy_outputs
@@ -48,7 +48,7 @@ def test_parity_with_keras_hub_vit_backbone():
         outputs["sequence_output"], expected, atol=1e-5, rtol=0
     )
     # And exactly the same model with collaborative heads.
-    collaborative, _ = to_collaborative(model, shared_key_dim=64)
+    collaborative, _ = reparametrize(model, 64, verbose=False)
     np.testing.assert_allclose(
         numpy_outputs(collaborative(images))["sequence_output"],
         expected,

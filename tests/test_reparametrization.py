@@ -370,7 +370,9 @@ def test_layer_cross_attention_calibration():
         reparametrize(mha, 6, calibration_data=(calibration[0], calibration[0]))
 
 
-def test_zoo_bert_encoder():
+def test_zoo_bert_encoder_saves_collaborative(tmp_path):
+    from keras import saving
+
     from collab_keras.models import BertEncoder
 
     model = BertEncoder.from_preset(
@@ -384,6 +386,11 @@ def test_zoo_bert_encoder():
     }
     new_model, report = reparametrize(model, 128, verbose=False)
     assert len(report) == 2 and all(e["relative_error"] == 0.0 for e in report)
-    np.testing.assert_allclose(
-        _numpy(new_model(inputs)["logits"]), _numpy(model(inputs)["logits"]), atol=1e-5
-    )
+    expected = _numpy(model(inputs)["logits"])
+    np.testing.assert_allclose(_numpy(new_model(inputs)["logits"]), expected, atol=1e-5)
+    assert new_model.get_config()["attention"] == "collaborative"
+    path = str(tmp_path / "bert.keras")
+    new_model.save(path)
+    reloaded = saving.load_model(path)
+    assert reloaded.attention == "collaborative"
+    np.testing.assert_allclose(_numpy(reloaded(inputs)["logits"]), expected, atol=1e-5)

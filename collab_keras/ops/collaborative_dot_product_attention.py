@@ -24,9 +24,11 @@ the values `[w v, w]` (one more value column); the output is the first `V`
 columns divided by the last one. This costs one value column instead of
 `num_heads` extra key dimensions, and no bias tensor.
 The limit of the trick: a key whose scaled content term lies more than about
-80 below the largest one of its (batch, head) gets a weight that underflows
+80 below the largest one of its (batch, head) among the keys that some query
+may attend to (masked keys such as padding do not count) gets a weight that underflows
 to 0 (its true weight is below `exp(-80)` times that of the key with the
-largest content term, unless its dot-product score is larger by 80 or more).
+largest content term, unless its dot-product score is larger by 80 or more);
+with float16 values the weights underflow at about 17 instead of 80.
 """
 
 from keras import backend
@@ -75,7 +77,7 @@ def collaborative_dot_product_attention(
         attends = ops.any(mask, axis=-1, keepdims=True)  # (B, 1, T, 1)
         mask = ops.logical_or(mask, ops.logical_not(attends))
     if content is not None:
-        value = _content_into_values(value, content, scale)  # (B, S, N, V+1)
+        value = _content_into_values(value, content, scale, mask)  # (B, S, N, V+1)
     name = backend.backend()
     if name == "jax":
         from collab_keras.ops import _jax_attention as kernel
@@ -126,10 +128,21 @@ def portable_attention(query, key, value, mixing, mask, scale, flash_attention):
     return output[..., :value_dim]
 
 
-def _content_into_values(value, content, scale):
-    """`[w v, w]` with `w = exp(scale * (c - max_S c))`: (B, S, N, V+1)."""
+def _content_into_values(value, content, scale, mask=None):
+    """`[w v, w]` with `w = exp(scale * (c - max_S c))`: (B, S, N, V+1).
+
+    The maximum runs over the keys that some query may attend to, so that
+    masked keys (padding) cannot push the weights of the others to 0.
+    """
     content = ops.cast(content, "float32") * scale  # (B, S, N)
+    if mask is not None:
+        # Keys no query attends to get weight 1 (it is never used).
+        attended = ops.any(mask, axis=2)  # (B, 1, S)
+        attended = ops.transpose(attended, (0, 2, 1))  # (B, S, 1)
+        content = ops.where(attended, content, -1e30)
     shift = ops.stop_gradient(ops.max(content, axis=1, keepdims=True))
+    if mask is not None:
+        content = ops.where(attended, content, shift)
     weight = ops.exp(content - shift)  # (B, S, N), in (0, 1]
     weight = ops.expand_dims(ops.cast(weight, value.dtype), -1)
     return ops.concatenate([value * weight, weight], axis=-1)

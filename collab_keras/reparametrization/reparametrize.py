@@ -1,5 +1,6 @@
 """Convert `keras.layers.MultiHeadAttention` into `CollaborativeAttention`."""
 
+import inspect
 import numbers
 import time
 
@@ -12,6 +13,14 @@ from collab_keras.reparametrization.cp_decomposition import cp_decompose_heads
 
 # Batch size of the forward passes that record calibration activations.
 _CALIBRATION_BATCH_SIZE = 32
+# Arguments of MultiHeadAttention's call that `_compute_attention_mask` takes.
+_MASK_ARGUMENTS = (
+    "query_mask",
+    "value_mask",
+    "key_mask",
+    "attention_mask",
+    "use_causal_mask",
+)
 
 
 def reparametrize(
@@ -40,7 +49,13 @@ def reparametrize(
     as `BertBackbone`, whose attention layers sit inside
     `TransformerEncoder` blocks), every `MultiHeadAttention` layer is
     converted in a copy of the model; all other weights are kept. The input
-    is never modified.
+    is never modified. A model with an attention switch (its config has
+    `"attention": "concatenate"`, as `collab_keras.models.BertEncoder`,
+    `VisionTransformer` and `TransformerNMT`) is instead rebuilt from its
+    config with `attention="collaborative"` and `shared_key_dim`, so that it
+    also saves and loads as collaborative; there, subclasses of
+    `MultiHeadAttention` (keras-hub's `CachedMultiHeadAttention`) convert
+    too, to the counterpart the model builds.
 
     With `calibration_data` the decomposition minimizes the mean squared
     error of the attention logits on those activations (keys centered per
@@ -129,13 +144,20 @@ def _reparametrize_model(model, calibration_data, options, verbose):
             f"`get_config`). Received: obj={model.name!r}, which failed "
             f"with: {error}"
         ) from error
-    sites = _attention_sites(copy)
+    # An attention switch in the config (the collab_keras zoo's convention):
+    # the model rebuilds itself collaborative, so it also saves as such.
+    switch = copy.get_config().get("attention") == "concatenate"
+    sites = _attention_sites(copy, subclasses=switch)
     if not sites:
         raise ValueError(
             "The model has no keras.layers.MultiHeadAttention layer to "
             f"reparametrize. Received: obj={model.name!r} with layers "
             f"{[layer.name for layer in model.layers]}"
         )
+    targets = {}
+    if switch:
+        switched, targets = _collaborative_twin(copy, sites, options["rank"])
+        sites = [site for site in sites if id(site[2]) in targets]
     statistics = {}
     if calibration_data is not None:
         statistics = _model_statistics(copy, sites, calibration_data)
@@ -149,11 +171,15 @@ def _reparametrize_model(model, calibration_data, options, verbose):
         new_layer, entry = _convert(layer, statistics.get(id(layer)), options)
         entry["name"] = path
         report.append(entry)
-        if attribute is None:
+        if switch:
+            targets[id(layer)].set_weights(new_layer.get_weights())
+        elif attribute is None:
             graph_replacements[id(layer)] = new_layer
         else:
             _swap_sublayer(parent, attribute, layer, new_layer)
         progbar.add(1)
+    if switch:
+        return switched, report
     for layer in copy._flatten_layers(include_self=True, recursive=True):
         if hasattr(layer, "_torch_params"):
             # torch backend: refresh the parameters torch sees.
@@ -169,11 +195,64 @@ def _reparametrize_model(model, calibration_data, options, verbose):
     return copy, report
 
 
-def _attention_sites(root):
+def _collaborative_twin(model, sites, rank):
+    """`model` rebuilt from its config with `attention="collaborative"`.
+
+    Args:
+        model: a model whose config has `"attention": "concatenate"` and
+            accepts `attention="collaborative"` with `shared_key_dim`.
+        sites: `model`'s attention sites, from `_attention_sites`.
+        rank: the shared key size of the new attention layers.
+
+    Returns:
+        A tuple `(twin, targets)`: the new model, holding `model`'s weights
+        outside the attention layers, and a dict from the `id` of each
+        site's layer to the `CollaborativeAttention` at its path in `twin`
+        (a layer the switch leaves concatenated, such as an explicit
+        `cross_attention="concatenate"`, has none and keeps its weights).
+    """
+    config = model.get_config()
+    config.update(attention="collaborative", shared_key_dim=rank)
+    if rank < max(layer.num_heads for _, _, layer, _ in sites):
+        # Block one-hot mixing needs a dimension per head; the weights are
+        # set afterwards.
+        kwargs = config.get("attention_kwargs") or {}
+        config["attention_kwargs"] = {
+            **kwargs,
+            "mixing_initializer": "random_normal",
+        }
+    try:
+        twin = model.__class__.from_config(config)
+    except Exception as error:
+        raise ValueError(
+            "A model whose config has attention='concatenate' must rebuild "
+            "from it with attention='collaborative' and shared_key_dim. "
+            f"Received: obj={model.name!r}, which failed with: {error}"
+        ) from error
+    weights = {variable.path: variable for variable in model.weights}
+    for variable in twin.weights:
+        old = weights.get(variable.path)
+        if old is not None and tuple(old.shape) == tuple(variable.shape):
+            variable.assign(old)
+    layers = {
+        layer.path: layer
+        for layer in twin._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, CollaborativeAttention)
+    }
+    targets = {
+        id(layer): layers[layer.path]
+        for _, _, layer, _ in sites
+        if layer.path in layers
+    }
+    return twin, targets
+
+
+def _attention_sites(root, subclasses=False):
     """`(parent, attribute or None, layer, path)` of every attention layer.
 
     `attribute` names the parent's attribute holding the layer; `None` for a
-    node of a functional graph.
+    node of a functional graph. With `subclasses`, subclasses of
+    MultiHeadAttention (keras-hub's cached one) are accepted too.
     """
     sites = []
 
@@ -186,7 +265,7 @@ def _attention_sites(root):
             if not isinstance(child, keras.layers.MultiHeadAttention):
                 visit(child, child_path)
                 continue
-            _check_attention(child, child_path)
+            _check_attention(child, child_path, subclasses)
             attribute = next(
                 (k for k, v in _attributes(parent).items() if v is child), None
             )
@@ -219,12 +298,19 @@ def _swap_sublayer(parent, attribute, layer, new_layer):
         object.__setattr__(parent, attribute, new_layer)
 
 
-def _check_attention(layer, argument):
-    """Checks that `layer` is a built, convertible MultiHeadAttention."""
-    if type(layer) is not keras.layers.MultiHeadAttention:
+def _check_attention(layer, argument, subclasses=False):
+    """Checks that `layer` is a built, convertible MultiHeadAttention.
+
+    Subclasses are rejected unless `subclasses`: only a model that rebuilds
+    itself collaborative knows their counterpart.
+    """
+    is_attention = isinstance(layer, keras.layers.MultiHeadAttention)
+    if type(layer) is not keras.layers.MultiHeadAttention and not (
+        subclasses and is_attention
+    ):
         kind = (
             "a subclass of MultiHeadAttention with its own call"
-            if isinstance(layer, keras.layers.MultiHeadAttention)
+            if is_attention
             else "not a keras.layers.MultiHeadAttention layer or a Keras model"
         )
         raise ValueError(
@@ -368,45 +454,27 @@ def _model_statistics(model, sites, calibration_data):
 
 
 def _recording_call(layer, statistics):
-    """`layer.call`, also adding its query and key to `statistics`."""
-    call = layer.call
+    """`layer.call`, also adding its query and key to `statistics`.
 
-    def recording_call(
-        query,
-        value,
-        key=None,
-        query_mask=None,
-        value_mask=None,
-        key_mask=None,
-        attention_mask=None,
-        use_causal_mask=False,
-        **kwargs,
-    ):
-        mask = layer._compute_attention_mask(
-            query,
-            value,
-            query_mask=query_mask,
-            value_mask=value_mask,
-            key_mask=key_mask,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
-        )
+    Arguments are matched by name, so that subclasses with another
+    signature (keras-hub's cached attention) are recorded too.
+    """
+    call = layer.call
+    signature = inspect.signature(call)
+
+    def recording_call(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs).arguments
+        query, value = arguments["query"], arguments["value"]
+        key = arguments.get("key")
+        key = value if key is None else key
+        masks = {k: arguments[k] for k in _MASK_ARGUMENTS if k in arguments}
+        mask = layer._compute_attention_mask(query, value, **masks)
         statistics.update(
             keras.ops.convert_to_numpy(query),
-            keras.ops.convert_to_numpy(value if key is None else key),
+            keras.ops.convert_to_numpy(key),
             None if mask is None else keras.ops.convert_to_numpy(mask),
-            self_attention=query is (value if key is None else key),
+            self_attention=query is key,
         )
-        return call(
-            query,
-            value,
-            key=key,
-            query_mask=query_mask,
-            value_mask=value_mask,
-            key_mask=key_mask,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
-            **kwargs,
-        )
+        return call(*args, **kwargs)
 
     return recording_call
