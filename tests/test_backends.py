@@ -17,7 +17,9 @@ BACKEND_TESTS = [
 ]
 
 
-@pytest.mark.parametrize("backend,package", [("jax", "jax"), ("torch", "torch")])
+@pytest.mark.parametrize(
+    "backend,package", [("jax", "jax"), ("torch", "torch")]
+)
 def test_layer_tests_pass_on_backend(backend, package):
     if importlib.util.find_spec(package) is None:
         pytest.fail(f"{package} is not installed: `pip install '.[{backend}]'`")

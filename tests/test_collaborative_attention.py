@@ -49,7 +49,12 @@ class CollaborativeAttentionTest(testing.TestCase):
         ("default", {}, 8, 0),
         ("no_bias_dropout", {"use_bias": False, "dropout": 0.5}, 5, 1),
         ("value_dim_output_shape", {"value_dim": 3, "output_shape": 5}, 8, 0),
-        ("compressed", {"shared_key_dim": 3, "mixing_initializer": "ones"}, 8, 0),
+        (
+            "compressed",
+            {"shared_key_dim": 3, "mixing_initializer": "ones"},
+            8,
+            0,
+        ),
     )
     def test_basics(self, extra, num_trainable, num_seeds):
         self.run_layer_test(
@@ -195,8 +200,8 @@ class CollaborativeAttentionTest(testing.TestCase):
 
     def test_scale_is_one_over_sqrt_key_dim_after_compression(self):
         layer = CollaborativeAttention(4, 16, shared_key_dim=8)
-        query = np.random.default_rng(3).normal(size=(1, 3, 8)).astype(
-            "float32"
+        query = (
+            np.random.default_rng(3).normal(size=(1, 3, 8)).astype("float32")
         )
         _, scores = layer(query, query, return_attention_scores=True)
         weights = {w.path.split("/", 1)[1]: w.numpy() for w in layer.weights}
@@ -296,7 +301,9 @@ class CollaborativeAttentionTest(testing.TestCase):
         for flash in (None, False):
             mixed.flash_attention = flash
             output = mixed(query, query)
-            self.assertEqual(backend.standardize_dtype(output.dtype), policy[6:])
+            self.assertEqual(
+                backend.standardize_dtype(output.dtype), policy[6:]
+            )
             output = _numpy(ops.cast(output, "float32"))
             self.assertTrue(np.isfinite(output).all())
             self.assertAllClose(expected, output, rtol=0.05, atol=0.05)
@@ -370,14 +377,12 @@ class CollaborativeAttentionTest(testing.TestCase):
         folder = os.path.join(self.get_temp_dir(), "exported")
         model.export(folder, format="tf_saved_model", verbose=False)
         np.save(os.path.join(folder, "x.npy"), x)
-        script = textwrap.dedent(
-            f"""
+        script = textwrap.dedent(f"""
             import numpy as np, tensorflow as tf
             loaded = tf.saved_model.load({folder!r})
             x = np.load({os.path.join(folder, "x.npy")!r})
             np.save({os.path.join(folder, "y.npy")!r}, loaded.serve(x).numpy())
-            """
-        )
+            """)
         subprocess.run([sys.executable, "-c", script], check=True)
         exported = np.load(os.path.join(folder, "y.npy"))
         self.assertAllClose(model(x), exported, atol=1e-6)
@@ -401,7 +406,9 @@ class CollaborativeAttentionTest(testing.TestCase):
     )
     def test_invalid_arguments(self, kwargs, message):
         arguments = {"num_heads": 2, "key_dim": 4, **kwargs}
-        with self.assertRaisesRegex(ValueError, "Received: .*" + re.escape(message)):
+        with self.assertRaisesRegex(
+            ValueError, "Received: .*" + re.escape(message)
+        ):
             CollaborativeAttention(**arguments)
 
     def test_concatenate_mixing(self):
@@ -435,7 +442,9 @@ class CollaborativeAttentionTest(testing.TestCase):
 
     def test_invalid_attention_axes_for_rank(self):
         layer = CollaborativeAttention(2, 4, attention_axes=(3,))
-        with self.assertRaisesRegex(ValueError, r"Received: attention_axes=\(3,\)"):
+        with self.assertRaisesRegex(
+            ValueError, r"Received: attention_axes=\(3,\)"
+        ):
             layer(np.zeros((1, 2, 8)), np.zeros((1, 2, 8)))
 
     def test_invalid_mask_shape(self):
@@ -514,10 +523,10 @@ def test_matches_numpy_float64_reference(
     inputs = (query.astype("float32"), value.astype("float32"))
     for flash in (None, False):
         layer.flash_attention = flash
-        output = layer(
-            *inputs, attention_mask=mask, use_causal_mask=causal
+        output = layer(*inputs, attention_mask=mask, use_causal_mask=causal)
+        np.testing.assert_allclose(
+            _numpy(output), expected, atol=2e-5, rtol=1e-4
         )
-        np.testing.assert_allclose(_numpy(output), expected, atol=2e-5, rtol=1e-4)
     _, scores = layer(
         *inputs,
         attention_mask=mask,

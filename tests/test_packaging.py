@@ -10,8 +10,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_wheel_installs_collab_keras_only(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps",
-         "--no-build-isolation", "-q", "-w", str(tmp_path), ROOT],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            ROOT,
+        ],
         check=True,
     )
     (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
@@ -24,8 +34,17 @@ def test_wheel_installs_collab_keras_only(tmp_path):
 
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q",
-         "--target", str(site), str(tmp_path / wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(tmp_path / wheel),
+        ],
         check=True,
     )
     script = (

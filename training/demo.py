@@ -58,7 +58,9 @@ def main(argv=None):
     x = np.random.default_rng(0).normal(size=(2, 16, 256))  # model width
     x = x.astype("float32")
     expected = keras.ops.convert_to_numpy(mha(x, x))
-    print(f"\n{'reparametrized to':<34} {'error of T':>16} {'max |y - y_mha|':>16}")
+    print(
+        f"\n{'reparametrized to':<34} {'error of T':>16} {'max |y - y_mha|':>16}"
+    )
     for shared_key_dim in (heads * key_dim, heads * key_dim // 2):
         layer, report = reparametrize(mha, shared_key_dim, seed=0)
         error = np.abs(keras.ops.convert_to_numpy(layer(x, x)) - expected)

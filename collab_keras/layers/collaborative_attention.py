@@ -5,7 +5,6 @@ import numbers
 import string
 
 import keras
-from keras import backend
 from keras import config
 from keras import constraints
 from keras import initializers
@@ -312,7 +311,9 @@ class CollaborativeAttention(Layer):
         self._attention_axes = axes
         query = string.ascii_lowercase[: rank - 1]
         key_letters = iter(string.ascii_lowercase[rank - 1 :])
-        key = "".join(next(key_letters) if i in axes else c for i, c in enumerate(query))
+        key = "".join(
+            next(key_letters) if i in axes else c for i, c in enumerate(query)
+        )
         batch = "".join(c for i, c in enumerate(query) if i not in axes)
         query_attended = "".join(query[a] for a in axes)
         key_attended = "".join(key[a] for a in axes)
@@ -447,10 +448,14 @@ class CollaborativeAttention(Layer):
         mixed = ops.einsum(self._mix_equation, query, mixing)  # (B, T, N, K)
         scores = ops.einsum(self._score_equation, key, mixed)  # (B, N, T, S)
         if content is not None:
-            content = ops.multiply(content, ops.cast(self._scale, content.dtype))
+            content = ops.multiply(
+                content, ops.cast(self._scale, content.dtype)
+            )
             content = ops.einsum(self._content_equation, content)  # (B, N, S)
             for _ in self._attention_axes:  # (B, N, 1, S)
-                content = ops.expand_dims(content, -1 - len(self._attention_axes))
+                content = ops.expand_dims(
+                    content, -1 - len(self._attention_axes)
+                )
             scores = scores + content
         weights = self._masked_softmax(scores, attention_mask)  # (B, N, T, S)
         dropped = self._dropout_layer(weights, training=training)
@@ -623,9 +628,7 @@ class CollaborativeAttention(Layer):
                 "kernel_constraint": constraints.serialize(
                     self._kernel_constraint
                 ),
-                "bias_constraint": constraints.serialize(
-                    self._bias_constraint
-                ),
+                "bias_constraint": constraints.serialize(self._bias_constraint),
                 "seed": self.seed,
             }
         )
@@ -697,7 +700,9 @@ def _check_mask_shape(attention_mask, query, value, attention_axes):
     """
     rank = len(query.shape)
     target = (
-        tuple(query.shape[i] for i in range(rank - 1) if i not in attention_axes)
+        tuple(
+            query.shape[i] for i in range(rank - 1) if i not in attention_axes
+        )
         + tuple(query.shape[a] for a in attention_axes)
         + tuple(value.shape[a] for a in attention_axes)
     )
