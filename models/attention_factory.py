@@ -40,23 +40,20 @@ def check_attention(attention, shared_key_dim=None):
     if isinstance(attention, dict):
         attention = keras.saving.deserialize_keras_object(attention)
     if isinstance(attention, str):
-        if attention not in ATTENTIONS:
-            raise ValueError(
-                "Argument `attention` must be one of "
-                f"{ATTENTIONS} or a layer factory. "
-                f"Received: attention={attention!r}"
-            )
-        if attention == "concatenate" and shared_key_dim is not None:
-            raise ValueError(
-                "Argument `shared_key_dim` applies only to "
-                "attention='collaborative'. Received: "
-                f"attention='concatenate', shared_key_dim={shared_key_dim!r}"
-            )
-    elif not callable(attention):
+        valid = attention in ATTENTIONS
+    else:
+        valid = callable(attention)
+    if not valid:
         raise ValueError(
             "Argument `attention` must be one of "
             f"{ATTENTIONS} or a layer factory. "
             f"Received: attention={attention!r}"
+        )
+    if attention == "concatenate" and shared_key_dim is not None:
+        raise ValueError(
+            "Argument `shared_key_dim` applies only to "
+            "attention='collaborative'. Received: "
+            f"attention='concatenate', shared_key_dim={shared_key_dim!r}"
         )
     if shared_key_dim is not None and (
         isinstance(shared_key_dim, bool)
@@ -71,7 +68,7 @@ def check_attention(attention, shared_key_dim=None):
 
 
 def serialize_attention(attention):
-    """The `get_config` form of the attention switch."""
+    """The `get_config` form of the attention switch (`None` stays `None`)."""
     if isinstance(attention, str):
         return attention
     return keras.saving.serialize_keras_object(attention)
@@ -123,8 +120,8 @@ def make_attention(
         num_heads=num_heads,
         key_dim=key_dim,
         dropout=dropout,
-        kernel_initializer=_clone(kernel_initializer),
-        bias_initializer=_clone(bias_initializer),
+        kernel_initializer=clone_initializer(kernel_initializer),
+        bias_initializer=clone_initializer(bias_initializer),
         dtype=dtype,
         name=name,
         **(attention_kwargs or {}),
@@ -142,7 +139,8 @@ def make_attention(
     return attention(shared_key_dim=shared_key_dim, cached=cached, **kwargs)
 
 
-def _clone(initializer):
-    """A fresh initializer, so that layers do not draw the same values."""
+def clone_initializer(initializer):
+    """A fresh initializer (from an identifier or an initializer), so that
+    layers do not draw the same values."""
     initializer = keras.initializers.get(initializer)
     return initializer.__class__.from_config(initializer.get_config())

@@ -4,12 +4,13 @@ import keras
 from keras import ops
 
 from .attention_factory import check_attention
+from .attention_factory import clone_initializer
 from .attention_factory import serialize_attention
 
 # Feed-forward activations by name (names keep the block configs plain).
 ACTIVATIONS = {
     "relu": keras.activations.relu,
-    "gelu": lambda x: keras.activations.gelu(x, approximate=False),
+    "gelu": keras.activations.gelu,  # exact (approximate=False)
     "gelu_approximate": lambda x: keras.activations.gelu(x, approximate=True),
 }
 
@@ -29,14 +30,14 @@ def padding_attention_mask(padding_mask, attention_mask=None):
 
     Returns a boolean mask broadcastable to `(B, T, S)`, or `None`.
     """
-    masks = []
+    mask = None
     if padding_mask is not None:
         if len(padding_mask.shape) != 2:
             raise ValueError(
                 "`padding_mask` must have shape (batch, length). "
                 f"Received: padding_mask.shape={tuple(padding_mask.shape)}"
             )
-        masks.append(ops.expand_dims(ops.cast(padding_mask, "bool"), 1))
+        mask = ops.expand_dims(ops.cast(padding_mask, "bool"), 1)  # (B, 1, S)
     if attention_mask is not None:
         if len(attention_mask.shape) != 3:
             raise ValueError(
@@ -44,12 +45,11 @@ def padding_attention_mask(padding_mask, attention_mask=None):
                 "length). Received: "
                 f"attention_mask.shape={tuple(attention_mask.shape)}"
             )
-        masks.append(ops.cast(attention_mask, "bool"))
-    if not masks:
-        return None
-    mask = masks[0]
-    for other in masks[1:]:
-        mask = ops.logical_and(mask, other)
+        attention_mask = ops.cast(attention_mask, "bool")  # (B, T, S)
+        if mask is None:
+            mask = attention_mask
+        else:
+            mask = ops.logical_and(mask, attention_mask)
     return mask
 
 
@@ -130,8 +130,8 @@ class BlockBase(keras.layers.Layer):
         layer = keras.layers.Dense(
             units,
             activation=activation,
-            kernel_initializer=_clone(self.kernel_initializer),
-            bias_initializer=_clone(self.bias_initializer),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
             dtype=self.dtype_policy,
             name=name,
         )
@@ -194,8 +194,3 @@ class BlockBase(keras.layers.Layer):
             }
         )
         return config
-
-
-def _clone(initializer):
-    """A fresh initializer, so that sublayers do not draw the same values."""
-    return initializer.__class__.from_config(initializer.get_config())

@@ -40,13 +40,12 @@ def check_inputs(inputs, specs):
                 f"Received: {name}.shape={shape}"
             )
         dtype = backend.standardize_dtype(x.dtype)
-        is_int = "int" in dtype
-        if kind == "int" and not is_int:
+        if kind == "int" and "int" not in dtype:
             raise ValueError(
                 f"Input `{name}` must hold integer token ids. "
                 f"Received: {name}.dtype={dtype}"
             )
-        if kind == "float" and not "float" in dtype:
+        if kind == "float" and "float" not in dtype:
             raise ValueError(
                 f"Input `{name}` must be floating point. "
                 f"Received: {name}.dtype={dtype}"

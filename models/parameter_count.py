@@ -21,13 +21,6 @@ from .presets import TRANSFORMER_PRESETS
 from .presets import VIT_PRESETS
 from .presets import get_preset
 
-_FAMILIES = {
-    "transformer": TRANSFORMER_PRESETS,
-    "bert": BERT_PRESETS,
-    "vit": VIT_PRESETS,
-}
-
-
 def attention_parameters(hidden_dim, num_heads, attention, shared_key_dim=None):
     """Parameters of one self- or cross-attention layer of width
     `hidden_dim`."""
@@ -40,20 +33,13 @@ def attention_parameters(hidden_dim, num_heads, attention, shared_key_dim=None):
 
 
 def block_parameters(
-    hidden_dim,
-    intermediate_dim,
-    num_heads,
-    attention,
-    shared_key_dim=None,
-    num_attention_layers=1,
+    hidden_dim, intermediate_dim, num_heads, attention, shared_key_dim=None
 ):
-    """One encoder (`num_attention_layers=1`) or decoder (2) block: the
-    attention layers, one layer norm per sub-block, the feed-forward net."""
+    """One encoder block: self-attention, feed-forward net, two layer norms
+    (a decoder block adds a cross-attention and its layer norm)."""
     d, i = hidden_dim, intermediate_dim
-    attention = num_attention_layers * attention_parameters(
-        d, num_heads, attention, shared_key_dim
-    )
-    layer_norms = (num_attention_layers + 1) * 2 * d
+    attention = attention_parameters(d, num_heads, attention, shared_key_dim)
+    layer_norms = 2 * 2 * d
     feedforward = d * i + i + i * d + d
     return attention + layer_norms + feedforward
 
@@ -134,21 +120,26 @@ def transformer_parameters(
     embeddings = vocabulary_size * d + 2 * max_sequence_length * d
     if not share_embeddings:
         embeddings += source_vocabulary_size * d
-    encoder = num_encoder_layers * block_parameters(
-        d, intermediate_dim, num_heads, attention, shared_key_dim, 1
-    )
-    decoder = num_decoder_layers * block_parameters(
-        d, intermediate_dim, num_heads, attention, shared_key_dim, 1
+    blocks = (num_encoder_layers + num_decoder_layers) * block_parameters(
+        d, intermediate_dim, num_heads, attention, shared_key_dim
     )
     cross_attention = cross_attention or attention
     cross_key_dim = shared_key_dim if cross_attention == attention else None
-    decoder += num_decoder_layers * (
+    blocks += num_decoder_layers * (
         attention_parameters(d, num_heads, cross_attention, cross_key_dim)
         + 2 * d  # its layer norm
     )
     final_norms = 4 * d if normalize_first else 0
     output = 0 if tie_output_embeddings else d * vocabulary_size + vocabulary_size
-    return embeddings + encoder + decoder + final_norms + output
+    return embeddings + blocks + final_norms + output
+
+
+# Family name -> (presets, closed-form counter).
+_FAMILIES = {
+    "transformer": (TRANSFORMER_PRESETS, transformer_parameters),
+    "bert": (BERT_PRESETS, bert_parameters),
+    "vit": (VIT_PRESETS, vit_parameters),
+}
 
 
 def count_parameters(family, preset, **kwargs):
@@ -168,13 +159,9 @@ def count_parameters(family, preset, **kwargs):
             f"Argument `family` must be one of {sorted(_FAMILIES)}. "
             f"Received: family={family!r}"
         )
-    config = get_preset(_FAMILIES[family], preset)
+    presets, counter = _FAMILIES[family]
+    config = get_preset(presets, preset)
     config.update(kwargs)
-    counter = {
-        "transformer": transformer_parameters,
-        "bert": bert_parameters,
-        "vit": vit_parameters,
-    }[family]
     return counter(**config)
 
 

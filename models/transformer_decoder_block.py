@@ -227,9 +227,5 @@ class TransformerDecoderBlock(BlockBase):
 
     def get_config(self):
         config = super().get_config()
-        config["cross_attention"] = (
-            None
-            if self.cross_attention is None
-            else serialize_attention(self.cross_attention)
-        )
+        config["cross_attention"] = serialize_attention(self.cross_attention)
         return config

@@ -439,10 +439,6 @@ class TransformerNMT(ZooModel):
             "tie_output_embeddings": self.tie_output_embeddings,
             "attention": serialize_attention(self.attention),
             "shared_key_dim": self.shared_key_dim,
-            "cross_attention": (
-                None
-                if self.cross_attention is None
-                else serialize_attention(self.cross_attention)
-            ),
+            "cross_attention": serialize_attention(self.cross_attention),
             "attention_kwargs": self.attention_kwargs,
         }

@@ -132,12 +132,13 @@ class VisionTransformer(ZooModel):
         for block in self.transformer_layers:
             x = block(x)
         x = self.layer_norm(x)
-        outputs = {"sequence_output": x, "pooled_output": x[:, 0, :]}
+        pooled = x[:, 0, :]  # the class token, (batch, hidden)
+        outputs = {"sequence_output": x, "pooled_output": pooled}
         if num_classes is not None:
             self.classifier = keras.layers.Dense(
                 num_classes, dtype="float32", name="classifier"
             )
-            outputs["logits"] = self.classifier(x[:, 0, :])
+            outputs["logits"] = self.classifier(pooled)
         super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -156,14 +157,8 @@ class VisionTransformer(ZooModel):
         self.attention_kwargs = attention_kwargs
 
     def call(self, inputs, training=None, mask=None):
-        images = inputs["images"] if isinstance(inputs, dict) else inputs
-        check_inputs({"images": images}, {"images": ("float", 4, None)})
-        shape = tuple(images.shape[1:])
-        if any(s is not None and s != e for s, e in zip(shape, self.image_shape)):
-            raise ValueError(
-                f"Input `images` must have shape (batch, {self.image_shape}). "
-                f"Received: images.shape={tuple(images.shape)}"
-            )
+        # Keras' input spec has already checked the image size.
+        check_inputs(inputs, {"images": ("float", 4, None)})
         return super().call(inputs, training=training, mask=mask)
 
     def get_config(self):

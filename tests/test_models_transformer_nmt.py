@@ -48,8 +48,9 @@ def _inputs(target_length=7, seed=0):
 def test_forward_train_save_export(attention, shared_key_dim, tmp_path):
     model = _model(attention, shared_key_dim, dropout=0.1)
     inputs = _inputs()
-    assert tuple(model(inputs)["logits"].shape) == (2, 7, 1000)
-    assert model(inputs)["logits"].dtype == "float32"
+    logits = model(inputs)["logits"]
+    assert tuple(logits.shape) == (2, 7, 1000)
+    assert logits.dtype == "float32"
     targets = np.random.default_rng(5).integers(0, 1000, (2, 7))
     check_model(model, inputs, "logits", targets, tmp_path)
 

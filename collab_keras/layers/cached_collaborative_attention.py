@@ -109,8 +109,6 @@ class CachedCollaborativeAttention(CollaborativeAttention):
                 "With a cache, pass the causal mask as `attention_mask`. "
                 "Received: use_causal_mask=True"
             )
-        if key is None:
-            key = value
         self._check_cache(cache)
         if cache_update_index is not None:
             update = self.compute_cache(value, key)
