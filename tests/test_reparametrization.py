@@ -7,6 +7,7 @@ from keras import Model
 from keras import Sequential
 from keras import layers
 from keras import ops
+from keras import saving
 
 from collab_keras import CollaborativeAttention
 from collab_keras.reparametrization import LogitStatistics
@@ -213,8 +214,6 @@ def test_model_data_aware_and_saving(tmp_path):
     assert report[0]["logit_relative_error"] is not None
     path = str(tmp_path / "model.keras")
     new_model.save(path)
-    from keras import saving
-
     reloaded = saving.load_model(path)
     np.testing.assert_allclose(
         _numpy(reloaded(x[:2])), _numpy(new_model(x[:2])), atol=1e-6
@@ -371,8 +370,6 @@ def test_layer_cross_attention_calibration():
 
 
 def test_zoo_bert_encoder_saves_collaborative(tmp_path):
-    from keras import saving
-
     from collab_keras.models import BertEncoder
 
     model = BertEncoder.from_preset(

@@ -436,7 +436,7 @@ class CollaborativeAttention(Layer):
                 query,
                 key,
                 value,
-                ops.cast(self.mixing, query.dtype),
+                self.mixing,
                 content=content,
                 mask=attention_mask,
                 scale=self._scale,

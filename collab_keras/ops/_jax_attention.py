@@ -10,13 +10,16 @@ devices go to the XLA implementation.
 import jax
 import jax.numpy as jnp
 
+from collab_keras.ops.collaborative_dot_product_attention import pad_last
+from collab_keras.ops.collaborative_dot_product_attention import round_up
+
 CUDNN_MAX_WIDTH = 256
 _HALF = (jnp.bfloat16, jnp.float16)
 
 
 def padded_width(key_width, value_width):
     """Common head size of the padded operands."""
-    return -(-max(key_width, value_width) // 8) * 8
+    return round_up(max(key_width, value_width), 8)
 
 
 def cudnn_applies(key_width, value_width, dtype):
@@ -28,21 +31,20 @@ def cudnn_applies(key_width, value_width, dtype):
     )
 
 
-def attention(query, key, value, mixing, mask, scale, flash_attention=None):
+def attention(query, key, value, mixing, mask, scale):
     """query (B, T, K), key (B, S, K), value (B, S, N, V), mixing (N, K),
     mask (B, 1, T, S) bool or None -> (B, T, N, V).
 
-    cuDNN where it applies (`cudnn_applies`), XLA otherwise, whatever
-    `flash_attention` says (the layer decides whether to come here at all).
+    cuDNN where it applies (`cudnn_applies`), XLA otherwise.
     """
     batch, length, width_k = key.shape
     num_heads, value_dim = value.shape[-2], value.shape[-1]
     width = padded_width(width_k, value_dim)
-    mixed = jnp.einsum("btk,nk->btnk", query, mixing.astype(query.dtype))
+    mixed = jnp.einsum("btk,nk->btnk", query, mixing)
     key = jnp.broadcast_to(key[:, :, None, :], (batch, length, num_heads, width_k))
-    mixed = _pad(mixed, width)
-    key = _pad(key, width)
-    value = _pad(value, width)  # (B, S, N, width)
+    mixed = pad_last(mixed, width)
+    key = pad_last(key, width)
+    value = pad_last(value, width)  # (B, S, N, width)
     use_cudnn = cudnn_applies(width_k, value_dim, query.dtype)
     output = jax.nn.dot_product_attention(
         mixed,
@@ -53,10 +55,3 @@ def attention(query, key, value, mixing, mask, scale, flash_attention=None):
         implementation="cudnn" if use_cudnn else None,
     )
     return output[..., :value_dim]
-
-
-def _pad(x, width):
-    extra = width - x.shape[-1]
-    if extra == 0:
-        return x
-    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])

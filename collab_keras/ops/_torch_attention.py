@@ -10,6 +10,8 @@ memory-efficient or the math kernel).
 import torch
 import torch.nn.functional as F
 
+from collab_keras.ops.collaborative_dot_product_attention import round_up
+
 # cuDNN attention takes head sizes up to 256; on an H200 (PyTorch 2.11) its
 # forward+backward at head size 192 took longer than at 256 (1.61 vs 1.22 ms,
 # batch 32, length 512, 12 heads: docs/performance.md), so key widths between
@@ -19,20 +21,19 @@ CUDNN_MAX_WIDTH = 256
 
 def key_width(width):
     """Head size given to the kernel for a shared key of `width`."""
-    width = -(-width // 8) * 8
+    width = round_up(width, 8)
     return CUDNN_MAX_WIDTH if 128 < width < CUDNN_MAX_WIDTH else width
 
 
-def attention(query, key, value, mixing, mask, scale, flash_attention=None):
+def attention(query, key, value, mixing, mask, scale):
     """query (B, T, K), key (B, S, K), value (B, S, N, V), mixing (N, K),
     mask (B, 1, T, S) bool or None -> (B, T, N, V).
 
-    PyTorch chooses the kernel, whatever `flash_attention` says (the layer
-    decides whether to come here at all).
+    PyTorch chooses the kernel.
     """
     value_dim = value.shape[-1]
-    width = -(-value_dim // 8) * 8
-    mixed = torch.einsum("btk,nk->bntk", query, mixing.to(query.dtype))
+    width = round_up(value_dim, 8)
+    mixed = torch.einsum("btk,nk->bntk", query, mixing)
     key = key.unsqueeze(1)  # (B, 1, S, K)
     padded = key_width(key.shape[-1]) if query.is_cuda else key.shape[-1]
     if padded != key.shape[-1]:

@@ -31,6 +31,8 @@ largest content term, unless its dot-product score is larger by 80 or more);
 with float16 values the weights underflow at about 17 instead of 80.
 """
 
+import functools
+
 from keras import backend
 from keras import ops
 
@@ -51,7 +53,7 @@ def collaborative_dot_product_attention(
         query: Shared query `x Wq`, shape `(B, T, K)`.
         key: Shared key `y Wk`, shape `(B, S, K)`.
         value: Per-head values, shape `(B, S, N, V)`.
-        mixing: Mixing matrix, shape `(N, K)`.
+        mixing: Mixing matrix, shape `(N, K)`, cast to the query's dtype.
         content: Optional content-bias term `y C` (unscaled), shape
             `(B, S, N)`.
         mask: Optional boolean mask broadcastable to `(B, N, T, S)`, given
@@ -67,32 +69,29 @@ def collaborative_dot_product_attention(
         all masked return 0, as on the explicit path.
     """
     value_dim = value.shape[-1]
+    mixing = ops.cast(mixing, query.dtype)
     attends = None
     if mask is not None:
         mask = ops.cast(mask, "bool")
         while len(mask.shape) < 4:  # (B, 1, T, S)
             mask = ops.expand_dims(mask, -3)
+    if content is not None:
+        value = _content_into_values(value, content, scale, mask)  # (B, S, N, V+1)
+    if mask is not None:
         # Rows with no key to attend to attend to all keys (so that no
         # kernel sees an empty softmax) and are zeroed at the end.
         attends = ops.any(mask, axis=-1, keepdims=True)  # (B, 1, T, 1)
         mask = ops.logical_or(mask, ops.logical_not(attends))
-    if content is not None:
-        value = _content_into_values(value, content, scale, mask)  # (B, S, N, V+1)
     name = backend.backend()
     if name == "jax":
-        from collab_keras.ops import _jax_attention as kernel
+        from collab_keras.ops._jax_attention import attention
     elif name == "torch":
-        from collab_keras.ops import _torch_attention as kernel
+        from collab_keras.ops._torch_attention import attention
     else:
-        kernel = None
-    if kernel is not None:
-        output = kernel.attention(
-            query, key, value, mixing, mask, scale, flash_attention
+        attention = functools.partial(
+            portable_attention, flash_attention=flash_attention
         )
-    else:
-        output = portable_attention(
-            query, key, value, mixing, mask, scale, flash_attention
-        )  # (B, T, N, V or V+1)
+    output = attention(query, key, value, mixing, mask, scale)  # (B, T, N, V[+1])
     if content is not None:
         output = _divide_out_content(output, value_dim)
     if attends is not None:
@@ -167,6 +166,7 @@ def pad_last(x, width):
 
 
 def round_up(n, multiple):
+    """`n` rounded up to a multiple of `multiple`."""
     return -(-n // multiple) * multiple
 
 

@@ -136,11 +136,8 @@ def _als(wq, wk, rank, max_iterations, tolerance, seed):
     d_k = wk.shape[0]
     wq_flat = wq.reshape(d_q, heads * key_dim)  # (d_q, H * dk)
     wk_flat = wk.reshape(d_k, heads * key_dim)  # (d_k, H * dk)
-    # Per-head Gram matrices Wq_h^T Wq_h and Wk_h^T Wk_h.
-    gram_q = np.einsum("ihk,ihl->hkl", wq, wq)  # (H, dk, dk)
-    gram_k = np.einsum("jhk,jhl->hkl", wk, wk)  # (H, dk, dk)
-    # ||T||^2 = sum_h tr(Wq_h^T Wq_h Wk_h^T Wk_h).
-    norm_t = np.sqrt(np.einsum("hkl,hlk->", gram_q, gram_k))
+    gram_q, gram_k, norm_t_sq = _head_grams(wq, wk)
+    norm_t = np.sqrt(norm_t_sq)
 
     rng = np.random.default_rng(seed)
     # Mode-0 Gram of T: sum_h Wq_h (Wk_h^T Wk_h) Wq_h^T; likewise for mode 2.
@@ -148,7 +145,6 @@ def _als(wq, wk, rank, max_iterations, tolerance, seed):
     b = _leading_eigenvectors(wk_flat @ _per_head(gram_q, wk), rank, rng)
 
     relative_error = np.inf
-    iterations = 0
     proj_q = (wq_flat.T @ a).reshape(heads, key_dim, rank)  # Wq_h^T A
     gram_a = a.T @ a  # (R, R)
     for iterations in range(1, max_iterations + 1):
@@ -206,13 +202,19 @@ def _relative_error(wq, wk, a, m, b):
     heads, key_dim = wq.shape[1:]
     proj_q = (wq.reshape(len(wq), -1).T @ a).reshape(heads, key_dim, -1)
     proj_k = (wk.reshape(len(wk), -1).T @ b).reshape(heads, key_dim, -1)
-    gram_q = np.einsum("ihk,ihl->hkl", wq, wq)  # (H, dk, dk)
-    gram_k = np.einsum("jhk,jhl->hkl", wk, wk)  # (H, dk, dk)
-    norm_t_sq = np.einsum("hkl,hlk->", gram_q, gram_k)
+    _, _, norm_t_sq = _head_grams(wq, wk)
     inner = np.sum(np.einsum("hkr,hkr->hr", proj_q, proj_k) * m)
     norm_hat_sq = np.sum((a.T @ a) * (m.T @ m) * (b.T @ b))
     residual_sq = max(norm_t_sq - 2.0 * inner + norm_hat_sq, 0.0)
     return float(np.sqrt(residual_sq / norm_t_sq))
+
+
+def _head_grams(wq, wk):
+    """Per-head Grams `Wq_h^T Wq_h`, `Wk_h^T Wk_h` (H, dk, dk); `||T||^2`."""
+    gram_q = np.einsum("ihk,ihl->hkl", wq, wq)
+    gram_k = np.einsum("jhk,jhl->hkl", wk, wk)
+    # ||T||^2 = sum_h tr(Wq_h^T Wq_h Wk_h^T Wk_h).
+    return gram_q, gram_k, np.einsum("hkl,hlk->", gram_q, gram_k)
 
 
 def _metric(matrix, size, name):

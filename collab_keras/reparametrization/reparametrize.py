@@ -126,7 +126,6 @@ def reparametrize(
     if calibration_data is not None:
         statistics = _layer_statistics(obj, calibration_data)
     layer, entry = _convert(obj, statistics, options)
-    entry["name"] = obj.name
     return layer, [entry]
 
 
@@ -401,9 +400,8 @@ def _layer_statistics(mha, calibration_data):
     else:
         query = key = calibration_data
     query, key = np.asarray(query), np.asarray(key)
-    query_dim = mha._build_shapes_dict["query_shape"][-1]
-    key_shape = mha._build_shapes_dict.get("key_shape")
-    key_dim = (key_shape or mha._build_shapes_dict["value_shape"])[-1]
+    statistics = _empty_statistics(mha)
+    query_dim, key_dim = statistics.query_dim, statistics.key_dim
     if (
         query.ndim < 2
         or key.ndim < 2
@@ -417,20 +415,23 @@ def _layer_statistics(mha, calibration_data):
             f"activations of shape (batch, length, {key_dim}). Received: "
             f"calibration_data with shapes {query.shape} and {key.shape}"
         )
-    statistics = LogitStatistics(query_dim, key_dim)
     statistics.update(query, key, self_attention=query is key)
     return statistics
+
+
+def _empty_statistics(mha):
+    """LogitStatistics sized for `mha`'s query and key features."""
+    # Kernels (d_q, H, dk) and (d_k, H, dk).
+    return LogitStatistics(
+        mha._query_dense.kernel.shape[0], mha._key_dense.kernel.shape[0]
+    )
 
 
 def _model_statistics(model, sites, calibration_data):
     """Runs `model` on the data, recording each attention layer's inputs."""
     statistics = {}
     for _, _, layer, _ in sites:
-        shapes = layer._build_shapes_dict
-        key_shape = shapes.get("key_shape") or shapes["value_shape"]
-        statistics[id(layer)] = LogitStatistics(
-            shapes["query_shape"][-1], key_shape[-1]
-        )
+        statistics[id(layer)] = _empty_statistics(layer)
         layer.call = _recording_call(layer, statistics[id(layer)])
     try:
         size = len(keras.tree.flatten(calibration_data)[0])
