@@ -4,6 +4,7 @@ import keras_hub
 import numpy as np
 import pytest
 
+from collab_keras.models import VIT_PRESETS
 from collab_keras.models import VisionTransformer
 from collab_keras.models import load_vit_backbone_weights
 from collab_keras.reparametrization import reparametrize
@@ -30,14 +31,8 @@ def test_forward_train_save_export(attention, shared_key_dim, tmp_path):
 
 
 def test_parity_with_keras_hub_vit_backbone():
-    config = dict(
-        image_shape=(32, 32, 3),
-        patch_size=4,
-        num_layers=2,
-        num_heads=4,
-        hidden_dim=64,
-        mlp_dim=128,
-    )
+    config = dict(VIT_PRESETS["vit_tiny"])
+    config.pop("num_classes")  # the keras-hub backbone has no head
     backbone = keras_hub.models.ViTBackbone(**config)
     model = VisionTransformer(**config)
     load_vit_backbone_weights(model, backbone)
