@@ -1,0 +1,216 @@
+"""The collaborative attention core on a GPU: Pallas kernel vs the rest (JAX).
+
+Times, in one process on one card, forward and forward+backward of the
+attention core alone (bf16, 12 heads, value width 64, content term on):
+
+- `pallas`: `collab_keras.ops._pallas_attention.attention` (this repo's
+  kernel: shared key read once per block, mixing and content inside);
+- `bcast`: today's fused JAX path, the key broadcast to every head and the
+  values (plus the content column) zero-padded to the key width, on cuDNN
+  (`_jax_attention.attention`; only where cuDNN takes the width);
+- `explicit`: the einsum path (XLA), the fallback for any width;
+- `mha`: `jax.nn.dot_product_attention(implementation="cudnn")`, 12 heads
+  of width 64 (what `keras.layers.MultiHeadAttention` runs with flash).
+
+FLOP model (matrix products only): forward `2 B N T S (K + V)` for
+collaborative and `2 B N T S (64 + 64)` for MHA, forward+backward 3.5x the
+forward (the backward recomputes the scores: 5 products against the
+forward's 2); TFLOP/s columns use it. Ratios are times against `mha`.
+
+    python3 benchmarks/attention_kernel.py [--sweep] [--lengths 128,512]
+
+`--sweep` first times several tile configurations at Dk 256 and prints
+them (to choose `_pallas_attention.default_config`).
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from collab_keras.ops import _pallas_attention as pa
+
+BATCH_FOR = {128: 64, 512: 32, 2048: 8, 8192: 2}
+HEADS, VALUE = 12, 64
+
+
+def timed(fn, *args, repeats=10):
+    """Median of `repeats` timings (ms) of 5 queued calls each."""
+    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(5):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / 5 * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def make(batch, length, key_width, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 6)
+    bf = jnp.bfloat16
+    q = jax.random.normal(ks[0], (batch, length, key_width), bf)
+    k = jax.random.normal(ks[1], (batch, length, key_width), bf)
+    v = jax.random.normal(ks[2], (batch, length, HEADS, VALUE), bf)
+    m = jax.random.normal(ks[3], (HEADS, key_width), bf)
+    c = jax.random.normal(ks[4], (batch, length, HEADS), bf)
+    g = jax.random.normal(ks[5], (batch, length, HEADS, VALUE), bf)
+    return q, k, v, m, c, g
+
+
+def collab_fns(kind, key_width, causal, config=None):
+    scale = key_width**-0.5
+    if kind == "pallas":
+        def core(q, k, v, m, c):
+            return pa.attention(q, k, v, m, c, scale=scale, is_causal=causal,
+                                config=config)
+    elif kind == "bcast":
+        from collab_keras.ops import _jax_attention
+
+        if not _jax_attention.cudnn_applies(key_width, VALUE + 1, jnp.bfloat16):
+            return None
+        def core(q, k, v, m, c):
+            # The content column rides along as one more value column.
+            w = jnp.exp(c.astype(jnp.float32) * scale).astype(v.dtype)
+            vv = jnp.concatenate([v * w[..., None], w[..., None]], -1)
+            mask = None
+            if causal:
+                t = q.shape[1]
+                mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
+            o = _jax_attention.attention(q, k, vv, m, mask, scale)
+            return o[..., :VALUE] / o[..., VALUE:]
+    else:
+        def core(q, k, v, m, c):
+            mixed = jnp.einsum("btk,nk->btnk", q, m)
+            s = jnp.einsum("btnk,bsk->bnts", mixed, k,
+                           preferred_element_type=jnp.float32)
+            s = (s + jnp.transpose(c, (0, 2, 1))[:, :, None, :]) * scale
+            if causal:
+                t = q.shape[1]
+                s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
+            p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+            return jnp.einsum("bnts,bsnv->btnv", p, v)
+    fwd = jax.jit(core)
+
+    def loss(q, k, v, m, c, g):
+        return jnp.sum(core(q, k, v, m, c).astype(jnp.float32) * g)
+
+    both = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+    return fwd, both
+
+
+def mha_fns(causal):
+    def core(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                            implementation="cudnn")
+
+    def loss(q, k, v, g):
+        return jnp.sum(core(q, k, v).astype(jnp.float32) * g)
+
+    return jax.jit(core), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def flops(batch, length, width, causal):
+    f = 2 * batch * HEADS * length * length * width
+    return f / 2 if causal else f
+
+
+def sweep(lengths):
+    fwd_configs = [(64, 64, 4, 2), (64, 128, 8, 2), (32, 64, 4, 2)]
+    bwd_configs = [(bq, bk, w, g) for g in (0, HEADS)
+                   for bq, bk, w in ((128, 64, 8), (64, 32, 4), (128, 32, 8),
+                                     (64, 64, 8), (64, 32, 8), (128, 64, 4))]
+    key_width = 256
+    for length in lengths:
+        batch = BATCH_FOR[length]
+        q, k, v, m, c, g = make(batch, length, key_width)
+        base = pa.default_config(key_width, VALUE)
+        print(f"## sweep Dk {key_width}, B{batch} T{length}, default {base}")
+        for bq, bk, w, st in fwd_configs:
+            cfg = base._replace(block_q=bq, block_k=bk, warps=w, stages=st)
+            try:
+                fwd, _ = collab_fns("pallas", key_width, False, cfg)
+                ms = timed(fwd, q, k, v, m, c)
+                print(f"fwd bq{bq} bk{bk} w{w} s{st}: {ms:.3f} ms", flush=True)
+            except Exception as e:  # noqa: BLE001 (report and go on)
+                print(f"fwd bq{bq} bk{bk} w{w} s{st}: fails {str(e)[:200]}")
+        for bq, bk, w, groups in bwd_configs:
+            cfg = base._replace(block_q_bwd=bq, block_k_bwd=bk, warps_bwd=w,
+                                head_groups=groups)
+            try:
+                _, both = collab_fns("pallas", key_width, False, cfg)
+                ms = timed(both, q, k, v, m, c, g)
+                print(f"fwd+bwd bwd bq{bq} bk{bk} w{w} groups{groups}: "
+                      f"{ms:.3f} ms", flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"fwd+bwd bwd bq{bq} bk{bk} w{w} groups{groups}: "
+                      f"fails {str(e)[:200]}")
+
+
+def table(lengths, key_widths, causal):
+    print(f"\n## attention core, bf16, N{HEADS} V{VALUE}, content on, "
+          f"causal={causal}, card: {jax.devices()[0].device_kind}")
+    print("| T | B | Dk | mode | pallas ms | bcast ms | explicit ms | mha ms "
+          "| pallas/mha | best-other/mha | FLOP ratio | pallas TFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for length in lengths:
+        batch = BATCH_FOR[length]
+        _, _, mv, _, _, mg = make(batch, length, 64)
+        mq = jax.random.normal(jax.random.key(7), (batch, length, HEADS, 64),
+                               jnp.bfloat16)
+        mhaf, mhab = mha_fns(causal)
+        mha = (timed(mhaf, mq, mq, mv), timed(mhab, mq, mq, mv, mg))
+        for key_width in key_widths:
+            q, k, v, m, c, g = make(batch, length, key_width)
+            res = {}
+            for kind in ("pallas", "bcast", "explicit"):
+                if kind == "explicit" and length * length * batch > 2**26:
+                    res[kind] = (None, None)  # the scores would not fit
+                    continue
+                fns = collab_fns(kind, key_width, causal)
+                if fns is None:
+                    res[kind] = (None, None)
+                    continue
+                try:
+                    res[kind] = (timed(fns[0], q, k, v, m, c),
+                                 timed(fns[1], q, k, v, m, c, g))
+                except Exception as e:  # noqa: BLE001
+                    print(f"{kind} T{length} Dk{key_width} fails: {str(e)[:300]}")
+                    res[kind] = (None, None)
+            ratio = (key_width + VALUE) / 128
+            for mode, idx, factor in (("fwd", 0, 1), ("fwd+bwd", 1, 3.5)):
+                p = res["pallas"][idx]
+                others = [res[x][idx] for x in ("bcast", "explicit")
+                          if res[x][idx] is not None]
+                fl = factor * flops(batch, length, key_width + VALUE, causal)
+                cell = lambda x: "-" if x is None else f"{x:.3f}"
+                print(f"| {length} | {batch} | {key_width} | {mode} | {cell(p)} "
+                      f"| {cell(res['bcast'][idx])} | {cell(res['explicit'][idx])} "
+                      f"| {mha[idx]:.3f} | "
+                      + ("-" if p is None else f"{p / mha[idx]:.2f}")
+                      + " | " + (f"{min(others) / mha[idx]:.2f}" if others else "-")
+                      + f" | {ratio:.2f} | "
+                      + ("-" if p is None else f"{fl / p / 1e9:.0f}") + " |",
+                      flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--sweep-lengths", default="512,2048")
+    parser.add_argument("--lengths", default="128,512,2048,8192")
+    parser.add_argument("--key-widths", default="128,192,256,384")
+    parser.add_argument("--causal", action="store_true")
+    args = parser.parse_args()
+    ints = lambda s: [int(x) for x in s.split(",") if x]
+    if args.sweep:
+        sweep(ints(args.sweep_lengths))
+    table(ints(args.lengths), ints(args.key_widths), args.causal)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,566 @@
+"""Fused collaborative attention for JAX on GPUs: a Pallas (Triton) kernel.
+
+For every head `h` it computes, exactly,
+
+    softmax_j(scale * ((q_i * m_h) . k_j + c_h(j)) + mask) @ v_h
+
+from the shared query `q` (B, T, K), the shared key `k` (B, S, K), the
+per-head values `v` (B, S, N, V), the mixing `m` (N, K) and the optional
+content term `c` (B, S, N), in float32 accumulation, with a FlashAttention-2
+online softmax (Dao, 2023) and backward pass. What differs from a stock
+multi-head kernel:
+
+- the mixing `m_h` is applied to the query tile inside the kernel: no
+  `(B, T, N, K)` tensor is written, and the key is never broadcast;
+- scores are `K` wide and values `V` wide (no padding of the values to the
+  key width); both are rounded up to a power of two only inside the kernel
+  (Triton's tiles);
+- the content term is added to the scores inside the kernel;
+- the causal mask and key-padding masks `(B, 1, 1, S)` are computed or read
+  per key block inside the kernel; any other boolean mask is read as an
+  int8 tile per block (the fallback); rows with no key to attend to give 0;
+  NaN propagates;
+- backward: one kernel per key block loops over all heads with the key tile
+  loaded once, accumulating the shared key's gradient over heads (plus the
+  values' and content term's gradients); one kernel per query block loops
+  over all heads, accumulating the shared query's gradient and partial sums
+  of the mixing gradient.
+
+On CPUs the same kernels run in Pallas' interpreter (`interpret=True`,
+used by the tests); `applies` says when the compiled kernel runs.
+"""
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+_LOG2E = math.log2(math.e)
+_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
+MAX_KEY_WIDTH = 512
+MAX_VALUE_WIDTH = 256
+
+
+class Config(NamedTuple):
+    """Tile sizes and warps of the three kernels (all powers of two)."""
+
+    block_q: int = 64  # forward
+    block_k: int = 64
+    warps: int = 4
+    stages: int = 2
+    block_q_bwd: int = 64  # backward (both kernels)
+    block_k_bwd: int = 64
+    warps_bwd: int = 8
+    head_groups: int = 0  # backward: heads split over this many programs
+    # (0: enough groups to fill the card, `head_groups`)
+
+
+def default_config(key_width, value_width, dtype=jnp.bfloat16):
+    """Tile sizes by the padded key width and dtype, measured on an H200."""
+    width = _pow2(key_width)
+    if width <= 64:
+        config = Config(block_q=128, block_k=64, warps=4)
+    elif width <= 128:
+        config = Config(block_q=128, block_k=64, warps=8)
+    elif width <= 256:
+        config = Config(block_q=64, block_k=64, warps=4, block_q_bwd=128,
+                        block_k_bwd=64, warps_bwd=8)
+    else:
+        config = Config(block_q=64, block_k=32, warps=4, block_q_bwd=32,
+                        block_k_bwd=32, warps_bwd=8)
+    if jnp.dtype(dtype).itemsize == 4:  # float32 tiles: half the blocks
+        config = config._replace(**{
+            name: max(16, getattr(config, name) // 2)
+            for name in ("block_q", "block_k", "block_q_bwd", "block_k_bwd")
+        })
+    return config
+
+
+def head_groups(num_heads, batch, length, block):
+    """Groups of heads in the backward kernels: the fewest (a divisor of
+    `num_heads`) that give at least 2 programs per multiprocessor of an
+    H200 (132), so that short sequences and small batches fill the card."""
+    blocks = batch * -(-length // block)
+    for groups in range(1, num_heads + 1):
+        if num_heads % groups == 0 and blocks * groups >= 264:
+            return groups
+    return num_heads
+
+
+def applies(query, key, value, mixing=None, content=None, mask=None,
+            scale=None, is_causal=False):
+    """Whether the compiled kernel runs these inputs on this device.
+
+    A GPU (Triton lowering), float16/bfloat16/float32 inputs of one dtype,
+    shared key width up to 512, value width up to 256, and a mask (if any)
+    that broadcasts to `(B, 1 or N, T, S)`.
+    """
+    try:
+        if jax.devices()[0].platform != "gpu":
+            return False
+    except RuntimeError:
+        return False
+    return _supported(query, key, value, mask) is None
+
+
+def _supported(query, key, value, mask):
+    """`None` when the kernel takes these shapes, else the reason."""
+    if len(query.shape) != 3 or len(key.shape) != 3 or len(value.shape) != 4:
+        return "ranks"
+    dtype = jnp.dtype(query.dtype)
+    if dtype not in [jnp.dtype(d) for d in _DTYPES]:
+        return f"dtype {dtype}"
+    if jnp.dtype(key.dtype) != dtype or jnp.dtype(value.dtype) != dtype:
+        return "mixed dtypes"
+    if query.shape[-1] > MAX_KEY_WIDTH or value.shape[-1] > MAX_VALUE_WIDTH:
+        return "width"
+    if mask is not None:
+        batch, length = query.shape[:2]
+        heads, keys = value.shape[2], key.shape[1]
+        shape = (1,) * (4 - len(mask.shape)) + tuple(mask.shape)
+        if len(shape) != 4 or any(
+            d not in (1, full)
+            for d, full in zip(shape, (batch, heads, length, keys))
+        ):
+            return "mask shape"
+    return None
+
+
+def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
+              is_causal=False, *, config=None, interpret=False):
+    """Collaborative attention, fused. Differentiable (`jax.custom_vjp`).
+
+    Args:
+        query: Shared query, `(B, T, K)`.
+        key: Shared key, `(B, S, K)`.
+        value: Per-head values, `(B, S, N, V)`.
+        mixing: Mixing, `(N, K)`, cast to the query's dtype.
+        content: Optional unscaled content term `y C`, `(B, S, N)`.
+        mask: Optional boolean mask broadcastable to `(B, N, T, S)` (ranks
+            2 to 4 are aligned to the right); `True` where a query may
+            attend to a key.
+        scale: Score scale.
+        is_causal: Whether query `i` attends only to keys `j <= i`.
+        config: Optional `Config` of tile sizes.
+        interpret: Run the kernels in Pallas' interpreter (CPUs, tests).
+
+    Returns:
+        `(B, T, N, V)` in the query's dtype.
+    """
+    reason = _supported(query, key, value, mask)
+    if reason is not None:
+        raise ValueError(
+            "The Pallas collaborative attention kernel does not take these "
+            f"inputs ({reason}). Received: query.shape={query.shape}, "
+            f"key.shape={key.shape}, value.shape={value.shape}, "
+            f"mask.shape={None if mask is None else mask.shape}, "
+            f"dtype={query.dtype}"
+        )
+    batch, length, key_width = query.shape
+    keys, num_heads, value_width = value.shape[1:]
+    if config is None:
+        config = default_config(key_width, value_width, query.dtype)
+    if not config.head_groups:
+        config = config._replace(head_groups=head_groups(
+            num_heads, batch, max(length, keys), config.block_k_bwd))
+    pad_t = max(config.block_q, config.block_q_bwd)
+    pad_s = max(config.block_k, config.block_k_bwd)
+    t_pad, s_pad = _round_up(length, pad_t), _round_up(keys, pad_s)
+    k_pad, v_pad = _pow2(key_width), _pow2(value_width)
+    dtype = query.dtype
+    q = _pad(query, (0, t_pad - length, k_pad - key_width))
+    k = _pad(key, (0, s_pad - keys, k_pad - key_width))
+    v = _pad(value, (0, s_pad - keys, 0, v_pad - value_width))
+    m = _pad(mixing.astype(dtype), (0, k_pad - key_width))
+    c = None
+    if content is not None:
+        c = jnp.transpose(content.astype(jnp.float32), (0, 2, 1))  # (B, N, S)
+        c = _pad(c, (0, 0, s_pad - keys))
+    mask_kind, mask_arr = "none", None
+    if mask is not None:
+        mask = mask.astype(jnp.bool_)
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        if mask.shape[1] == 1 and mask.shape[2] == 1:
+            mask_kind = "keys"  # (B, S): key padding
+            mask_arr = jnp.broadcast_to(mask[:, 0, 0, :], (batch, keys))
+            mask_arr = _pad(mask_arr.astype(jnp.int8), (0, s_pad - keys))
+        else:
+            mask_kind = "full"  # (B, 1 or N, T, S)
+            heads = mask.shape[1]
+            mask_arr = jnp.broadcast_to(mask, (batch, heads, length, keys))
+            mask_arr = _pad(mask_arr.astype(jnp.int8),
+                            (0, 0, t_pad - length, s_pad - keys))
+    static = _Static(
+        scale=float(scale), causal=bool(is_causal), mask_kind=mask_kind,
+        keys=keys, config=config, interpret=bool(interpret),
+    )
+    out = _attention(q, k, v, m, c, mask_arr, static)
+    return out[:, :length, :, :value_width]
+
+
+class _Static(NamedTuple):
+    scale: float
+    causal: bool
+    mask_kind: str  # "none", "keys" (B, S) or "full" (B, 1|N, T, S)
+    keys: int  # true key count (keys beyond it are padding)
+    config: Config
+    interpret: bool
+
+
+def _pow2(n):
+    return max(16, 1 << (int(n) - 1).bit_length())
+
+
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+def _pad(x, extra):
+    """Zero-pads the trailing axes of `x` by `extra` (a no-op if all 0)."""
+    if not any(extra):
+        return x
+    widths = [(0, 0)] * (x.ndim - len(extra)) + [(0, e) for e in extra]
+    return jnp.pad(x, widths)
+
+
+# ---------------------------------------------------------------------------
+# Shared pieces of the kernels.
+
+
+def _scores(qm, k, c_ref, mask_ref, b, h, row0, col0, static, heads_in_mask):
+    """Masked base-2 scores `(bq, bk)` of the tile at (`row0`, `col0`):
+    `scale * log2(e) * (qm . k + c)`, -inf where masked."""
+    bq, bk = qm.shape[0], k.shape[0]
+    rows = row0 + jnp.arange(bq, dtype=jnp.int32)
+    cols = col0 + jnp.arange(bk, dtype=jnp.int32)
+    s = _dot(qm, k, trans_b=True)  # (bq, bk) float32
+    if c_ref is not None:
+        s = s + c_ref[b, h, pl.ds(col0, bk)][None, :]
+    s = s * (static.scale * _LOG2E)
+    valid = None
+    cfg = static.config
+    if static.keys % max(cfg.block_k, cfg.block_k_bwd):  # padded keys
+        valid = jnp.broadcast_to(cols[None, :] < static.keys, s.shape)
+    if static.causal:
+        causal = rows[:, None] >= cols[None, :]
+        valid = causal if valid is None else valid & causal
+    if static.mask_kind == "keys":
+        keep = mask_ref[b, pl.ds(col0, bk)] != 0
+        keep = jnp.broadcast_to(keep[None, :], s.shape)
+        valid = keep if valid is None else valid & keep
+    elif static.mask_kind == "full":
+        hm = h if heads_in_mask > 1 else 0
+        keep = mask_ref[b, hm, pl.ds(row0, bq), pl.ds(col0, bk)] != 0
+        valid = keep if valid is None else valid & keep
+    if valid is not None:
+        s = jnp.where(valid, s, -jnp.inf)
+    return s
+
+
+def _dot(a, b, trans_a=False, trans_b=False):
+    """`a @ b` (optionally transposed) with float32 accumulation."""
+    dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
+    return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+def _mixed(q, m):
+    """`q * m_h` rounded once to the input dtype, as the einsum would."""
+    return (q.astype(jnp.float32) * m.astype(jnp.float32)[None, :]).astype(q.dtype)
+
+
+def _key_blocks_for(i, block_q, block_k, n_kblocks, causal):
+    """Number of key blocks query block `i` attends to."""
+    if not causal:
+        return n_kblocks
+    return jnp.minimum(n_kblocks, lax.div((i + 1) * block_q + block_k - 1, block_k))
+
+
+# ---------------------------------------------------------------------------
+# Forward.
+
+
+def _forward_kernel(*refs, static, has_content, heads_in_mask, n_kblocks):
+    refs = list(refs)
+    q_ref, k_ref, v_ref, m_ref = refs[:4]
+    rest = refs[4:]
+    c_ref = rest.pop(0) if has_content else None
+    mask_ref = rest.pop(0) if static.mask_kind != "none" else None
+    o_ref, lse_ref = rest
+    cfg = static.config
+    bq, bk = cfg.block_q, cfg.block_k
+    h, i, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    q = q_ref[b, pl.ds(i * bq, bq), :]  # (bq, Kp)
+    qm = _mixed(q, m_ref[h, :])
+    v_width = v_ref.shape[-1]
+
+    def body(j, carry):
+        acc, top, total = carry
+        k = k_ref[b, pl.ds(j * bk, bk), :]  # (bk, Kp)
+        s = _scores(qm, k, c_ref, mask_ref, b, h, i * bq, j * bk, static,
+                    heads_in_mask)
+        new_top = jnp.maximum(top, jnp.max(s, axis=1))
+        safe = jnp.where(new_top == -jnp.inf, 0.0, new_top)
+        alpha = jnp.exp2(top - safe)
+        p = jnp.exp2(s - safe[:, None])  # (bq, bk)
+        total = total * alpha + jnp.sum(p, axis=1)
+        v = v_ref[b, pl.ds(j * bk, bk), h, :]  # (bk, Vp)
+        acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v)
+        return acc, new_top, total
+
+    acc = jnp.zeros((bq, v_width), jnp.float32)
+    top = jnp.full((bq,), -jnp.inf, jnp.float32)
+    total = jnp.zeros((bq,), jnp.float32)
+    upper = _key_blocks_for(i, bq, bk, n_kblocks, static.causal)
+    acc, top, total = lax.fori_loop(0, upper, body, (acc, top, total))
+    attends = total > 0  # False for rows with every key masked (and NaN)
+    nan = total != total
+    out = acc / jnp.where(attends, total, 1.0)[:, None]
+    out = jnp.where((attends | nan)[:, None], out, 0.0)
+    o_ref[b, pl.ds(i * bq, bq), h, :] = out.astype(o_ref.dtype)
+    # +inf for empty rows, so that the backward's exp2(s - lse) is 0 there.
+    lse = jnp.where(attends, top + jnp.log2(jnp.where(attends, total, 1.0)),
+                    jnp.inf)
+    lse = jnp.where(nan, total, lse)
+    lse_ref[b, h, pl.ds(i * bq, bq)] = lse
+
+
+def _forward(q, k, v, m, c, mask_arr, static):
+    cfg = static.config
+    batch, t_pad, _ = q.shape
+    s_pad, num_heads, v_pad = v.shape[1:]
+    n_qblocks, n_kblocks = t_pad // cfg.block_q, s_pad // cfg.block_k
+    heads_in_mask = 1 if mask_arr is None or mask_arr.ndim != 4 else mask_arr.shape[1]
+    kernel = functools.partial(
+        _forward_kernel, static=static, has_content=c is not None,
+        heads_in_mask=heads_in_mask, n_kblocks=n_kblocks,
+    )
+    args = [q, k, v, m] + [x for x in (c, mask_arr) if x is not None]
+    out, lse = pl.pallas_call(
+        kernel,
+        grid=(num_heads, n_qblocks, batch),
+        out_shape=[
+            jax.ShapeDtypeStruct((batch, t_pad, num_heads, v_pad), q.dtype),
+            jax.ShapeDtypeStruct((batch, num_heads, t_pad), jnp.float32),
+        ],
+        compiler_params=_params(cfg.warps, cfg.stages),
+        interpret=static.interpret,
+        name="collaborative_attention_forward",
+    )(*args)
+    return out, lse
+
+
+def _params(warps, stages):
+    from jax.experimental.pallas import triton as plgpu
+
+    return plgpu.CompilerParams(num_warps=warps, num_stages=stages)
+
+
+# ---------------------------------------------------------------------------
+# Backward.
+
+
+def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
+                heads_per_group):
+    """Per key block: dK (summed over heads), dV_h and dC_h for every head."""
+    refs = list(refs)
+    q_ref, k_ref, v_ref, m_ref, do_ref, lse_ref, delta_ref = refs[:7]
+    rest = refs[7:]
+    c_ref = rest.pop(0) if has_content else None
+    mask_ref = rest.pop(0) if static.mask_kind != "none" else None
+    dk_ref, dv_ref = rest[:2]
+    dc_ref = rest[2] if has_content else None
+    cfg = static.config
+    bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
+    g, j, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    k = k_ref[b, pl.ds(j * bk, bk), :]  # (bk, Kp), loaded once for all heads
+    start = lax.div(j * bk, bq) if static.causal else 0
+
+    def head(hh, dk):
+        h = g * heads_per_group + hh
+        m = m_ref[h, :]
+        v = v_ref[b, pl.ds(j * bk, bk), h, :]  # (bk, Vp)
+
+        def body(i, carry):
+            dk, dv, dc = carry
+            qm = _mixed(q_ref[b, pl.ds(i * bq, bq), :], m)  # (bq, Kp)
+            s = _scores(qm, k, c_ref, mask_ref, b, h, i * bq, j * bk, static,
+                        heads_in_mask)
+            lse = lse_ref[b, h, pl.ds(i * bq, bq)]
+            p = jnp.exp2(s - lse[:, None])  # (bq, bk)
+            do = do_ref[b, pl.ds(i * bq, bq), h, :]  # (bq, Vp)
+            dv = dv + _dot(p.astype(do.dtype), do, trans_a=True)
+            dp = _dot(do, v, trans_b=True)  # (bq, bk)
+            delta = delta_ref[b, h, pl.ds(i * bq, bq)]
+            ds = p * (dp - delta[:, None])  # d loss / d (scale * score)
+            dk = dk + _dot(ds.astype(qm.dtype), qm, trans_a=True)
+            if c_ref is not None:
+                dc = dc + jnp.sum(ds, axis=0)
+            return dk, dv, dc
+
+        dv = jnp.zeros((bk, v_ref.shape[-1]), jnp.float32)
+        dc = jnp.zeros((bk,), jnp.float32)
+        dk, dv, dc = lax.fori_loop(start, n_qblocks, body, (dk, dv, dc))
+        dv_ref[b, pl.ds(j * bk, bk), h, :] = dv.astype(dv_ref.dtype)
+        if dc_ref is not None:
+            dc_ref[b, h, pl.ds(j * bk, bk)] = dc * static.scale
+        return dk
+
+    dk = jnp.zeros((bk, k_ref.shape[-1]), jnp.float32)
+    if heads_per_group == 1:
+        dk = head(0, dk)
+    else:
+        dk = lax.fori_loop(0, heads_per_group, head, dk)
+    dk_ref[g, b, pl.ds(j * bk, bk), :] = dk * static.scale
+
+
+def _query_kernel(*refs, static, has_content, heads_in_mask, n_kblocks,
+                  heads_per_group):
+    """Per query block: dQ (summed over heads) and partial dM per head."""
+    refs = list(refs)
+    q_ref, k_ref, v_ref, m_ref, do_ref, lse_ref, delta_ref = refs[:7]
+    rest = refs[7:]
+    c_ref = rest.pop(0) if has_content else None
+    mask_ref = rest.pop(0) if static.mask_kind != "none" else None
+    dq_ref, dm_ref = rest
+    cfg = static.config
+    bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
+    g, i, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    q = q_ref[b, pl.ds(i * bq, bq), :]  # (bq, Kp)
+    upper = _key_blocks_for(i, bq, bk, n_kblocks, static.causal)
+
+    def head(hh, dq):
+        h = g * heads_per_group + hh
+        m = m_ref[h, :]
+        qm = _mixed(q, m)
+        lse = lse_ref[b, h, pl.ds(i * bq, bq)]
+        delta = delta_ref[b, h, pl.ds(i * bq, bq)]
+        do = do_ref[b, pl.ds(i * bq, bq), h, :]  # (bq, Vp)
+
+        def body(j, dqm):
+            k = k_ref[b, pl.ds(j * bk, bk), :]
+            v = v_ref[b, pl.ds(j * bk, bk), h, :]
+            s = _scores(qm, k, c_ref, mask_ref, b, h, i * bq, j * bk, static,
+                        heads_in_mask)
+            p = jnp.exp2(s - lse[:, None])
+            dp = _dot(do, v, trans_b=True)
+            ds = p * (dp - delta[:, None])
+            return dqm + _dot(ds.astype(k.dtype), k)
+
+        dqm = jnp.zeros((bq, q_ref.shape[-1]), jnp.float32)
+        dqm = lax.fori_loop(0, upper, body, dqm) * static.scale  # d (q * m_h)
+        dm_ref[g, b, i, hh, :] = jnp.sum(dqm * q.astype(jnp.float32), axis=0)
+        dq_h = dqm * m.astype(jnp.float32)[None, :]
+        return dq_h if dq is None else dq + dq_h
+
+    if heads_per_group == 1:
+        dq = head(0, None)
+    else:
+        dq = jnp.zeros((bq, q_ref.shape[-1]), jnp.float32)
+        dq = lax.fori_loop(0, heads_per_group, head, dq)
+    dq_ref[g, b, pl.ds(i * bq, bq), :] = dq
+
+
+def _backward(static, residuals, d_out):
+    q, k, v, m, c, mask_arr, out, lse = residuals
+    cfg = static.config
+    batch, t_pad, k_pad = q.shape
+    s_pad, num_heads, v_pad = v.shape[1:]
+    groups = cfg.head_groups
+    per_group = num_heads // groups
+    d_out = d_out.astype(q.dtype)
+    delta = jnp.einsum(
+        "btnv,btnv->bnt", out.astype(jnp.float32), d_out.astype(jnp.float32)
+    )  # (B, N, T)
+    n_qblocks, n_kblocks = t_pad // cfg.block_q_bwd, s_pad // cfg.block_k_bwd
+    heads_in_mask = 1 if mask_arr is None or mask_arr.ndim != 4 else mask_arr.shape[1]
+    has_content = c is not None
+    args = [q, k, v, m, d_out, lse, delta] + [
+        x for x in (c, mask_arr) if x is not None
+    ]
+    params = _params(cfg.warps_bwd, cfg.stages)
+    out_shape = [
+        jax.ShapeDtypeStruct((groups, batch, s_pad, k_pad), jnp.float32),
+        jax.ShapeDtypeStruct(v.shape, v.dtype),
+    ]
+    if has_content:
+        out_shape.append(jax.ShapeDtypeStruct(c.shape, jnp.float32))
+    key_grads = pl.pallas_call(
+        functools.partial(
+            _key_kernel, static=static, has_content=has_content,
+            heads_in_mask=heads_in_mask, n_qblocks=n_qblocks,
+            heads_per_group=per_group,
+        ),
+        grid=(groups, n_kblocks, batch),
+        out_shape=out_shape,
+        compiler_params=params,
+        interpret=static.interpret,
+        name="collaborative_attention_backward_keys",
+    )(*args)
+    dk_parts, dv = key_grads[:2]
+    dc = key_grads[2] if has_content else None
+    dq_parts, dm_parts = pl.pallas_call(
+        functools.partial(
+            _query_kernel, static=static, has_content=has_content,
+            heads_in_mask=heads_in_mask, n_kblocks=n_kblocks,
+            heads_per_group=per_group,
+        ),
+        grid=(groups, n_qblocks, batch),
+        out_shape=[
+            jax.ShapeDtypeStruct((groups, batch, t_pad, k_pad), jnp.float32),
+            jax.ShapeDtypeStruct(
+                (groups, batch, n_qblocks, per_group, k_pad), jnp.float32
+            ),
+        ],
+        compiler_params=params,
+        interpret=static.interpret,
+        name="collaborative_attention_backward_queries",
+    )(*args)
+    dq = jnp.sum(dq_parts, axis=0).astype(q.dtype)
+    dk = jnp.sum(dk_parts, axis=0).astype(k.dtype)
+    dm = jnp.sum(dm_parts, axis=(1, 2)).reshape(num_heads, k_pad).astype(m.dtype)
+    mask_grad = None
+    return dq, dk, dv, dm, dc, mask_grad
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _attention(q, k, v, m, c, mask_arr, static):
+    return _forward(q, k, v, m, c, mask_arr, static)[0]
+
+
+def _attention_fwd(q, k, v, m, c, mask_arr, static):
+    out, lse = _forward(q, k, v, m, c, mask_arr, static)
+    return out, (q, k, v, m, c, mask_arr, out, lse)
+
+
+_attention.defvjp(_attention_fwd, _backward)
+
+
+def reference(query, key, value, mixing, content=None, mask=None, scale=1.0,
+              is_causal=False):
+    """The explicit computation, in float32 (for tests and benchmarks)."""
+    f32 = jnp.float32
+    mixed = jnp.einsum("btk,nk->btnk", query, mixing.astype(query.dtype))
+    scores = jnp.einsum("btnk,bsk->bnts", mixed.astype(f32), key.astype(f32))
+    if content is not None:
+        scores = scores + jnp.transpose(content.astype(f32), (0, 2, 1))[:, :, None, :]
+    scores = scores * scale
+    length, keys = query.shape[1], key.shape[1]
+    valid = jnp.ones((1, 1, length, keys), bool)
+    if is_causal:
+        valid = valid & jnp.tril(jnp.ones((length, keys), bool))[None, None]
+    if mask is not None:
+        mask = mask.astype(bool)
+        valid = valid & mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    scores = jnp.where(valid, scores, -jnp.inf)
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    top = jnp.where(top == -jnp.inf, 0.0, top)
+    weights = jnp.exp(scores - lax.stop_gradient(top))
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    weights = weights / jnp.where(total > 0, total, 1.0)
+    out = jnp.einsum("bnts,bsnv->btnv", weights, value.astype(f32))
+    return out.astype(query.dtype)
+
