@@ -516,31 +516,31 @@ class CollaborativeAttention(Layer):
             return attention_output, attention_scores
         return attention_output
 
-    def _check_inputs(self, query, value, key):
+    def _check_inputs(self, query, value=None, key=None):
         """Raises on non-float inputs, batch mismatches and inputs whose
-        feature size differs from the one the layer was built for."""
-        for name, tensor in (("query", query), ("value", value), ("key", key)):
+        feature size differs from the one the layer was built for (`None`
+        inputs are not checked)."""
+        inputs = [
+            (name, tensor)
+            for name, tensor in (("query", query), ("value", value), ("key", key))
+            if tensor is not None
+        ]
+        for name, tensor in inputs:
             dtype = backend.standardize_dtype(tensor.dtype)
             if "float" not in dtype:
                 raise TypeError(
                     f"`{name}` must be a floating-point tensor. "
                     f"Received: {name}.dtype={dtype}"
                 )
-        batch = {
-            name: tensor.shape[0]
-            for name, tensor in (("query", query), ("value", value), ("key", key))
-            if tensor.shape[0] is not None
-        }
-        if len(set(batch.values())) > 1:
+        if len({t.shape[0] for _, t in inputs if t.shape[0] is not None}) > 1:
             received = ", ".join(
-                f"{name}.shape={tuple(tensor.shape)}"
-                for name, tensor in (("query", query), ("value", value), ("key", key))
+                f"{name}.shape={tuple(tensor.shape)}" for name, tensor in inputs
             )
             raise ValueError(
                 "`query`, `value` and `key` must have the same batch size. "
                 f"Received: {received}"
             )
-        for name, tensor in (("query", query), ("value", value), ("key", key)):
+        for name, tensor in inputs:
             width = self._input_widths[name]
             if tensor.shape[-1] is not None and tensor.shape[-1] != width:
                 raise ValueError(
