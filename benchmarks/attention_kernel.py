@@ -5,8 +5,8 @@ attention core alone (bf16, 12 heads, value width 64, content term on):
 
 - `pallas`: `collab_keras.ops._pallas_attention.attention` (this repo's
   kernel: shared key read once per block, mixing and content inside);
-- `bcast`: today's fused JAX path, the key broadcast to every head and the
-  values (plus the content column) zero-padded to the key width, on cuDNN
+- `bcast`: the cuDNN JAX path, the key broadcast to every head, the content
+  term as one more key column, the values zero-padded to the key width
   (`_jax_attention.attention`; only where cuDNN takes the width);
 - `explicit`: the einsum path (XLA), the fallback for any width;
 - `mha`: `jax.nn.dot_product_attention(implementation="cudnn")`, 12 heads
@@ -71,18 +71,11 @@ def collab_fns(kind, key_width, causal, config=None):
     elif kind == "bcast":
         from collab_keras.ops import _jax_attention
 
-        if not _jax_attention.cudnn_applies(key_width, VALUE + 1, jnp.bfloat16):
+        if not _jax_attention.cudnn_applies(key_width, VALUE, jnp.bfloat16,
+                                            use_content=True):
             return None
         def core(q, k, v, m, c):
-            # The content column rides along as one more value column.
-            w = jnp.exp(c.astype(jnp.float32) * scale).astype(v.dtype)
-            vv = jnp.concatenate([v * w[..., None], w[..., None]], -1)
-            mask = None
-            if causal:
-                t = q.shape[1]
-                mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
-            o = _jax_attention.attention(q, k, vv, m, mask, scale)
-            return o[..., :VALUE] / o[..., VALUE:]
+            return _jax_attention.attention(q, k, v, m, c, None, scale, causal)
     else:
         def core(q, k, v, m, c):
             mixed = jnp.einsum("btk,nk->btnk", q, m)
@@ -120,10 +113,9 @@ def flops(batch, length, width, causal):
 
 
 def sweep(lengths):
-    fwd_configs = [(64, 64, 4, 2), (64, 128, 8, 2), (32, 64, 4, 2)]
-    bwd_configs = [(bq, bk, w, g) for g in (0, HEADS)
-                   for bq, bk, w in ((128, 64, 8), (64, 32, 4), (128, 32, 8),
-                                     (64, 64, 8), (64, 32, 8), (128, 64, 4))]
+    fwd_configs = [(64, 64, 4, 2)]
+    bwd_configs = [(128, 64, 8, 0), (64, 32, 4, 0), (128, 32, 8, 0),
+                   (64, 64, 4, 0), (128, 64, 8, HEADS)]
     key_width = 256
     for length in lengths:
         batch = BATCH_FOR[length]

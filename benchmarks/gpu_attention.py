@@ -1,23 +1,24 @@
 """All GPU measurements of collaborative attention in one call.
 
 Runs on the GPU machine (JAX and PyTorch, Keras from wheels, no
-TensorFlow):
+TensorFlow), each part in its own process (Keras picks the backend per
+process); full outputs go to `<out>/*.txt`, the tables are printed again at
+the end. Parts (`--parts`, default `check,kernel,jax`):
 
-1. the card and its measured bf16 matrix-product peak (torch, 8192^3);
-2. the attention core alone, torch SDPA (one shared key head with
-   `enable_gqa`, a stride-0 expanded key, a copied key) and JAX cuDNN,
-   forward+backward, to see which kernel takes which shapes;
-3. `benchmarks/attention_layer.py` on the JAX and torch backends,
-   mixed_bfloat16, d_model 768, 12 heads, shared_key_dim 192/256/384,
-   lengths 128/512/2048, with `--check` (fused vs explicit: float32 and
-   bf16 relative errors of outputs and gradients);
-4. `benchmarks/decode_step.py` on both backends.
+- `check`: `tests/gpu_pallas_attention.py`, the Pallas kernel's outputs and
+  gradients against the explicit computation (every mask kind, odd sizes);
+- `kernel`: `benchmarks/attention_kernel.py`, the attention core alone on
+  JAX: the Pallas kernel, today's cuDNN path (key broadcast), the explicit
+  einsums and MultiHeadAttention's cuDNN flash core;
+- `jax` / `torch`: `benchmarks/attention_layer.py` on that backend,
+  mixed_bfloat16, d_model 768, 12 heads, the layer against
+  `keras.layers.MultiHeadAttention` (flash), forward and forward+backward,
+  with `--check` (fused vs explicit path);
+- `core`: the card's matmul peak and torch SDPA's core (torch);
+- `decode`: `benchmarks/decode_step.py` on each backend run.
 
     python3 benchmarks/gpu_attention.py --out $OUT
 
-Each part runs in its own process (Keras picks the backend per process);
-the full output goes to `<out>/*.txt` and `<out>/*.jsonl`, and the tables
-are printed again at the end.
 """
 
 import argparse
@@ -162,7 +163,8 @@ def run(cmd, out, name, env=None, timeout=400):
 def tables(text):
     """The markdown tables and check lines of a benchmark's output."""
     keep = [l for l in text.splitlines()
-            if l.startswith(("|", "##", "  check", "card", "{"))
+            if l.startswith(("|", "##", "  check", "card", "{", "fully",
+                             "FAILED"))
             or "Error" in l or "TIMEOUT" in l]
     return "\n".join(keep[-60:])
 
@@ -170,22 +172,24 @@ def tables(text):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
-    parser.add_argument("--shared-key-dims", default="192,256,384")
-    parser.add_argument("--lengths", default="128,512,2048")
-    parser.add_argument("--variants", default="auto")
+    parser.add_argument("--shared-key-dims", default="256")
+    parser.add_argument("--lengths", default="128,512,2048,8192")
+    parser.add_argument("--variants", default="auto,explicit")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--parts", default="core,jax,torch,decode",
-                        help="core, the backends to run, decode (the decode "
-                        "step on each backend run)")
+    parser.add_argument("--parts", default="check,kernel,jax",
+                        help="check, kernel, core, jax, torch, decode")
+    parser.add_argument("--kernel-args", default="",
+                        help="extra arguments of attention_kernel.py")
     parser.add_argument("--layer-timeout", type=int, default=300)
-    parser.add_argument("--check-sizes", default="4,512,768,12,256;4,2048,768,12,192")
+    parser.add_argument("--check-timeout", type=int, default=240)
+    parser.add_argument("--check-sizes", default="4,512,768,12,256")
     parser.add_argument("--check-only", action="store_true",
                         help="layer part: only the fused/explicit checks")
     parser.add_argument("--breakdown", action="store_true",
                         help="torch kernel list at batch 32, length 512, Dk 256")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    batch_for = {128: 64, 512: 32, 2048: 8}
+    batch_for = {128: 64, 512: 32, 2048: 8, 8192: 2}
     sizes = ";".join(
         f"{batch_for.get(t, 8)},{t},768,12,{k}"
         for k in args.shared_key_dims.split(",")
@@ -194,6 +198,12 @@ def main():
     summary = []
     parts = args.parts.split(",")
     log = os.path.join(args.out, "all.jsonl")
+    root = os.path.join(HERE, os.pardir)
+    if "kernel" in parts:
+        text = run([sys.executable, os.path.join(HERE, "attention_kernel.py")]
+                   + args.kernel_args.split(), args.out, "kernel",
+                   env={"KERAS_BACKEND": "jax"}, timeout=args.layer_timeout)
+        summary.append(tables(text))
     if "core" in parts:
         peak_and_core(args.out)
         text = run([sys.executable, "-c", JAX_CORE], args.out, "core_jax")
@@ -230,6 +240,12 @@ def main():
         )
         summary.append("\n".join(l for l in text.splitlines()
                                  if l.startswith("  ") or l.startswith("|")))
+    if "check" in parts:  # last: compiles many kernels, times nothing
+        text = run([sys.executable,
+                    os.path.join(root, "tests", "gpu_pallas_attention.py")],
+                   args.out, "gpu_check", env={"KERAS_BACKEND": "jax"},
+                   timeout=args.check_timeout)
+        summary.append(tables(text))
     print("\n\n" + "\n\n".join(summary))
 
 

@@ -8,7 +8,7 @@ and commit its output (benchmarks/results/<date>-h200-kernel/gpu_check.txt).
 It compiles the kernel (Triton lowering) and compares the output and the
 gradients of every input (query, key, values, mixing, content term) with the
 explicit computation in float32 (`_pallas_attention.reference` at "highest"
-matmul precision): float32 and bfloat16 inputs, float16 once, every mask kind
+matmul precision): bfloat16 inputs, float32 for two cases and float16 for one, every mask kind
 (none, causal, key padding, general per-head boolean mask with fully masked
 rows, causal + key padding), odd lengths and widths (K 64 to 512, V 48 to
 128), and NaN propagation. bfloat16 errors are printed next to those of the
@@ -114,6 +114,8 @@ def main():
         for dtype, tol in ((jnp.float32, 2e-5), (jnp.bfloat16, None),
                            (jnp.float16, None)):
             if dtype == jnp.float16 and case is not CASES[0]:
+                continue
+            if dtype == jnp.float32 and case not in (CASES[0], CASES[2]):
                 continue
             args, mask, grad = inputs(case, dtype)
             truth = errors(pa.reference, [None if a is None else a.astype(jnp.float32) for a in args],

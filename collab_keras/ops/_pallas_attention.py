@@ -67,8 +67,8 @@ def default_config(key_width, value_width, dtype=jnp.bfloat16):
     elif width <= 128:
         config = Config(block_q=128, block_k=64, warps=8)
     elif width <= 256:
-        config = Config(block_q=64, block_k=64, warps=4, block_q_bwd=128,
-                        block_k_bwd=64, warps_bwd=8)
+        config = Config(block_q=64, block_k=64, warps=4, block_q_bwd=64,
+                        block_k_bwd=32, warps_bwd=4)
     else:
         config = Config(block_q=64, block_k=32, warps=4, block_q_bwd=32,
                         block_k_bwd=32, warps_bwd=8)
@@ -105,6 +105,32 @@ def applies(query, key, value, mixing=None, content=None, mask=None,
     except RuntimeError:
         return False
     return _supported(query, key, value, mask) is None
+
+
+def chosen(query, key, value, content=None, mask=None):
+    """Whether the dispatch runs this kernel on JAX, for a fused call.
+
+    Where `applies`, for bfloat16/float16 and shared key widths up to 256,
+    unless cuDNN takes the inputs (`_jax_attention.cudnn_applies`): measured
+    on an H200 (docs/performance.md), cuDNN's forward+backward is as fast or
+    faster there, and wider keys (padded to 512 here) make this backward
+    slower than the explicit path. The automatic choice of the layer
+    (`fused_attention_preferred`) does not take this kernel: its
+    forward+backward is slower than the explicit path's (the forward alone
+    is 2 to 2.7 times faster); `flash_attention=True` asks for it.
+    """
+    from collab_keras.ops import _jax_attention
+
+    half = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return (
+        applies(query, key, value, mask=mask)
+        and jnp.dtype(query.dtype) in half
+        and key.shape[-1] <= 256
+        and not _jax_attention.cudnn_applies(
+            key.shape[-1], value.shape[-1], query.dtype,
+            use_content=content is not None,
+        )
+    )
 
 
 def _supported(query, key, value, mask):
@@ -231,30 +257,41 @@ def _pad(x, extra):
 # Shared pieces of the kernels.
 
 
-def _scores(qm, k, c_ref, mask_ref, b, h, row0, col0, static, heads_in_mask):
-    """Masked base-2 scores `(bq, bk)` of the tile at (`row0`, `col0`):
-    `scale * log2(e) * (qm . k + c)`, -inf where masked."""
+def _scores(qm, k, c_ref, mask_ref, b, h, row0, col0, static, heads_in_mask,
+            transposed=False):
+    """Masked base-2 scores of the tile at (`row0`, `col0`):
+    `scale * log2(e) * (qm . k + c)`, -inf where masked; `(bq, bk)`, or
+    `(bk, bq)` if `transposed` (computed so, not transposed after)."""
     bq, bk = qm.shape[0], k.shape[0]
     rows = row0 + jnp.arange(bq, dtype=jnp.int32)
     cols = col0 + jnp.arange(bk, dtype=jnp.int32)
-    s = _dot(qm, k, trans_b=True)  # (bq, bk) float32
+    if transposed:
+        s = _dot(k, qm, trans_b=True)  # (bk, bq) float32
+        rows, cols = rows[None, :], cols[:, None]
+    else:
+        s = _dot(qm, k, trans_b=True)  # (bq, bk) float32
+        rows, cols = rows[:, None], cols[None, :]
     if c_ref is not None:
-        s = s + c_ref[b, h, pl.ds(col0, bk)][None, :]
+        c = c_ref[b, h, pl.ds(col0, bk)]
+        s = s + (c[:, None] if transposed else c[None, :])
     s = s * (static.scale * _LOG2E)
     valid = None
     cfg = static.config
     if static.keys % max(cfg.block_k, cfg.block_k_bwd):  # padded keys
-        valid = jnp.broadcast_to(cols[None, :] < static.keys, s.shape)
+        valid = jnp.broadcast_to(cols < static.keys, s.shape)
     if static.causal:
-        causal = rows[:, None] >= cols[None, :]
+        causal = rows >= cols
         valid = causal if valid is None else valid & causal
     if static.mask_kind == "keys":
         keep = mask_ref[b, pl.ds(col0, bk)] != 0
-        keep = jnp.broadcast_to(keep[None, :], s.shape)
+        keep = jnp.broadcast_to(keep[:, None] if transposed else keep[None, :],
+                                s.shape)
         valid = keep if valid is None else valid & keep
     elif static.mask_kind == "full":
         hm = h if heads_in_mask > 1 else 0
         keep = mask_ref[b, hm, pl.ds(row0, bq), pl.ds(col0, bk)] != 0
+        if transposed:
+            keep = keep.T
         valid = keep if valid is None else valid & keep
     if valid is not None:
         s = jnp.where(valid, s, -jnp.inf)
@@ -386,19 +423,21 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
 
         def body(i, carry):
             dk, dv, dc = carry
+            # Transposed tiles (key rows, query columns), as in Triton's
+            # fused-attention tutorial: no transpose before the products.
             qm = _mixed(q_ref[b, pl.ds(i * bq, bq), :], m)  # (bq, Kp)
             s = _scores(qm, k, c_ref, mask_ref, b, h, i * bq, j * bk, static,
-                        heads_in_mask)
+                        heads_in_mask, transposed=True)  # (bk, bq)
             lse = lse_ref[b, h, pl.ds(i * bq, bq)]
-            p = jnp.exp2(s - lse[:, None])  # (bq, bk)
+            p = jnp.exp2(s - lse[None, :])  # (bk, bq)
             do = do_ref[b, pl.ds(i * bq, bq), h, :]  # (bq, Vp)
-            dv = dv + _dot(p.astype(do.dtype), do, trans_a=True)
-            dp = _dot(do, v, trans_b=True)  # (bq, bk)
+            dv = dv + _dot(p.astype(do.dtype), do)
+            dp = _dot(v, do, trans_b=True)  # (bk, bq)
             delta = delta_ref[b, h, pl.ds(i * bq, bq)]
-            ds = p * (dp - delta[:, None])  # d loss / d (scale * score)
-            dk = dk + _dot(ds.astype(qm.dtype), qm, trans_a=True)
+            ds = p * (dp - delta[None, :])  # d loss / d (scale * score)
+            dk = dk + _dot(ds.astype(qm.dtype), qm)
             if c_ref is not None:
-                dc = dc + jnp.sum(ds, axis=0)
+                dc = dc + jnp.sum(ds, axis=1)
             return dk, dv, dc
 
         dv = jnp.zeros((bk, v_ref.shape[-1]), jnp.float32)

@@ -77,7 +77,12 @@ def collaborative_dot_product_attention(
         return _empty_attention(query, key, value)
     name = backend.backend()
     if name == "jax":
-        from collab_keras.ops._jax_attention import attention
+        from collab_keras.ops import _pallas_attention
+
+        if _pallas_attention.chosen(query, key, value, content, mask):
+            attention = _pallas_attention.attention
+        else:
+            from collab_keras.ops._jax_attention import attention
     elif name == "torch":
         from collab_keras.ops._torch_attention import attention
     else:

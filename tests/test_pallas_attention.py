@@ -1,0 +1,140 @@
+"""The Pallas collaborative attention kernel, in Pallas' interpreter (CPU).
+
+The same kernels as on a GPU run here with `interpret=True` and small tiles,
+so that ragged tails, several key and query blocks, grouped heads and every
+mask kind are covered; outputs and the gradients of every input are compared
+with the explicit computation in float32. The compiled (Triton) kernel is
+checked on a GPU by `tests/gpu_pallas_attention.py` (run on the GPU machine;
+its output is in benchmarks/results/).
+"""
+
+import pytest
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("jax.experimental.pallas")
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from collab_keras.ops import _pallas_attention as pa  # noqa: E402
+
+TILES = pa.Config(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16)
+
+
+def _inputs(batch=2, length=21, keys=35, heads=3, key_width=24, value_width=8,
+            content=True, dtype=jnp.float32, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 6)
+    q = jax.random.normal(ks[0], (batch, length, key_width), dtype)
+    k = jax.random.normal(ks[1], (batch, keys, key_width), dtype)
+    v = jax.random.normal(ks[2], (batch, keys, heads, value_width), dtype)
+    m = jax.random.normal(ks[3], (heads, key_width), dtype)
+    c = jax.random.normal(ks[4], (batch, keys, heads), dtype) * 3 if content else None
+    g = jax.random.normal(ks[5], (batch, length, heads, value_width), jnp.float32)
+    return [q, k, v, m, c], g
+
+
+def _output_and_grads(fn, args, g, **kwargs):
+    argnums = tuple(i for i, a in enumerate(args) if a is not None)
+
+    def loss(*a):
+        out = fn(*a, **kwargs)
+        return jnp.sum(out.astype(jnp.float32) * g), out
+
+    (_, out), grads = jax.value_and_grad(loss, argnums, has_aux=True)(*args)
+    return [out] + list(grads)
+
+
+def _kernel(config=TILES):
+    def fn(*args, **kwargs):
+        return pa.attention(*args, **kwargs, config=config, interpret=True)
+
+    return fn
+
+
+def _assert_close(got, want, rtol):
+    for a, b in zip(got, want):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        scale = np.max(np.abs(b)) + 1e-30
+        assert np.max(np.abs(a - b)) <= rtol * scale, np.max(np.abs(a - b)) / scale
+
+
+KEY_PADDING = (np.arange(35)[None, :] < np.array([35, 20])[:, None])[:, None, None, :]
+GENERAL = np.random.default_rng(0).random((2, 3, 21, 35)) < 0.5
+GENERAL[:, :, 4, :] = False  # fully masked rows
+
+
+@pytest.mark.parametrize(
+    "content, mask, causal, groups",
+    [
+        (True, None, False, 1),  # ragged tails, heads looped in one program
+        (False, None, True, 3),  # causal, one head per program
+        (True, KEY_PADDING, False, 1),  # (B, 1, 1, S): read as key flags
+        (True, GENERAL, True, 0),  # per-head boolean mask + causal, auto groups
+        (True, GENERAL[:, :1], False, 3),  # (B, 1, T, S) mask
+    ],
+)
+def test_matches_explicit_float32(content, mask, causal, groups):
+    args, g = _inputs(content=content)
+    mask = None if mask is None else jnp.asarray(mask)
+    kwargs = dict(mask=mask, scale=0.3, is_causal=causal)
+    got = _output_and_grads(_kernel(TILES._replace(head_groups=groups)), args, g, **kwargs)
+    want = _output_and_grads(pa.reference, args, g, **kwargs)
+    _assert_close(got, want, 1e-5)
+
+
+def test_matches_explicit_bfloat16():
+    args, g = _inputs(dtype=jnp.bfloat16, length=20, keys=33)
+    got = _output_and_grads(_kernel(), args, g, scale=0.2)
+    f32 = [None if a is None else a.astype(jnp.float32) for a in args]
+    want = _output_and_grads(pa.reference, f32, g, scale=0.2)
+    assert got[0].dtype == jnp.bfloat16
+    _assert_close(got, want, 3e-2)
+
+
+def test_fully_masked_rows_are_zero_and_nan_propagates():
+    args, _ = _inputs(content=False, length=20, keys=20)
+    mask = np.ones((2, 1, 20, 20), bool)
+    mask[0, 0, 3] = False
+    out = _kernel()(*args, mask=jnp.asarray(mask), scale=0.3)
+    assert np.all(np.asarray(out[0, 3]) == 0)
+    assert np.all(np.isfinite(np.asarray(out)))
+    q = args[0].at[1, 7, 2].set(jnp.nan)
+    out = np.asarray(_kernel()(q, *args[1:], mask=jnp.asarray(mask), scale=0.3))
+    assert np.all(np.isnan(out[1, 7]))
+    assert np.all(np.isfinite(np.delete(out[1], 7, axis=0)))
+    assert np.all(out[0, 3] == 0) and np.all(np.isfinite(out[0]))
+
+
+def test_value_width_differs_from_key_width():
+    args, g = _inputs(key_width=40, value_width=5, heads=2, length=17, keys=18)
+    got = _output_and_grads(_kernel(), args, g, scale=0.25)
+    assert got[0].shape == (2, 17, 2, 5)
+    _assert_close(got, _output_and_grads(pa.reference, args, g, scale=0.25), 1e-5)
+
+
+def test_rejects_what_it_cannot_run():
+    args, _ = _inputs(key_width=600)
+    with pytest.raises(ValueError, match="Received: query.shape"):
+        pa.attention(*args)
+    args, _ = _inputs()
+    with pytest.raises(ValueError, match="mask.shape"):
+        pa.attention(*args, mask=jnp.ones((2, 2, 21, 35), bool))
+
+
+def test_not_taken_on_cpu():
+    args, _ = _inputs(dtype=jnp.bfloat16)
+    q, k, v, _, c = args
+    assert not pa.applies(q, k, v)
+    assert not pa.chosen(q, k, v, c)
+
+
+@pytest.mark.parametrize("key_width", [64, 128, 192, 256, 384, 512])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_default_tiles(key_width, dtype):
+    config = pa.default_config(key_width, 64, dtype)
+    for name in ("block_q", "block_k", "block_q_bwd", "block_k_bwd"):
+        size = getattr(config, name)
+        assert size >= 16 and size & (size - 1) == 0
+    groups = pa.head_groups(12, 2, 128, config.block_k_bwd)
+    assert 12 % groups == 0
+    assert pa.head_groups(12, 64, 2048, 64) == 1
