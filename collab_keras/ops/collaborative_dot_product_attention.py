@@ -12,7 +12,9 @@ rounding, whatever the size of `c_h`), on the backend's kernel:
   key head (`enable_gqa=True`) and `c` as `N` more key columns
   (`_torch_attention.py`);
 - JAX: `jax.nn.dot_product_attention` (cuDNN on GPUs), the key broadcast to
-  every head and `c_h` as one more key column (`_jax_attention.py`);
+  every head and `c_h` as one more key column (`_jax_attention.py`); on GPUs
+  where cuDNN does not take the widths, the Pallas kernel
+  (`_pallas_attention.py`, `_pallas_attention.chosen`);
 - otherwise (TensorFlow): `keras.ops.dot_product_attention` on the broadcast
   key, `c_h` as its additive bias (`_portable_attention.py`).
 
