@@ -13,8 +13,9 @@ multi-head kernel:
 - the mixing `m_h` is applied to the query tile inside the kernel: no
   `(B, T, N, K)` tensor is written, and the key is never broadcast;
 - scores are `K` wide and values `V` wide (no padding of the values to the
-  key width); both are rounded up to a power of two only inside the kernel
-  (Triton's tiles);
+  key width); each is rounded up to a power of two for Triton's tiles (the
+  operands are zero-padded then, as are lengths that are not a multiple of
+  the tiles; padded keys are masked inside);
 - the content term is added to the scores inside the kernel;
 - the causal mask and key-padding masks `(B, 1, 1, S)` are computed or read
   per key block inside the kernel; any other boolean mask is read as an
