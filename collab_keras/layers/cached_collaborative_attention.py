@@ -239,7 +239,7 @@ class CachedCollaborativeAttention(CollaborativeAttention):
             "value": (self.num_heads, self.value_dim),
             "content": (self.num_heads,),
         }
-        for name in expected:
+        for name in [n for n in ("key", "value", "content") if n in cache]:
             shape = tuple(cache[name].shape)
             ok = (
                 shape[2:] == sizes[name]
