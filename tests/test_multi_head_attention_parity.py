@@ -5,6 +5,7 @@ inputs, `use_gate`, `sliding_window`, rank-4 masks, causal-only calls, the
 backend (tests/test_backends.py reruns this file under JAX and torch).
 """
 
+import os
 import re
 
 import keras
@@ -493,3 +494,12 @@ def test_reparametrize_bad_arguments(kwargs, message):
         reparametrize(mha, **arguments)
     layer, _ = reparametrize(mha, np.int64(8), max_iterations=np.int32(3), seed=np.int64(1))
     assert layer.shared_key_dim == 8
+
+
+def test_docs_layer_snippets_run():
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "layer.md")
+    with open(path) as file:
+        blocks = re.findall(r"```python\n(.*?)```", file.read(), re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        exec(compile(block, path, "exec"), {})
