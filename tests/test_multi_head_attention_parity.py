@@ -443,6 +443,22 @@ def test_cached_layer_bad_calls(case, message):
 
 
 @pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"batch_size": -1, "max_length": 4}, "batch_size=-1"),
+        ({"batch_size": 2, "max_length": 0}, "max_length=0"),
+        ({"batch_size": 2.0, "max_length": 4}, "batch_size=2.0"),
+    ],
+)
+def test_initial_cache_bad_sizes(kwargs, message):
+    layer = CachedCollaborativeAttention(2, 4)
+    with pytest.raises(ValueError, match=re.escape("Received: " + message)):
+        layer.initial_cache(**kwargs)
+    cache = layer.initial_cache(np.int64(2), np.int32(3))
+    assert tuple(cache["key"].shape) == (2, 3, 8)
+
+
+@pytest.mark.parametrize(
     "extra", [{"use_gate": True}, {"sliding_window": 2}], ids=["gate", "window"]
 )
 def test_reparametrize_gate_and_sliding_window_exact(extra):
