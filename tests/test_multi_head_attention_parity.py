@@ -512,6 +512,9 @@ def test_reparametrize_bad_arguments(kwargs, message):
     assert layer.shared_key_dim == 8
 
 
+@pytest.mark.skipif(
+    backend.backend() != "tensorflow", reason="backend-independent snippets"
+)
 def test_docs_layer_snippets_run():
     path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "layer.md")
     with open(path) as file:
