@@ -203,6 +203,20 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         Returns:
             A dict of zero tensors, shaped as `compute_cache` returns.
         """
+        for name, value, least in (
+            ("batch_size", batch_size, 0),
+            ("max_length", max_length, 1),
+        ):
+            if (
+                isinstance(value, (bool, np.bool_))
+                or not isinstance(value, numbers.Integral)
+                or value < least
+            ):
+                raise ValueError(
+                    f"`{name}` must be an integer >= {least}. "
+                    f"Received: {name}={value!r}"
+                )
+        batch_size, max_length = int(batch_size), int(max_length)
         dtype = dtype or self.compute_dtype
         cache = {
             "key": ops.zeros(
@@ -239,7 +253,7 @@ class CachedCollaborativeAttention(CollaborativeAttention):
             "value": (self.num_heads, self.value_dim),
             "content": (self.num_heads,),
         }
-        for name in expected:
+        for name in [n for n in ("key", "value", "content") if n in cache]:
             shape = tuple(cache[name].shape)
             ok = (
                 shape[2:] == sizes[name]

@@ -5,7 +5,7 @@ queries, keys and values of one head size and keys and values of one head
 count, so the shared key is broadcast to every head and all three are
 zero-padded to a common width (a multiple of 8). The content term enters the
 scores exactly as one more key column: head `h` attends with the query
-`[q * m_h, 1]` and the key `[k, c_h]`, whose dot product is
+`[q * m_h, 1 / scale]` and the key `[k, scale * c_h]`, whose dot product is
 `(q * m_h) . k + c_h` (cuDNN takes no per-key bias short of a full
 `(B, N, T, S)` one). cuDNN takes head sizes up to 256.
 """
@@ -55,9 +55,11 @@ def attention(query, key, value, mixing, content, mask, scale, is_causal):
     mixed = jnp.einsum("btk,nk->btnk", query, mixing)  # (B, T, N, K)
     key = jnp.broadcast_to(key[:, :, None, :], (batch, length, num_heads, width_k))
     if use_content:
-        ones = jnp.ones(mixed.shape[:-1] + (1,), mixed.dtype)
-        mixed = jnp.concatenate([mixed, ones], axis=-1)  # (B, T, N, K+1)
-        content = content.astype(key.dtype)[..., None]  # (B, S, N, 1)
+        # [q m_h, 1 / scale] . [k, scale c_h] = (q m_h) . k + c_h, with the
+        # content column at the size of the logits (no early overflow).
+        column = jnp.full(mixed.shape[:-1] + (1,), 1 / scale, mixed.dtype)
+        mixed = jnp.concatenate([mixed, column], axis=-1)  # (B, T, N, K+1)
+        content = (content * scale).astype(key.dtype)[..., None]  # (B, S, N, 1)
         key = jnp.concatenate([key, content], axis=-1)  # (B, S, N, K+1)
     mixed, key, value = _pad(mixed, width), _pad(key, width), _pad(value, width)
     attends = None

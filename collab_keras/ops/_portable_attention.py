@@ -2,8 +2,9 @@
 
 Used on TensorFlow (and any backend without its own kernel module). The
 shared key is broadcast to every head and the operands are zero-padded to
-one head size, which `keras.ops.dot_product_attention` needs; the content
-term enters the scores exactly, as the additive `bias` of the kernel
+one head size, which `keras.ops.dot_product_attention` needs; the query is
+scaled before the product (as MultiHeadAttention does) and the content term
+enters the scores exactly, as the additive `bias` of the kernel
 (`scale * c_h(j)`, broadcast over query positions, added to the float32
 logits).
 """
@@ -25,6 +26,9 @@ def attention(
     is_causal -> (B, T, N, V). Rows with no key give 0.
     """
     num_heads, value_dim = value.shape[-2], value.shape[-1]
+    # The scale goes on the query before the product, as in
+    # MultiHeadAttention, so that half-precision logits overflow no sooner.
+    query = query * ops.cast(scale, query.dtype)
     mixed = ops.einsum("btK,NK->btNK", query, mixing)  # (B, T, N, K)
     width = max(mixed.shape[-1], value_dim)
     key = ops.expand_dims(key, 2)  # (B, S, 1, K)
@@ -49,7 +53,7 @@ def attention(
         value,
         bias=bias,
         mask=mask,
-        scale=scale,
+        scale=1.0,
         is_causal=is_causal,
         # `True` would ask Keras for its flash kernel, which few backends
         # have: the fused path here is this function, whatever kernel runs.

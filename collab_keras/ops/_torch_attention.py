@@ -4,8 +4,8 @@ The shared key is ONE key head that every query head reads
 (`enable_gqa=True`), so it is neither copied nor broadcast; the values keep
 their own head count and size (padded to a multiple of 8). The content term
 enters the scores exactly as `N` more key columns: head `h` attends with the
-query `[q * m_h, e_h]` (`e_h` the h-th unit vector) and the one key
-`[k, c_1 .. c_N]`, whose dot product is `(q * m_h) . k + c_h`. PyTorch picks
+query `[q * m_h, e_h / scale]` (`e_h` the h-th unit vector) and the one key
+`[k, scale * c_1 .. scale * c_N]`, whose dot product is `(q * m_h) . k + c_h`. PyTorch picks
 the kernel (cuDNN attention on Hopper GPUs when it takes the sizes, else the
 memory-efficient or the math kernel).
 """
@@ -40,12 +40,15 @@ def attention(query, key, value, mixing, content, mask, scale, is_causal):
     mixed = torch.einsum("btk,nk->bntk", query, mixing)  # (B, N, T, K)
     key = key.unsqueeze(1)  # (B, 1, S, K)
     if content is not None:
+        # [q m_h, e_h / scale] . [k, scale c] = (q m_h) . k + c_h, with the
+        # content columns at the size of the logits (no early overflow).
         units = torch.eye(num_heads, dtype=mixed.dtype, device=mixed.device)
+        units = units / scale
         units = units[None, :, None, :].expand(
             mixed.shape[0], num_heads, mixed.shape[2], num_heads
         )
         mixed = torch.cat([mixed, units], dim=-1)  # (B, N, T, K+N)
-        content = content.to(key.dtype).unsqueeze(1)  # (B, 1, S, N)
+        content = (content * scale).to(key.dtype).unsqueeze(1)  # (B, 1, S, N)
         key = torch.cat([key, content], dim=-1)  # (B, 1, S, K+N)
     padded = key_width(key.shape[-1]) if query.is_cuda else key.shape[-1]
     if padded != key.shape[-1]:

@@ -74,6 +74,8 @@ class LogitStatistics:
                     f"non-finite values in {name} activations of shape "
                     f"{array.shape}"
                 )
+        if query.size == 0 or key.size == 0:
+            return  # nothing to record; `metrics()` raises if nothing was
         if query.ndim == 2:  # a single sequence
             query, key = query[None], key[None]
         query = query.reshape(len(query), -1, self.query_dim)  # (B, T, dq)
