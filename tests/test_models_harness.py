@@ -137,9 +137,8 @@ def test_make_attention_factory():
             "Received: shared_key_dim=0",
         ),
         ({"activation": "swishy"}, "Received: activation='swishy'"),
-        ({"num_heads": 0}, "Received: num_heads=0"),
+        ({"key_dim": 0}, "Received: key_dim=0"),
         ({"dropout": 1.5}, "Received: dropout=1.5"),
-        ({"attention_kwargs": [1]}, r"Received: attention_kwargs=\[1\]"),
     ],
 )
 @pytest.mark.parametrize(
@@ -221,6 +220,14 @@ def test_block_config_round_trip(block_class):
     config = block.get_config()
     restored = block_class.from_config(config)
     assert restored.get_config() == config
+
+
+@pytest.mark.parametrize(
+    "block_class", [TransformerEncoderBlock, TransformerDecoderBlock]
+)
+def test_block_bad_attention_kwargs(block_class):
+    with pytest.raises(TypeError, match=r"Received: attention_kwargs=\[1\]"):
+        block_class(num_heads=4, intermediate_dim=32, attention_kwargs=[1])
 
 
 def test_block_accepts_numpy_sizes():
