@@ -22,8 +22,9 @@ import json
 import sys
 
 ABSENT = ("keras", "keras_hub", "keras_nlp", "tensorflow_text", "tf_keras")
-for _name in ABSENT:
-    sys.modules[_name] = None  # `import` raises, find_spec answers None
+if __name__ == "__main__":  # not when a test imports registered_ops()
+    for _name in ABSENT:
+        sys.modules[_name] = None  # `import` raises, find_spec answers None
 
 import tensorflow as tf  # noqa: E402
 from tensorflow.core.framework import op_def_pb2  # noqa: E402

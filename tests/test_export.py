@@ -17,9 +17,12 @@ import pytest
 
 from tests import serving_tasks
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="writes a TensorFlow SavedModel"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow", reason="writes a TensorFlow SavedModel"
+    ),
+    pytest.mark.slow,  # about 35 s of CPU: a short training, 4 exports, a process
+]
 
 NUM_BEAMS = 4
 TEXTS = serving_tasks.SENTENCES + ["zzzz yy", "the the the"]
