@@ -225,6 +225,13 @@ def test_layout_versions_and_saved_preprocessor(served):
     assert sorted(os.listdir(path)) == [
         "assets", "assets.extra", "fingerprint.pb", "saved_model.pb", "variables"
     ]
+    assert sorted(os.listdir(os.path.join(path, "assets.extra"))) == ["export.json", "preprocessor"]
+    with open(os.path.join(path, "assets.extra", "export.json")) as f:
+        info = json.load(f)
+    assert info["task"] == "BertTextClassifier"
+    assert sorted(info["signatures"]) == ["logits", "serving_default"]
+    assert info["signatures"]["logits"]["outputs"] == {"logits": {"dtype": "float32", "shape": [-1, 3]}}
+    assert info["preprocessor"] == {"sequence_length": 8}
     preset = os.path.join(path, "assets.extra", "preprocessor")
     with open(os.path.join(preset, "preprocessor.json")) as f:
         assert json.load(f)["class_name"] == "BertTextClassifierPreprocessor"

@@ -29,6 +29,7 @@ token, exactly as `task.generate(text)`. For any other task `logits` is also
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,10 @@ import keras
 
 INFO_DIR = "assets.extra"
 PREPROCESSOR_DIR = "preprocessor"
+EXPORT_FILE = "export.json"
+# Preprocessor settings saved in export.json as well: keras-hub's
+# Seq2SeqLMPreprocessor.get_config leaves its sequence lengths out.
+LENGTHS = ("sequence_length", "encoder_sequence_length", "decoder_sequence_length")
 
 
 def export_saved_model(task, export_dir, version=None, *, num_beams=4):
@@ -121,15 +126,50 @@ def export_saved_model(task, export_dir, version=None, *, num_beams=4):
     staging = tempfile.mkdtemp(prefix=f".export-{version}-", dir=export_dir)
     try:
         archive.write_out(staging, verbose=False)
-        if task.preprocessor is not None:
-            task.preprocessor.save_to_preset(
-                os.path.join(staging, INFO_DIR, PREPROCESSOR_DIR)
-            )
+        _write_info(staging, task)
         os.rename(staging, version_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return version_dir
+
+
+def _write_info(version_dir, task):
+    """`export.json` (task, signatures, lengths) and the preprocessor preset."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    info_dir = os.path.join(version_dir, INFO_DIR)
+    os.makedirs(info_dir)
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+
+    def tensors(infos):  # {name: {"dtype", "shape"}} as TF Serving sees them
+        return {
+            name: {
+                "dtype": tf.as_dtype(info.dtype).name,
+                "shape": [d.size for d in info.tensor_shape.dim],
+            }
+            for name, info in sorted(infos.items())
+        }
+
+    signatures = {
+        name: {"inputs": tensors(s.inputs), "outputs": tensors(s.outputs)}
+        for name, s in sorted(saved_model.meta_graphs[0].signature_def.items())
+        if not name.startswith("__")  # TF's internal __saved_model_init_op
+    }
+    info = {"task": type(task).__name__, "signatures": signatures, "preprocessor": None}
+    preprocessor = task.preprocessor
+    if preprocessor is not None:
+        preprocessor.save_to_preset(os.path.join(info_dir, PREPROCESSOR_DIR))
+        info["preprocessor"] = {
+            name: getattr(preprocessor, name)
+            for name in LENGTHS
+            if isinstance(getattr(preprocessor, name, None), int)
+        }
+    with open(os.path.join(info_dir, EXPORT_FILE), "w") as f:
+        json.dump(info, f, indent=2)
 
 
 def existing_versions(export_dir):

@@ -21,6 +21,7 @@ import sys
 import urllib.error
 import urllib.request
 
+from collab_keras.training.export import EXPORT_FILE
 from collab_keras.training.export import INFO_DIR
 from collab_keras.training.export import PREPROCESSOR_DIR
 from collab_keras.training.export import existing_versions
@@ -62,6 +63,10 @@ def load_preprocessor(path, argument="model"):
     with open(config_file) as f:
         preprocessor = keras.saving.deserialize_keras_object(json.load(f))
     preprocessor.load_preset_assets(preset)
+    with open(os.path.join(os.path.dirname(preset), EXPORT_FILE)) as f:
+        lengths = json.load(f)["preprocessor"]
+    for name, value in lengths.items():  # what get_config may leave out
+        setattr(preprocessor, name, value)
     return preprocessor
 
 
