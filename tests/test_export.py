@@ -4,6 +4,8 @@ The exports are answered in a fresh process that imports only tensorflow
 (tests/plain_tf_predict.py): requests are PredictRequest protos built from
 numpy as a gRPC client builds them, and the answers are compared with the
 in-process task (forward pass, and `generate_step` ids for greedy and beam).
+The tasks are collab_keras' (collaborative attention; Transformer-NMT also
+with concatenated heads).
 """
 
 import json
@@ -49,24 +51,27 @@ def _cases():
     import keras_hub
 
     cases = {}
-    task = serving_tasks.trained_seq2seq_lm()
-    x = task.preprocessor.generate_preprocess(TEXTS)
-    encoder = {name: _int32(x[name]) for name in ("encoder_token_ids", "encoder_padding_mask")}
-    greedy = _generate_ids(task, x, keras_hub.samplers.GreedySampler())
-    beam = _generate_ids(task, x, keras_hub.samplers.BeamSampler(num_beams=NUM_BEAMS))
-    forward, _, _ = keras.utils.unpack_x_y_sample_weight(
-        task.preprocessor({"encoder_text": TEXTS, "decoder_text": TEXTS[::-1]})
-    )
-    forward = {name: _int32(value) for name, value in forward.items()}
-    cases["seq2seq"] = (
-        task,
-        {
-            "translate": (encoder, greedy),
-            "": (encoder, greedy),  # serving_default
-            "translate_beam": (encoder, beam),
-            "logits": (forward, {"logits": keras.ops.convert_to_numpy(task(forward))}),
-        },
-    )
+    for name, task in [
+        ("seq2seq", serving_tasks.trained_nmt_seq2seq_lm()),
+        ("seq2seq_concatenate", serving_tasks.nmt_seq2seq_lm("concatenate")),
+    ]:
+        x = task.preprocessor.generate_preprocess(TEXTS)
+        encoder = {key: _int32(x[key]) for key in ("encoder_token_ids", "encoder_padding_mask")}
+        greedy = _generate_ids(task, x, keras_hub.samplers.GreedySampler())
+        beam = _generate_ids(task, x, keras_hub.samplers.BeamSampler(num_beams=NUM_BEAMS))
+        forward, _, _ = keras.utils.unpack_x_y_sample_weight(
+            task.preprocessor({"encoder_text": TEXTS, "decoder_text": TEXTS[::-1]})
+        )
+        forward = {key: _int32(value) for key, value in forward.items()}
+        cases[name] = (
+            task,
+            {
+                "translate": (encoder, greedy),
+                "": (encoder, greedy),  # serving_default
+                "translate_beam": (encoder, beam),
+                "logits": (forward, {"logits": keras.ops.convert_to_numpy(task(forward))}),
+            },
+        )
     for name, build in [
         ("classifier", serving_tasks.bert_text_classifier),
         ("masked_lm", serving_tasks.bert_masked_lm),
@@ -154,9 +159,10 @@ def served(tmp_path_factory):
     return {"report": report, "responses": responses, "paths": paths, "control": control}
 
 
+@pytest.mark.parametrize("name", ["seq2seq", "seq2seq_concatenate"])
 @pytest.mark.parametrize("signature", ["translate", "", "translate_beam"])
-def test_translate_returns_generate_step_ids(served, signature):
-    outputs, expected = served["responses"][("seq2seq", signature)]
+def test_translate_returns_generate_step_ids(served, name, signature):
+    outputs, expected = served["responses"][(name, signature)]
     assert sorted(outputs) == ["decoder_padding_mask", "decoder_token_ids"]
     for name in expected:
         np.testing.assert_array_equal(outputs[name], expected[name])
@@ -174,7 +180,7 @@ def test_decodes_are_not_trivial(served):
 
 @pytest.mark.parametrize(
     "name,signature",
-    [("seq2seq", "logits"), ("classifier", ""), ("classifier", "logits"),
+    [("seq2seq", "logits"), ("seq2seq_concatenate", "logits"), ("classifier", ""), ("classifier", "logits"),
      ("masked_lm", ""), ("vit", ""), ("vit", "logits")],
 )
 def test_logits_match_in_process_task(served, name, signature):
@@ -251,8 +257,6 @@ def test_layout_versions_and_saved_preprocessor(served):
 
 
 def test_bad_arguments(tmp_path):
-    import keras_hub
-
     from collab_keras.training.export import export_saved_model
 
     task = serving_tasks.bert_text_classifier()
@@ -267,8 +271,9 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="Received: export_dir="):
         export_saved_model(task, tmp_path / "file")
     assert (tmp_path / "file").read_text() == "mine"
-    lm = serving_tasks.seq2seq_lm()
-    lm = keras_hub.models.BartSeq2SeqLM(lm.backbone, preprocessor=None)
+    from collab_keras.models import TransformerNMTSeq2SeqLM
+
+    lm = TransformerNMTSeq2SeqLM(serving_tasks.nmt_seq2seq_lm().backbone, preprocessor=None)
     with pytest.raises(ValueError, match="task.preprocessor=None"):
         export_saved_model(lm, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["file"]

@@ -30,7 +30,7 @@ MODEL_NAME = "nmt"
 def export(tmp_path_factory):
     from collab_keras.training.export import export_saved_model
 
-    task = serving_tasks.trained_seq2seq_lm()
+    task = serving_tasks.trained_nmt_seq2seq_lm()
     base = tmp_path_factory.mktemp("models") / MODEL_NAME
     export_saved_model(task, base, num_beams=4)
     return task, str(base)
