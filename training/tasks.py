@@ -78,7 +78,8 @@ def train_vocabulary(task, texts, vocabulary_size):
     if task == "nmt":
         from collab_keras import models
 
-        return models.TransformerNMTTokenizer.train(texts, vocabulary_size)
+        tokenizer = models.TransformerNMTTokenizer.train(texts, vocabulary_size)
+        return list(tokenizer.get_vocabulary())
     return vocabulary.train(texts, vocabulary_size, BERT_RESERVED_TOKENS, lowercase=True)
 
 
