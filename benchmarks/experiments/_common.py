@@ -90,6 +90,14 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
 
+def query_key_parameters(model):
+    """Parameters of the attention layers' query/key parts: the query and key
+    projections (kernels and biases), and for collaborative attention the
+    mixing matrix and the content bias."""
+    parts = {"query", "key", "mixing", "content_bias"}
+    return int(sum(np.prod(w.shape) for w in model.weights if parts & set(w.path.split("/"))))
+
+
 def summarize(records, metrics):
     """Mean and standard deviation of `metrics` per (kind, shared_key_dim).
 
