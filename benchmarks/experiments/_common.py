@@ -21,6 +21,7 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPOSITORY = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
@@ -35,8 +36,6 @@ def default_output_dir():
 
 
 def _device_kind():
-    import keras
-
     if keras.backend.backend() == "jax":
         import jax
 
@@ -50,8 +49,6 @@ def _device_kind():
 
 def environment():
     """The machine, the library versions and the commit of this checkout."""
-    import keras
-
     versions = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__}
     for name in ("tensorflow", "jax", "keras_hub", "sacrebleu", "sklearn"):
         module = sys.modules.get(name)
@@ -88,6 +85,29 @@ class Stopwatch:
 
     def __call__(self):
         return time.perf_counter() - self.start
+
+
+@keras.saving.register_keras_serializable(package="collab_keras_experiments")
+def reduced_key_attention(num_heads, key_dim, shared_key_dim, cached=False, **kwargs):
+    """The concatenated baseline at a reduced key size, as a zoo layer factory.
+
+    `keras.layers.MultiHeadAttention` (keras-hub's `CachedMultiHeadAttention`
+    in decoders) whose heads have `shared_key_dim // num_heads` query/key
+    dimensions each, `num_heads * key_dim` in total at `shared_key_dim=None`;
+    values keep `key_dim` per head. Pass it as a backbone's `attention=` with
+    `shared_key_dim` = the total key size.
+    """
+    total = num_heads * key_dim if shared_key_dim is None else shared_key_dim
+    if total % num_heads:
+        raise ValueError(
+            "The total key size must be a multiple of `num_heads`. "
+            f"Received: shared_key_dim={shared_key_dim}, num_heads={num_heads}"
+        )
+    if cached:
+        from keras_hub.layers import CachedMultiHeadAttention as layer_class
+    else:
+        layer_class = keras.layers.MultiHeadAttention
+    return layer_class(num_heads, key_dim=total // num_heads, value_dim=key_dim, **kwargs)
 
 
 def query_key_parameters(model):

@@ -35,16 +35,6 @@ from collab_keras.models import ViTBackbone
 from collab_keras.models import ViTImageClassifier
 
 
-@keras.saving.register_keras_serializable(package="collab_keras_experiments")
-def reduced_key_attention(num_heads, key_dim, shared_key_dim, cached, **kwargs):
-    """Concatenated heads with total key size `shared_key_dim`, values of
-    `key_dim` per head (the paper's baseline)."""
-    del cached
-    return keras.layers.MultiHeadAttention(
-        num_heads, key_dim=shared_key_dim // num_heads, value_dim=key_dim, **kwargs
-    )
-
-
 def load_data(name):
     """(x_train, y_train, x_test, y_test, patch_size), images float in [0, 1]."""
     if name == "digits":
@@ -106,7 +96,7 @@ def main():
                     hidden_dim=args.hidden_dim,
                     mlp_dim=2 * args.hidden_dim,
                     dropout_rate=0.1,
-                    attention=kind if kind == "collaborative" else reduced_key_attention,
+                    attention=kind if kind == "collaborative" else _common.reduced_key_attention,
                     shared_key_dim=size,
                 )
                 model = ViTImageClassifier(backbone, 10, preprocessor=None)
