@@ -233,6 +233,36 @@ class ZooPreprocessing:
         return from_keras_hub(source)
 
 
+class IntegerMasks:
+    """Mixed into keras-hub preprocessors of the zoo: boolean outputs (the
+    padding masks) come out as int32.
+
+    Under a `tf.distribute` strategy Keras's `fit` builds the model from the
+    mean of one batch across replicas (`Trainer._maybe_symbolic_build`),
+    which cannot average booleans ("Value for attr 'T' of bool is not in the
+    list of allowed values"): keras-hub's own tasks fail there. Integer
+    masks average to valid inputs, which the backbones' `keras.Input`s cast
+    back to int32.
+    """
+
+    def call(self, x, y=None, sample_weight=None):
+        output = super().call(x, y=y, sample_weight=sample_weight)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(output)
+        if isinstance(x, dict):
+            x = {key: _integer_if_bool(value) for key, value in x.items()}
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+
+def _integer_if_bool(x):
+    if keras.backend.standardize_dtype(x.dtype) != "bool":
+        return x
+    if type(x).__module__.startswith("tensorflow"):
+        import tensorflow as tf
+
+        return tf.cast(x, "int32")  # inside tf.data, whatever the backend
+    return keras.ops.cast(x, "int32")
+
+
 def keras_hub_parent(cls):
     """The keras-hub class that `cls` subclasses."""
     return next(

@@ -3,18 +3,22 @@
 import keras
 import keras_hub
 
+from ..zoo_model import IntegerMasks
 from ..zoo_model import ZooPreprocessing
 from .bert_backbone import BertBackbone
 from .bert_tokenizer import BertTokenizer
 
 
 @keras.saving.register_keras_serializable(package="collab_keras")
-class BertMaskedLMPreprocessor(ZooPreprocessing, keras_hub.models.BertMaskedLMPreprocessor):
+class BertMaskedLMPreprocessor(
+    IntegerMasks, ZooPreprocessing, keras_hub.models.BertMaskedLMPreprocessor
+):
     """keras-hub's `BertMaskedLMPreprocessor` for the zoo's `BertBackbone`.
 
     Tokenizes raw strings (or pairs) with a `BertTokenizer`, packs them and masks tokens at random (`mask_selection_rate`) into `mask_positions`, `mask_ids` and weights exactly as
-    keras-hub's; `from_preset` also reads keras-hub BERT presets and
-    `"all_minilm_l6_v2"`.
+    keras-hub's, except that `padding_mask` is int32 (see `IntegerMasks`:
+    boolean masks break `fit` under `tf.distribute`); `from_preset` also
+    reads keras-hub BERT presets and `"all_minilm_l6_v2"`.
 
     Args:
         tokenizer: A `BertTokenizer`.

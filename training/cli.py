@@ -1,0 +1,118 @@
+"""The `collab-keras` command (also `python -m collab_keras.training`).
+
+    collab-keras train TASK --output-dir DIR [options]   train, or resume DIR
+    collab-keras train --config DIR/config.json          repeat / resume a run
+    collab-keras demo                                    the README's comparison
+
+TASK is nmt, bert-mlm, bert-classify or vit. See docs/training.md.
+"""
+
+import argparse
+import dataclasses
+import sys
+
+from collab_keras.training import data
+from collab_keras.training import tasks
+from collab_keras.training.config import STRATEGIES
+from collab_keras.training.config import RunConfig
+
+
+def _train_parser(subparsers):
+    defaults = RunConfig(task="nmt", output_dir="-")
+    p = subparsers.add_parser(
+        "train",
+        help="train a zoo model (or resume the run in --output-dir)",
+        description="Train a zoo model; a folder holding the same run is resumed.",
+    )
+    p.add_argument("task", nargs="?", choices=data.TASKS, help="what to train")
+    p.add_argument("--config", help="a run's config.json: repeat or resume that run")
+    p.add_argument("--output-dir", help="where the run writes (required without --config)")
+    p.add_argument("--preset", help="architecture name (random init) or pretrained preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an architecture argument, e.g. --set num_layers=2")
+    p.add_argument("--attention", choices=("concatenate", "collaborative"),
+                   default=defaults.attention)
+    p.add_argument("--shared-key-dim", type=int, help="shared query/key width D̃_k")
+    p.add_argument("--dataset", help="a dataset name (default: the offline one)")
+    p.add_argument("--data-dir", help="tensorflow-datasets data folder")
+    p.add_argument("--source", help="bible.db source version (default k, English KJV)")
+    p.add_argument("--target", help="bible.db target version (default s, German Schlachter)")
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--vocabulary-size", type=int, default=defaults.vocabulary_size)
+    p.add_argument("--sequence-length", type=int, default=defaults.sequence_length)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help="global batch size, divided across replicas")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                   help="peak of the warmup + cosine decay schedule")
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16")
+    p.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
+                   help="XLA compilation (default: Keras' auto)")
+    p.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy)
+    p.add_argument("--model-parallel", type=int, default=defaults.model_parallel,
+                   help="model-axis size of --strategy model-parallel (JAX)")
+    p.add_argument("--cpu-devices", type=int,
+                   help="split the CPU into N logical devices (TensorFlow)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--deterministic", action="store_true",
+                   help="TensorFlow op determinism (bitwise-reproducible)")
+    p.add_argument("--eval-examples", type=int, default=defaults.eval_examples)
+    p.add_argument("--beam-width", type=int, default=defaults.beam_width)
+    p.add_argument("--no-export", dest="export", action="store_false",
+                   help="do not export a SavedModel for TF Serving")
+    return p
+
+
+def config_from_args(args):
+    """The `RunConfig` of parsed `train` arguments."""
+    if args.config:
+        try:
+            with open(args.config) as file:
+                text = file.read()
+        except OSError as error:
+            raise ValueError(
+                f"Cannot read the run config ({error}). Received: config={args.config!r}"
+            ) from error
+        return RunConfig.from_json(text)
+    if args.task is None or args.output_dir is None:
+        raise ValueError(
+            "`train` needs TASK and --output-dir (or --config). "
+            f"Received: task={args.task!r}, output_dir={args.output_dir!r}"
+        )
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["overrides"] = tasks.parse_overrides(args.set)
+    return RunConfig(**values)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="collab-keras", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _train_parser(subparsers)
+    demo = subparsers.add_parser("demo", help="the README's NMT comparison", add_help=False)
+    demo.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from collab_keras.training import demo as demo_module
+
+        return demo_module.main(args.rest)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    from collab_keras.training import run
+
+    try:
+        metrics = run.train(config)
+    except (ValueError, RuntimeError) as error:
+        print(f"collab-keras: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(run.summary(metrics))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""One training run: data, vocabulary, model, distribution, fit, evaluation.
+
+Everything a run writes goes to `config.output_dir`:
+
+    config.json            the run's settings (reproduces it)
+    vocabulary.txt         the WordPiece vocabulary trained on the run's data
+    checkpoints/           resumable checkpoints (see checkpoint.py)
+    logs/                  TensorBoard logs
+    model/                 the trained task, `save_to_preset` format
+    metrics.json           history and final scores
+    learning_curves.png    the history, plotted
+
+A directory holding the same run's config is resumed from its latest
+checkpoint; one holding another run or other files is refused.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+
+from collab_keras.training import checkpoint
+from collab_keras.training import data
+from collab_keras.training import distribution
+from collab_keras.training import evaluation
+from collab_keras.training import tasks
+from collab_keras.training import vocabulary as vocabularies
+from collab_keras.training.config import RunConfig
+
+
+def prepare_output_dir(config, write=True):
+    """Creates the run folder or checks it holds this same run.
+
+    Returns:
+        True when it already holds this run (resume), False when new.
+    """
+    path = config.output_dir
+    saved = os.path.join(path, "config.json")
+    if os.path.exists(saved):
+        with open(saved) as file:
+            previous = RunConfig.from_json(file.read(), output_dir=path)
+        if not config.same_run(previous):
+            mine, theirs = dataclasses.asdict(config), dataclasses.asdict(previous)
+            changed = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+            raise ValueError(
+                f"{path} holds another run (changed settings, as (saved, new): "
+                f"{changed}). Resume it with `collab-keras train --config {saved}` "
+                f"or choose a new --output-dir. Received: output_dir={path!r}"
+            )
+        return True
+    if os.path.isdir(path) and os.listdir(path):
+        raise ValueError(
+            f"{path} is not empty and holds no collab-keras run (no config.json); "
+            "nothing there is overwritten. Choose a new or empty --output-dir. "
+            f"Received: output_dir={path!r}"
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`output_dir` is a file. Received: output_dir={path!r}")
+    if write:
+        checkpoint.atomic_write_text(saved, config.to_json())
+    return False
+
+
+def _optimizer(config):
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if config.warmup_steps else config.learning_rate,
+        decay_steps=config.steps - config.warmup_steps,
+        warmup_target=config.learning_rate if config.warmup_steps else None,
+        warmup_steps=config.warmup_steps,
+        alpha=0.1,
+    )
+    return keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=config.weight_decay, clipnorm=1.0
+    )
+
+
+def _mean_tokens(task_model, examples, count=512):
+    """Mean non-padding tokens (all text inputs) per example of a sample."""
+    batch = next(iter(examples.take(count).batch(count)))
+    x = task_model.preprocessor(*batch) if isinstance(batch, tuple) else task_model.preprocessor(batch)
+    x = x[0] if isinstance(x, tuple) else x
+    masks = [np.asarray(v) for k, v in x.items() if k.endswith("padding_mask")]
+    return float(sum(m.sum() for m in masks)) / masks[0].shape[0]
+
+
+def train(config):
+    """Runs (or resumes) the training run `config`; returns its metrics dict."""
+    import tensorflow as tf
+
+    backend = keras.backend.backend()
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+    strategy = None
+    if backend == "tensorflow" and config.cpu_devices:
+        (cpu,) = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices
+        )
+    if backend == "tensorflow":
+        strategy = distribution.tf_strategy(config.strategy)
+    elif config.strategy in distribution.TF_STRATEGIES[2:]:
+        raise ValueError(
+            f"`--strategy {config.strategy}` is tf.distribute: it needs the "
+            f"TensorFlow backend (KERAS_BACKEND={backend}). Received: "
+            f"strategy={config.strategy!r}"
+        )
+    chief = strategy is None or distribution.is_chief(strategy)
+    resume = prepare_output_dir(config, write=chief)
+    own_dir = config.output_dir
+    if not chief:
+        own_dir = os.path.join(config.output_dir, "workers", str(distribution.worker_id(strategy)))
+        os.makedirs(own_dir, exist_ok=True)
+
+    # Data: raw examples; the task's preprocessor runs inside fit's tf.data.
+    load = lambda split: data.load(  # noqa: E731
+        config.task, split, config.dataset, config.data_dir, config.source, config.target
+    )
+    train_examples = load("train")
+    if config.max_train_examples:
+        train_examples = train_examples.take(config.max_train_examples)
+    num_classes = (
+        data.num_classes(config.task, config.dataset)
+        if config.task in ("bert-classify", "vit")
+        else None
+    )
+    tasks.check_preset(config.task, config.preset)
+    vocabulary = None
+    if config.task != "vit" and tasks.is_architecture(config.task, config.preset):
+        vocabulary = vocabularies.load_or_train(
+            os.path.join(own_dir, "vocabulary.txt"),
+            lambda: tasks.train_vocabulary(
+                config.task,
+                data.text_sample(config.task, train_examples),
+                config.vocabulary_size,
+            ),
+        )
+
+    def build():
+        keras.utils.set_random_seed(config.seed)
+        return tasks.build(config, vocabulary, num_classes)
+
+    if backend == "jax":
+        dist = distribution.jax_distribution(config.strategy, build, config.model_parallel)
+        keras.distribution.set_distribution(dist)
+    replicas = distribution.num_replicas(strategy)
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"`batch_size` must divide evenly across the {replicas} replicas. "
+            f"Received: batch_size={config.batch_size}"
+        )
+
+    with distribution.scope(strategy):
+        task_model = build()
+        task_model.compile(optimizer=_optimizer(config), jit_compile=(
+            "auto" if config.jit_compile is None else config.jit_compile))
+        fingerprint = {
+            "vocabulary": None if vocabulary is None else vocabularies.fingerprint(vocabulary),
+            "parameters": int(task_model.count_params()),
+        }
+        checkpoints = os.path.join(own_dir, "checkpoints")
+        step, history = checkpoint.restore(task_model, checkpoints, fingerprint)
+    if resume and step:
+        print(f"Resuming {config.output_dir} from step {step} of {config.steps}.")
+
+    # Same order of batches in every run with this seed; a resumed run skips
+    # the batches the checkpoint has already seen.
+    shuffle = train_examples.shuffle(
+        20000, seed=config.seed, reshuffle_each_iteration=True
+    )
+    train_batches = shuffle.repeat().batch(config.batch_size, drop_remainder=True).skip(step)
+    validation = load("validation").take(config.eval_examples).batch(config.batch_size)
+    callbacks = [
+        checkpoint.Checkpointer(checkpoints, config.checkpoint_every, fingerprint, history),
+    ]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(own_dir, "logs")))
+    started = time.perf_counter()
+    task_model.fit(
+        train_batches,
+        epochs=config.steps // config.checkpoint_every,
+        steps_per_epoch=config.checkpoint_every,
+        initial_epoch=step // config.checkpoint_every,
+        validation_data=validation,
+        callbacks=callbacks,
+        shuffle=False,  # train_batches is shuffled, seeded
+        verbose=int(os.environ.get("COLLAB_KERAS_VERBOSE", "1")) if chief else 0,
+    )
+    seconds = time.perf_counter() - started
+    trained_steps = config.steps - step
+
+    test = load("test").take(config.eval_examples)
+    scores = task_model.evaluate(test.batch(config.batch_size), verbose=0, return_dict=True)
+    metrics = {"test_" + k: float(v) for k, v in scores.items()}
+    metrics.update(
+        parameters=fingerprint["parameters"],
+        train_seconds=round(seconds, 2),
+        steps_per_second=round(trained_steps / seconds, 3) if trained_steps else None,
+        examples_per_second=round(trained_steps * config.batch_size / seconds, 1)
+        if trained_steps else None,
+    )
+    if config.task == "bert-mlm":
+        metrics["test_perplexity"] = evaluation.perplexity(metrics["test_loss"])
+    if config.task == "nmt":
+        metrics["tokens_per_example"] = _mean_tokens(task_model, train_examples)
+        if trained_steps:
+            metrics["tokens_per_second"] = round(
+                metrics["examples_per_second"] * metrics["tokens_per_example"], 1
+            )
+        sources, references = zip(*[(s.decode(), t.decode()) for s, t in test.as_numpy_iterator()])
+        hypotheses = evaluation.beam_decode(task_model, list(sources), config.beam_width)
+        metrics.update(evaluation.translation_scores(hypotheses, list(references)))
+        metrics["examples"] = [
+            {"source": s, "reference": r, "translation": h}
+            for s, r, h in list(zip(sources, references, hypotheses))[:5]
+        ]
+
+    if chief:
+        task_model.save_to_preset(os.path.join(own_dir, "model"))
+        checkpoint.atomic_write_json(
+            os.path.join(own_dir, "metrics.json"), {"final": metrics, "history": history}
+        )
+        evaluation.plot_learning_curves(
+            history,
+            os.path.join(own_dir, "learning_curves.png"),
+            f"{config.task} ({config.attention})",
+        )
+    else:
+        task_model.save_weights(os.path.join(own_dir, "model.weights.h5"))
+    return metrics
+
+
+def summary(metrics):
+    """The scores of `metrics` as short printable lines."""
+    keep = {k: v for k, v in metrics.items() if k != "examples"}
+    return json.dumps(keep, indent=2)

@@ -1,0 +1,136 @@
+"""Build the zoo task a run trains: `nmt`, `bert-mlm`, `bert-classify`, `vit`.
+
+`--preset` is either a size-only architecture name of the family's backbone
+(`<Backbone>.architectures`: random weights, trained from scratch with a
+vocabulary trained on the run's data) or a pretrained preset (a keras-hub
+preset folder or handle, a folder written by `save_to_preset`, or
+"all_minilm_l6_v2"), whose tokenizer and weights are loaded.
+"""
+
+import ast
+import os
+
+DEFAULT_ARCHITECTURE = {
+    "nmt": "transformer_tiny",
+    "bert-mlm": "bert_tiny",
+    "bert-classify": "bert_tiny",
+    "vit": "vit_tiny",
+}
+# The special tokens of a BERT WordPiece vocabulary (keras-hub's BertTokenizer).
+BERT_RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def _families():
+    from collab_keras import models
+
+    return {
+        "nmt": (
+            models.TransformerNMTBackbone,
+            models.TransformerNMTSeq2SeqLM,
+        ),
+        "bert-mlm": (models.BertBackbone, models.BertMaskedLM),
+        "bert-classify": (models.BertBackbone, models.BertTextClassifier),
+        "vit": (models.ViTBackbone, models.ViTImageClassifier),
+    }
+
+
+def parse_overrides(pairs):
+    """`["num_layers=2", "dropout=0.0"]` -> `{"num_layers": 2, "dropout": 0.0}`."""
+    overrides = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(
+                "`--set` takes KEY=VALUE with a Python literal value "
+                f"(e.g. num_layers=2). Received: --set={pair!r}"
+            )
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return overrides
+
+
+def is_architecture(task, preset):
+    backbone_cls, _ = _families()[task]
+    return (preset or DEFAULT_ARCHITECTURE[task]) in backbone_cls.architectures
+
+
+def check_preset(task, preset):
+    """Raises a ValueError naming `preset` when it is neither kind."""
+    backbone_cls, _ = _families()[task]
+    if preset is None or preset in backbone_cls.architectures:
+        return
+    if os.path.isdir(preset) or preset == "all_minilm_l6_v2" or "://" in preset:
+        return
+    raise ValueError(
+        f"`--preset` must be an architecture of {backbone_cls.__name__} "
+        f"({', '.join(sorted(backbone_cls.architectures))}), a preset folder, "
+        f"a preset handle (kaggle://..., hf://...) or 'all_minilm_l6_v2'. "
+        f"Received: preset={preset!r}"
+    )
+
+
+def train_vocabulary(task, texts, vocabulary_size):
+    """A WordPiece vocabulary for the task's tokenizer, trained on `texts`."""
+    from collab_keras.training import vocabulary
+
+    if task == "nmt":
+        from collab_keras import models
+
+        return models.TransformerNMTTokenizer.train(texts, vocabulary_size)
+    return vocabulary.train(texts, vocabulary_size, BERT_RESERVED_TOKENS, lowercase=True)
+
+
+def build(config, vocabulary=None, num_classes=None):
+    """The task model of `config` (uncompiled), with its preprocessor.
+
+    Args:
+        config: a `RunConfig`.
+        vocabulary: the token list for an architecture (size-only) preset;
+            ignored for a pretrained preset, whose tokenizer is loaded.
+        num_classes: for the classification tasks.
+    """
+    from collab_keras import models
+
+    task = config.task
+    backbone_cls, task_cls = _families()[task]
+    attention = {"attention": config.attention, "shared_key_dim": config.shared_key_dim}
+    length = config.sequence_length
+    classes = {} if num_classes is None else {"num_classes": num_classes}
+    if not is_architecture(task, config.preset):
+        return task_cls.from_preset(config.preset, **attention, **classes)
+
+    name = config.preset or DEFAULT_ARCHITECTURE[task]
+    overrides = dict(config.overrides)
+    if task == "vit":
+        backbone = backbone_cls.from_architecture(name, **attention, **overrides)
+        converter = models.ViTImageConverter(
+            image_size=backbone.image_shape[:2], scale=1.0 / 255.0
+        )
+        preprocessor = models.ViTImageClassifierPreprocessor(converter)
+        return task_cls(backbone, preprocessor=preprocessor, **classes)
+
+    backbone = backbone_cls.from_architecture(
+        name, vocabulary_size=len(vocabulary), **attention, **overrides
+    )
+    if task == "nmt":
+        tokenizer = models.TransformerNMTTokenizer(vocabulary=vocabulary)
+        preprocessor = models.TransformerNMTSeq2SeqLMPreprocessor(
+            tokenizer, encoder_sequence_length=length, decoder_sequence_length=length
+        )
+        return task_cls(backbone, preprocessor=preprocessor)
+    tokenizer = models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+    if task == "bert-mlm":
+        preprocessor = models.BertMaskedLMPreprocessor(
+            tokenizer, sequence_length=length, mask_selection_length=max(1, length // 5)
+        )
+        return task_cls(backbone, preprocessor=preprocessor)
+    preprocessor = models.BertTextClassifierPreprocessor(tokenizer, sequence_length=length)
+    return task_cls(backbone, preprocessor=preprocessor, **classes)
+
+
+def vocabulary_of(task_model):
+    """The vocabulary of a built task's tokenizer (None for images)."""
+    tokenizer = getattr(task_model.preprocessor, "tokenizer", None)
+    return None if tokenizer is None else list(tokenizer.get_vocabulary())
