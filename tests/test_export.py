@@ -330,3 +330,26 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="task.preprocessor=None"):
         export_saved_model(lm, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+@pytest.mark.parametrize(
+    "shape,update_shape,start",
+    [
+        ((2, 6, 4), (2, 1, 4), (0, 3, 0)),  # one cache position
+        ((2, 6, 4), (2, 3, 4), (0, 5, 0)),  # past the end: XLA clamps to 3
+        ((3, 5), (2, 2), (-1, 1)),  # negative: clamped to 0
+    ],
+)
+def test_serving_slice_update_equals_xla(shape, update_shape, start):
+    import tensorflow as tf
+
+    from collab_keras.training.export import _slice_update
+
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=shape).astype("float32")
+    updates = rng.normal(size=update_shape).astype("float32")
+    start = [tf.constant(s) for s in start]  # as traced: tensors
+    expected = keras.ops.slice_update(inputs, start, updates)  # XLA op
+    np.testing.assert_array_equal(
+        _slice_update(inputs, start, updates), expected
+    )
