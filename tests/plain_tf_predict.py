@@ -37,7 +37,9 @@ from tensorflow_serving.apis import predict_pb2  # noqa: E402
 def registered_ops():
     """Every op type registered in this process."""
     buffer = pywrap_tf_session.TF_GetAllOpList()
-    op_list = op_def_pb2.OpList.FromString(pywrap_tf_session.TF_GetBuffer(buffer))
+    op_list = op_def_pb2.OpList.FromString(
+        pywrap_tf_session.TF_GetBuffer(buffer)
+    )
     return sorted(op.name for op in op_list.op)
 
 
@@ -57,7 +59,10 @@ def graph_op_types(export):
 def answer(loaded, request):
     signature = request.model_spec.signature_name or "serving_default"
     function = loaded.signatures[signature]
-    feeds = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+    feeds = {
+        name: tf.constant(tf.make_ndarray(proto))
+        for name, proto in request.inputs.items()
+    }
     outputs = function(**feeds)
     response = predict_pb2.PredictResponse()
     response.model_spec.CopyFrom(request.model_spec)
@@ -75,7 +80,9 @@ def main(jobs_file):
         report["exports"][job["export"]] = {
             "op_types": op_types,
             # Checked before any load, against this plain process's registry.
-            "unregistered": [op for op in op_types if op_def_registry.get(op) is None],
+            "unregistered": [
+                op for op in op_types if op_def_registry.get(op) is None
+            ],
         }
         if not job["load"]:
             continue

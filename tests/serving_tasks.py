@@ -27,7 +27,9 @@ def nmt_seq2seq_lm(attention="collaborative"):
     from collab_keras.models import TransformerNMTSeq2SeqLMPreprocessor
     from collab_keras.models import TransformerNMTTokenizer
 
-    tokenizer = TransformerNMTTokenizer.train(SENTENCES + TARGETS, vocabulary_size=80)
+    tokenizer = TransformerNMTTokenizer.train(
+        SENTENCES + TARGETS, vocabulary_size=80
+    )
     preprocessor = TransformerNMTSeq2SeqLMPreprocessor(
         tokenizer, encoder_sequence_length=12, decoder_sequence_length=10
     )
@@ -59,7 +61,9 @@ def trained_nmt_seq2seq_lm(attention="collaborative", steps=30):
     task = nmt_seq2seq_lm(attention)
     task.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
     for _ in range(steps):
-        task.train_on_batch({"encoder_text": SENTENCES, "decoder_text": TARGETS})
+        task.train_on_batch(
+            {"encoder_text": SENTENCES, "decoder_text": TARGETS}
+        )
     return task
 
 
@@ -68,7 +72,9 @@ def _bert_tokenizer_and_backbone(attention):
     from collab_keras.models import BertTokenizer
 
     words = sorted(set(" ".join(SENTENCES).split()))
-    tokenizer = BertTokenizer(vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)
+    tokenizer = BertTokenizer(
+        vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    )
     backbone = BertBackbone.from_architecture(
         "bert_tiny",
         vocabulary_size=tokenizer.vocabulary_size(),
@@ -88,7 +94,9 @@ def bert_text_classifier(attention="collaborative"):
 
     tokenizer, backbone = _bert_tokenizer_and_backbone(attention)
     preprocessor = BertTextClassifierPreprocessor(tokenizer, sequence_length=8)
-    return BertTextClassifier(backbone, num_classes=3, preprocessor=preprocessor)
+    return BertTextClassifier(
+        backbone, num_classes=3, preprocessor=preprocessor
+    )
 
 
 @seeded
@@ -97,7 +105,9 @@ def bert_masked_lm(attention="collaborative"):
     from collab_keras.models import BertMaskedLMPreprocessor
 
     tokenizer, backbone = _bert_tokenizer_and_backbone(attention)
-    preprocessor = BertMaskedLMPreprocessor(tokenizer, sequence_length=8, mask_selection_length=3)
+    preprocessor = BertMaskedLMPreprocessor(
+        tokenizer, sequence_length=8, mask_selection_length=3
+    )
     return BertMaskedLM(backbone, preprocessor=preprocessor)
 
 
@@ -120,4 +130,6 @@ def vit_image_classifier(attention="collaborative"):
     )
     converter = ViTImageConverter(image_size=(16, 16), scale=1 / 255.0)
     preprocessor = ViTImageClassifierPreprocessor(image_converter=converter)
-    return ViTImageClassifier(backbone, num_classes=3, preprocessor=preprocessor)
+    return ViTImageClassifier(
+        backbone, num_classes=3, preprocessor=preprocessor
+    )

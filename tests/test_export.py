@@ -21,7 +21,8 @@ from tests import serving_tasks
 
 pytestmark = [
     pytest.mark.skipif(
-        keras.backend.backend() != "tensorflow", reason="writes a TensorFlow SavedModel"
+        keras.backend.backend() != "tensorflow",
+        reason="writes a TensorFlow SavedModel",
     ),
     pytest.mark.slow,  # about 35 s of CPU: a short training, 4 exports, a process
 ]
@@ -56,11 +57,18 @@ def _cases():
         ("seq2seq_concatenate", serving_tasks.nmt_seq2seq_lm("concatenate")),
     ]:
         x = task.preprocessor.generate_preprocess(TEXTS)
-        encoder = {key: _int32(x[key]) for key in ("encoder_token_ids", "encoder_padding_mask")}
+        encoder = {
+            key: _int32(x[key])
+            for key in ("encoder_token_ids", "encoder_padding_mask")
+        }
         greedy = _generate_ids(task, x, keras_hub.samplers.GreedySampler())
-        beam = _generate_ids(task, x, keras_hub.samplers.BeamSampler(num_beams=NUM_BEAMS))
+        beam = _generate_ids(
+            task, x, keras_hub.samplers.BeamSampler(num_beams=NUM_BEAMS)
+        )
         forward, _, _ = keras.utils.unpack_x_y_sample_weight(
-            task.preprocessor({"encoder_text": TEXTS, "decoder_text": TEXTS[::-1]})
+            task.preprocessor(
+                {"encoder_text": TEXTS, "decoder_text": TEXTS[::-1]}
+            )
         )
         forward = {key: _int32(value) for key, value in forward.items()}
         cases[name] = (
@@ -69,7 +77,10 @@ def _cases():
                 "translate": (encoder, greedy),
                 "": (encoder, greedy),  # serving_default
                 "translate_beam": (encoder, beam),
-                "logits": (forward, {"logits": keras.ops.convert_to_numpy(task(forward))}),
+                "logits": (
+                    forward,
+                    {"logits": keras.ops.convert_to_numpy(task(forward))},
+                ),
             },
         )
     for name, build in [
@@ -82,7 +93,11 @@ def _cases():
         logits = {"logits": keras.ops.convert_to_numpy(task(x))}
         cases[name] = (task, {"": (x, logits), "logits": (x, logits)})
     task = serving_tasks.vit_image_classifier()
-    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype("float32")
+    images = (
+        np.random.default_rng(0)
+        .integers(0, 256, (3, 16, 16, 3))
+        .astype("float32")
+    )
     images = keras.ops.convert_to_numpy(task.preprocessor(images))
     logits = {"logits": keras.ops.convert_to_numpy(task(images))}
     cases["vit"] = (task, {"": (images, logits), "logits": (images, logits)})
@@ -156,7 +171,12 @@ def served(tmp_path_factory):
         outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
         responses[key] = (outputs, expected)
     paths = {name: job["export"] for name, job in zip(cases, jobs)}
-    return {"report": report, "responses": responses, "paths": paths, "control": control}
+    return {
+        "report": report,
+        "responses": responses,
+        "paths": paths,
+        "control": control,
+    }
 
 
 @pytest.mark.parametrize("name", ["seq2seq", "seq2seq_concatenate"])
@@ -174,19 +194,31 @@ def test_decodes_are_not_trivial(served):
     beam = served["responses"][("seq2seq", "translate_beam")][1]
     ids = greedy["decoder_token_ids"]
     assert len({tuple(row) for row in ids}) > 1
-    assert greedy["decoder_padding_mask"].sum() < greedy["decoder_padding_mask"].size
+    assert (
+        greedy["decoder_padding_mask"].sum()
+        < greedy["decoder_padding_mask"].size
+    )
     assert not np.array_equal(ids, beam["decoder_token_ids"])
 
 
 @pytest.mark.parametrize(
     "name,signature",
-    [("seq2seq", "logits"), ("seq2seq_concatenate", "logits"), ("classifier", ""), ("classifier", "logits"),
-     ("masked_lm", ""), ("vit", ""), ("vit", "logits")],
+    [
+        ("seq2seq", "logits"),
+        ("seq2seq_concatenate", "logits"),
+        ("classifier", ""),
+        ("classifier", "logits"),
+        ("masked_lm", ""),
+        ("vit", ""),
+        ("vit", "logits"),
+    ],
 )
 def test_logits_match_in_process_task(served, name, signature):
     outputs, expected = served["responses"][(name, signature)]
     assert list(outputs) == ["logits"]
-    np.testing.assert_allclose(outputs["logits"], expected["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        outputs["logits"], expected["logits"], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_graphs_use_only_ops_of_stock_tensorflow(served):
@@ -229,25 +261,44 @@ def test_layout_versions_and_saved_preprocessor(served):
     base = os.path.dirname(path)
     assert os.path.basename(path) == "1"
     assert sorted(os.listdir(path)) == [
-        "assets", "assets.extra", "fingerprint.pb", "saved_model.pb", "variables"
+        "assets",
+        "assets.extra",
+        "fingerprint.pb",
+        "saved_model.pb",
+        "variables",
     ]
-    assert sorted(os.listdir(os.path.join(path, "assets.extra"))) == ["export.json", "preprocessor"]
+    assert sorted(os.listdir(os.path.join(path, "assets.extra"))) == [
+        "export.json",
+        "preprocessor",
+    ]
     with open(os.path.join(path, "assets.extra", "export.json")) as f:
         info = json.load(f)
     assert info["task"] == "BertTextClassifier"
     assert sorted(info["signatures"]) == ["logits", "serving_default"]
-    assert info["signatures"]["logits"]["outputs"] == {"logits": {"dtype": "float32", "shape": [-1, 3]}}
+    assert info["signatures"]["logits"]["outputs"] == {
+        "logits": {"dtype": "float32", "shape": [-1, 3]}
+    }
     assert info["preprocessor"] == {"sequence_length": 8}
     preset = os.path.join(path, "assets.extra", "preprocessor")
     with open(os.path.join(preset, "preprocessor.json")) as f:
         assert json.load(f)["class_name"] == "BertTextClassifierPreprocessor"
-    assert os.path.isfile(os.path.join(preset, "assets", "tokenizer", "vocabulary.txt"))
+    assert os.path.isfile(
+        os.path.join(preset, "assets", "tokenizer", "vocabulary.txt")
+    )
 
     task = serving_tasks.bert_text_classifier()
-    before = {name: os.path.getmtime(os.path.join(path, name)) for name in os.listdir(path)}
-    with pytest.raises(ValueError, match="Version 1 already exists.*Received: version=1"):
+    before = {
+        name: os.path.getmtime(os.path.join(path, name))
+        for name in os.listdir(path)
+    }
+    with pytest.raises(
+        ValueError, match="Version 1 already exists.*Received: version=1"
+    ):
         export_saved_model(task, base, version=1)
-    after = {name: os.path.getmtime(os.path.join(path, name)) for name in os.listdir(path)}
+    after = {
+        name: os.path.getmtime(os.path.join(path, name))
+        for name in os.listdir(path)
+    }
     assert before == after
     assert export_saved_model(task, base) == os.path.join(base, "2")
     assert export_saved_model(task, base, version=7) == os.path.join(base, "7")
@@ -273,7 +324,32 @@ def test_bad_arguments(tmp_path):
     assert (tmp_path / "file").read_text() == "mine"
     from collab_keras.models import TransformerNMTSeq2SeqLM
 
-    lm = TransformerNMTSeq2SeqLM(serving_tasks.nmt_seq2seq_lm().backbone, preprocessor=None)
+    lm = TransformerNMTSeq2SeqLM(
+        serving_tasks.nmt_seq2seq_lm().backbone, preprocessor=None
+    )
     with pytest.raises(ValueError, match="task.preprocessor=None"):
         export_saved_model(lm, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+@pytest.mark.parametrize(
+    "shape,update_shape,start",
+    [
+        ((2, 6, 4), (2, 1, 4), (0, 3, 0)),  # one cache position
+        ((2, 6, 4), (2, 3, 4), (0, 5, 0)),  # past the end: XLA clamps to 3
+        ((3, 5), (2, 2), (-1, 1)),  # negative: clamped to 0
+    ],
+)
+def test_serving_slice_update_equals_xla(shape, update_shape, start):
+    import tensorflow as tf
+
+    from collab_keras.training.export import _slice_update
+
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=shape).astype("float32")
+    updates = rng.normal(size=update_shape).astype("float32")
+    start = [tf.constant(s) for s in start]  # as traced: tensors
+    expected = keras.ops.slice_update(inputs, start, updates)  # XLA op
+    np.testing.assert_array_equal(
+        _slice_update(inputs, start, updates), expected
+    )

@@ -17,7 +17,8 @@ from tests import serving_tasks
 
 pytestmark = [
     pytest.mark.skipif(
-        keras.backend.backend() != "tensorflow", reason="writes a TensorFlow SavedModel"
+        keras.backend.backend() != "tensorflow",
+        reason="writes a TensorFlow SavedModel",
     ),
     pytest.mark.slow,  # a short training and an export (shared with test_export)
 ]
@@ -49,7 +50,9 @@ def expected(export):
     ]:
         task.compile(sampler=sampler)
         outputs[beam] = task.generate(TEXTS)
-    assert outputs[False] != outputs[True]  # the comparisons can tell them apart
+    assert (
+        outputs[False] != outputs[True]
+    )  # the comparisons can tell them apart
     return outputs
 
 
@@ -63,21 +66,32 @@ class _Predict(BaseHTTPRequestHandler):
 
         match = self.PATH.fullmatch(self.path)
         if not match or match.group(1) != self.server.model_name:
-            return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
+            return self._reply(
+                404, {"error": f"Servable not found for request: {self.path}"}
+            )
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         signature = body.get("signature_name", "serving_default")
         if signature not in self.server.loaded.signatures:
-            return self._reply(400, {"error": f"Serving signature name: {signature!r} not found"})
+            return self._reply(
+                400,
+                {"error": f"Serving signature name: {signature!r} not found"},
+            )
         function = self.server.loaded.signatures[signature]
         instances = body["instances"]
         specs = function.structured_input_signature[1]
         feeds = {
-            name: tf.constant([instance[name] for instance in instances], spec.dtype)
+            name: tf.constant(
+                [instance[name] for instance in instances], spec.dtype
+            )
             for name, spec in specs.items()
         }
-        outputs = {name: value.numpy().tolist() for name, value in function(**feeds).items()}
+        outputs = {
+            name: value.numpy().tolist()
+            for name, value in function(**feeds).items()
+        }
         predictions = [
-            {name: value[i] for name, value in outputs.items()} for i in range(len(instances))
+            {name: value[i] for name, value in outputs.items()}
+            for i in range(len(instances))
         ]
         self._reply(200, {"predictions": predictions})
 
@@ -118,7 +132,9 @@ def test_local_export_translates_as_generate(export, expected, beam):
 
     _, base = export
     assert translate(TEXTS, model=base, beam=beam) == expected[beam]
-    assert translate(TEXTS[0], model=base + "/1", beam=beam) == expected[beam][0]
+    assert (
+        translate(TEXTS[0], model=base + "/1", beam=beam) == expected[beam][0]
+    )
 
 
 @pytest.mark.parametrize("beam", [False, True])
@@ -139,7 +155,15 @@ def test_translate_main(export, expected, server, capsys, monkeypatch):
     assert translate_main(["--model", base, *TEXTS]) == 0
     assert capsys.readouterr().out.splitlines() == expected[False]
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(TEXTS) + "\n"))
-    argv = ["--server", server, "--vocabulary", base, "--model-name", MODEL_NAME, "--beam"]
+    argv = [
+        "--server",
+        server,
+        "--vocabulary",
+        base,
+        "--model-name",
+        MODEL_NAME,
+        "--beam",
+    ]
     assert translate_main(argv) == 0
     assert capsys.readouterr().out.splitlines() == expected[True]
 
@@ -166,4 +190,6 @@ def test_errors(export, server, tmp_path, capsys):
     with pytest.raises(SystemExit):
         translate_main(["--server", server, "a"])  # no --vocabulary
     assert "--vocabulary" in capsys.readouterr().err
-    np.testing.assert_array_equal(sorted((tmp_path).iterdir()), [])  # nothing written
+    np.testing.assert_array_equal(
+        sorted((tmp_path).iterdir()), []
+    )  # nothing written

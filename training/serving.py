@@ -131,7 +131,9 @@ def translate(
     translations = preprocessor.generate_postprocess(
         {
             "decoder_token_ids": outputs["decoder_token_ids"],
-            "decoder_padding_mask": outputs["decoder_padding_mask"].astype(bool),
+            "decoder_padding_mask": outputs["decoder_padding_mask"].astype(
+                bool
+            ),
         }
     )
     translations = [
@@ -150,7 +152,9 @@ def _predict_local(model, signature, inputs):
             f"The export has no {signature!r} signature (not a Seq2SeqLM?). "
             f"Signatures: {sorted(loaded.signatures)}. Received: model={model!r}"
         )
-    outputs = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+    outputs = loaded.signatures[signature](
+        **{k: tf.constant(v) for k, v in inputs.items()}
+    )
     return {name: value.numpy() for name, value in outputs.items()}
 
 
@@ -164,7 +168,9 @@ def predict_rest(server, model_name, signature, inputs, timeout=60.0):
 
     host, _, port = server.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"`server` must be HOST:PORT. Received: server={server!r}")
+        raise ValueError(
+            f"`server` must be HOST:PORT. Received: server={server!r}"
+        )
     names = sorted(inputs)
     instances = [
         {name: inputs[name][i].tolist() for name in names}
@@ -173,14 +179,18 @@ def predict_rest(server, model_name, signature, inputs, timeout=60.0):
     body = json.dumps({"signature_name": signature, "instances": instances})
     url = f"http://{server}/v1/models/{model_name}:predict"
     request = urllib.request.Request(
-        url, data=body.encode("utf-8"), headers={"Content-Type": "application/json"}
+        url,
+        data=body.encode("utf-8"),
+        headers={"Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             predictions = json.load(reply)["predictions"]
     except urllib.error.HTTPError as error:
         message = error.read().decode("utf-8", "replace")
-        raise RuntimeError(f"TF Serving at {url} answered {error.code}: {message}") from None
+        raise RuntimeError(
+            f"TF Serving at {url} answered {error.code}: {message}"
+        ) from None
     return {
         name: np.asarray([p[name] for p in predictions])
         for name in predictions[0]
@@ -195,20 +205,32 @@ def translate_main(argv=None):
         "or through TF Serving's REST API.",
     )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--model", help="export folder (a version or the base folder)")
+    where.add_argument(
+        "--model", help="export folder (a version or the base folder)"
+    )
     where.add_argument("--server", help="TF Serving REST address HOST:PORT")
     parser.add_argument(
         "--vocabulary",
         help="with --server: the export folder whose saved vocabulary tokenizes",
     )
-    parser.add_argument("--model-name", default="nmt", help="served model name (--server)")
-    parser.add_argument("--beam", action="store_true", help="beam search (translate_beam)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds (--server)")
-    parser.add_argument("texts", nargs="*", help="sentences (default: stdin lines)")
+    parser.add_argument(
+        "--model-name", default="nmt", help="served model name (--server)"
+    )
+    parser.add_argument(
+        "--beam", action="store_true", help="beam search (translate_beam)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds (--server)"
+    )
+    parser.add_argument(
+        "texts", nargs="*", help="sentences (default: stdin lines)"
+    )
     args = parser.parse_args(argv)
     if args.server is not None and args.vocabulary is None:
         parser.error("--server needs --vocabulary (the exported model folder)")
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    texts = args.texts or [
+        line.rstrip("\n") for line in sys.stdin if line.strip()
+    ]
     if not texts:
         parser.error("no text to translate (give sentences or lines on stdin)")
     try:
