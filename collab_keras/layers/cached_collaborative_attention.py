@@ -196,7 +196,8 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         """An all-zero cache for `max_length` positions.
 
         Args:
-            batch_size: Number of sequences.
+            batch_size: Number of sequences (a Python integer, or a scalar
+                tensor inside a traced function).
             max_length: Number of positions the cache can hold.
             dtype: Cache dtype; defaults to the layer's compute dtype.
 
@@ -207,6 +208,8 @@ class CachedCollaborativeAttention(CollaborativeAttention):
             ("batch_size", batch_size, 0),
             ("max_length", max_length, 1),
         ):
+            if ops.is_tensor(value):
+                continue  # A traced size (e.g. a served variable batch).
             if (
                 isinstance(value, (bool, np.bool_))
                 or not isinstance(value, numbers.Integral)
@@ -216,7 +219,6 @@ class CachedCollaborativeAttention(CollaborativeAttention):
                     f"`{name}` must be an integer >= {least}. "
                     f"Received: {name}={value!r}"
                 )
-        batch_size, max_length = int(batch_size), int(max_length)
         dtype = dtype or self.compute_dtype
         cache = {
             "key": ops.zeros(
