@@ -133,6 +133,11 @@ class ZooBackbone(keras_hub.models.Backbone):
         """
         preset, kind = preset_kind(preset, cls)
         if kind == "zoo":
+            saved = get_preset_loader(preset).config["config"].get("dtype")
+            if "dtype" not in kwargs and _is_policy_map(saved):
+                # keras-hub's backbone loader replaces the saved dtype by
+                # `None`, which drops a quantized model's DTypePolicyMap.
+                kwargs["dtype"] = saved
             backbone = super().from_preset(preset, load_weights, **kwargs)
         else:
             source = cls.keras_hub_backbone_cls.from_preset(
@@ -142,6 +147,12 @@ class ZooBackbone(keras_hub.models.Backbone):
         return convert_attention(
             backbone, attention, shared_key_dim, calibration_data
         )
+
+
+def _is_policy_map(dtype):
+    return isinstance(dtype, dict) and dtype.get("class_name") == (
+        "DTypePolicyMap"
+    )
 
 
 class ZooTask:
