@@ -1,4 +1,5 @@
-"""collab_keras.models: Transformer-NMT, BERT and ViT with an attention switch.
+"""collab_keras.models: BERT, ViT and Transformer-NMT as keras-hub models
+with an attention switch.
 
 `attention="concatenate"` builds keras.layers.MultiHeadAttention,
 `attention="collaborative"` builds collab_keras.layers.CollaborativeAttention;
@@ -6,19 +7,23 @@ see docs/models.md.
 """
 
 from .attention_factory import make_attention
-from .bert_encoder import BertEncoder
-from .keras_hub_weights import load_bert_backbone_weights
-from .keras_hub_weights import load_vit_backbone_weights
+from .bert import BertBackbone
+from .bert import BertMaskedLM
+from .bert import BertMaskedLMPreprocessor
+from .bert import BertTextClassifier
+from .bert import BertTextClassifierPreprocessor
+from .bert import BertTokenizer
+from .keras_hub_weights import from_keras_hub
 from .parameter_count import cache_bytes_per_token
 from .parameter_count import count_parameters
-from .patch_embedding import PatchEmbedding
-from .presets import BERT_PRESETS
-from .presets import TRANSFORMER_PRESETS
-from .presets import VIT_PRESETS
 from .transformer_decoder_block import TransformerDecoderBlock
 from .transformer_encoder_block import TransformerEncoderBlock
 from .transformer_nmt import TransformerNMTBackbone
 from .transformer_nmt import TransformerNMTSeq2SeqLM
 from .transformer_nmt import TransformerNMTSeq2SeqLMPreprocessor
 from .transformer_nmt import TransformerNMTTokenizer
-from .vision_transformer import VisionTransformer
+from .vit import PatchEmbedding
+from .vit import ViTBackbone
+from .vit import ViTImageClassifier
+from .vit import ViTImageClassifierPreprocessor
+from .vit import ViTImageConverter

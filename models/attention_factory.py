@@ -16,6 +16,8 @@ kernel_initializer, bias_initializer, dtype, name` (plus any
 `keras.saving.register_keras_serializable` so that models using it save.
 """
 
+import numbers
+
 import keras
 from keras_hub.layers import CachedMultiHeadAttention
 
@@ -57,7 +59,7 @@ def check_attention(attention, shared_key_dim=None):
         )
     if shared_key_dim is not None and (
         isinstance(shared_key_dim, bool)
-        or not isinstance(shared_key_dim, int)
+        or not isinstance(shared_key_dim, numbers.Integral)
         or shared_key_dim <= 0
     ):
         raise ValueError(
@@ -65,6 +67,19 @@ def check_attention(attention, shared_key_dim=None):
             f"Received: shared_key_dim={shared_key_dim!r}"
         )
     return attention
+
+
+def check_attention_kwargs(attention_kwargs):
+    """Validates `attention_kwargs`: `None` or a dict; returns a dict copy
+    (or `None`)."""
+    if attention_kwargs is None:
+        return None
+    if not isinstance(attention_kwargs, dict):
+        raise TypeError(
+            "Argument `attention_kwargs` must be a dict or None. "
+            f"Received: attention_kwargs={attention_kwargs!r}"
+        )
+    return dict(attention_kwargs)
 
 
 def serialize_attention(attention):
@@ -135,12 +150,15 @@ def make_attention(
         layer_class = (
             CachedCollaborativeAttention if cached else CollaborativeAttention
         )
+        if shared_key_dim is not None:
+            shared_key_dim = int(shared_key_dim)
         return layer_class(shared_key_dim=shared_key_dim, **kwargs)
     return attention(shared_key_dim=shared_key_dim, cached=cached, **kwargs)
 
 
 def clone_initializer(initializer):
     """A fresh initializer (from an identifier or an initializer), so that
-    layers do not draw the same values."""
+    layers do not draw the same values (as MultiHeadAttention clones its
+    own; keras-hub's `clone_initializer` is private)."""
     initializer = keras.initializers.get(initializer)
     return initializer.__class__.from_config(initializer.get_config())

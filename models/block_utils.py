@@ -3,26 +3,34 @@
 import keras
 from keras import ops
 
+# keras-hub's registered tanh-approximated GELU (the BERT activation); its
+# public API has no equivalent (`keras.activations.gelu` takes
+# `approximate=` only as an argument).
+from keras_hub.src.utils.keras_utils import gelu_approximate
+
 from .attention_factory import check_attention
+from .attention_factory import check_attention_kwargs
 from .attention_factory import clone_initializer
 from .attention_factory import serialize_attention
-
-# Feed-forward activations by name (names keep the block configs plain).
-ACTIVATIONS = {
-    "relu": keras.activations.relu,
-    "gelu": keras.activations.gelu,  # exact (approximate=False)
-    "gelu_approximate": lambda x: keras.activations.gelu(x, approximate=True),
-}
+from .input_checks import check_rate
+from .input_checks import check_size
 
 
 def get_activation(name):
-    """The feed-forward activation called `name` (see `ACTIVATIONS`)."""
-    if name not in ACTIVATIONS:
+    """The feed-forward activation called `name`: any Keras activation name
+    (`"relu"`, `"gelu"`, ...) or `"gelu_approximate"`."""
+    if name == "gelu_approximate":
+        return gelu_approximate
+    try:
+        if not isinstance(name, str):
+            raise ValueError(name)
+        return keras.activations.get(name)
+    except ValueError:
         raise ValueError(
-            f"Argument `activation` must be one of {sorted(ACTIVATIONS)}. "
+            "Argument `activation` must be the name of a Keras activation "
+            "or 'gelu_approximate'. "
             f"Received: activation={name!r}"
-        )
-    return ACTIVATIONS[name]
+        ) from None
 
 
 def padding_attention_mask(padding_mask, attention_mask=None):
@@ -87,18 +95,22 @@ class BlockBase(keras.layers.Layer):
         super().__init__(**kwargs)
         self.attention = check_attention(attention, shared_key_dim)
         get_activation(activation)
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.shared_key_dim = shared_key_dim
-        self.key_dim = key_dim
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
+        self.num_heads = check_size("num_heads", num_heads)
+        self.intermediate_dim = check_size("intermediate_dim", intermediate_dim)
+        self.shared_key_dim = check_size(
+            "shared_key_dim", shared_key_dim, allow_none=True
+        )
+        self.key_dim = check_size("key_dim", key_dim, allow_none=True)
+        self.dropout = check_rate("dropout", dropout)
+        self.attention_dropout = check_rate(
+            "attention_dropout", attention_dropout, allow_none=True
+        )
         self.activation = activation
         self.layer_norm_epsilon = layer_norm_epsilon
         self.normalize_first = normalize_first
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.attention_kwargs = attention_kwargs
+        self.attention_kwargs = check_attention_kwargs(attention_kwargs)
 
     def _head_size(self, hidden_dim):
         key_dim = self.key_dim or hidden_dim // self.num_heads

@@ -1,6 +1,85 @@
-"""Input validation shared by the model builders: clear errors early."""
+"""Argument and input checks shared by the zoo: clear errors early.
 
+Constructor sizes accept Python and numpy integers (`np.int64(2)`) and are
+stored as Python `int`s so configs stay JSON. Model inputs are checked for
+rank and length whenever shapes are known; values (integer dtype, token ids
+inside `[0, vocabulary_size)`) only in eager calls on concrete tensors.
+Inside compiled graphs (`fit`, `predict`, `tf.function`, `jit_compile`)
+Keras has already cast the inputs to the dtype of the `keras.Input`s (under
+`tf.distribute` it builds the model from a float64 batch), so a dtype
+check there would reject valid training, and values are not known.
+"""
+
+import numbers
+
+import numpy as np
 from keras import backend
+
+
+def check_size(name, value, minimum=1, allow_none=False):
+    """`value` as a Python int, or a ValueError naming `name`.
+
+    Args:
+        name: Argument name for the message.
+        value: Python or numpy integer (bools are refused).
+        minimum: Smallest accepted value.
+        allow_none: Whether `None` passes through.
+    """
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be an integer >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def check_rate(name, value, allow_none=False):
+    """`value` as a Python float in `[0, 1)`, or a ValueError naming `name`."""
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not 0 <= value < 1
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a float in [0, 1). "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def concrete_value(x):
+    """`x` as a numpy array when it holds values (eager), else `None`."""
+    if isinstance(x, (np.ndarray, np.generic, list, tuple)):
+        return np.asarray(x)
+    if backend.is_keras_tensor(x):
+        return None
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly() or not hasattr(x, "numpy"):
+            return None
+        return x.numpy()
+    if backend.backend() == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+        return np.asarray(x)
+    if backend.backend() == "torch":
+        import torch
+
+        if torch.compiler.is_compiling() or x.device.type == "meta":
+            return None
+        return x.detach().cpu().numpy()
+    return None
 
 
 def check_inputs(inputs, specs):
@@ -9,9 +88,12 @@ def check_inputs(inputs, specs):
     Args:
         inputs: dict of tensors (or a single tensor for one-input models).
         specs: dict `name -> (kind, rank, max_length)`: `kind` is `"int"`
-            (integer ids), `"mask"` (integer, bool or float 0/1) or `"float"`;
-            `max_length` (or `None`) bounds axis 1, with the name of the
-            argument that sets it: `(value, "max_sequence_length")`.
+            (integer ids, or `("int", limit, "argument")` to also bound the
+            values by `limit`, the size set by `argument`), `"mask"` or
+            `"float"`; `max_length` (or `None`) bounds axis 1, with the
+            name of the argument that sets it: `(value, "argument")`.
+            Axis 1 of every rank >= 2 input with a `"int"`/`"mask"` kind
+            must agree.
 
     Raises:
         ValueError: naming the input and what was received.
@@ -29,6 +111,7 @@ def check_inputs(inputs, specs):
             f"Missing inputs {missing}; expected keys {sorted(specs)}. "
             f"Received: keys {sorted(inputs)}"
         )
+    lengths = {}
     for name, (kind, rank, max_length) in specs.items():
         x = inputs[name]
         if x is None:
@@ -39,17 +122,6 @@ def check_inputs(inputs, specs):
                 f"Input `{name}` must have rank {rank}. "
                 f"Received: {name}.shape={shape}"
             )
-        dtype = backend.standardize_dtype(x.dtype)
-        if kind == "int" and "int" not in dtype:
-            raise ValueError(
-                f"Input `{name}` must hold integer token ids. "
-                f"Received: {name}.dtype={dtype}"
-            )
-        if kind == "float" and "float" not in dtype:
-            raise ValueError(
-                f"Input `{name}` must be floating point. "
-                f"Received: {name}.dtype={dtype}"
-            )
         if max_length is not None:
             limit, argument = max_length
             length = shape[1]
@@ -59,3 +131,35 @@ def check_inputs(inputs, specs):
                     f"(`{argument}={limit}`). "
                     f"Received: {name}.shape={shape}"
                 )
+        if isinstance(kind, tuple) or kind == "mask":
+            lengths[name] = shape[:2]
+        value = concrete_value(x)
+        if value is None:
+            continue  # symbolic: Keras casts to the `keras.Input` dtypes.
+        dtype = backend.standardize_dtype(value.dtype)
+        if isinstance(kind, tuple) or kind == "int":
+            if "int" not in dtype:
+                raise TypeError(
+                    f"Input `{name}` must hold integer token ids. "
+                    f"Received: {name}.dtype={dtype}"
+                )
+        if isinstance(kind, tuple) and value.size:
+            _, limit, argument = kind
+            low, high = int(value.min()), int(value.max())
+            if low < 0 or high >= limit:
+                raise ValueError(
+                    f"Input `{name}` must hold ids in [0, {argument}={limit}). "
+                    f"Received: {name} with values in [{low}, {high}]"
+                )
+        if kind == "float" and "float" not in dtype and "int" not in dtype:
+            raise TypeError(
+                f"Input `{name}` must be a float or integer image tensor. "
+                f"Received: {name}.dtype={dtype}"
+            )
+    shapes = {s for s in lengths.values() if None not in s}
+    if len(shapes) > 1:
+        received = ", ".join(f"{k}.shape={v}" for k, v in lengths.items())
+        raise ValueError(
+            f"Inputs {sorted(lengths)} must share (batch, length). "
+            f"Received: {received}"
+        )

@@ -1,18 +1,26 @@
-"""Copy keras-hub checkpoints (BertBackbone, ViTBackbone) into the zoo models.
+"""keras-hub BERT and ViT models as this zoo's, weights and assets kept.
 
 The zoo's concatenated attention is `keras.layers.MultiHeadAttention`, the
-layer keras-hub uses, so the copy is one `set_weights` per sublayer and the
-outputs match to float32 rounding. For a collaborative model, load into the
-concatenated one first, then reparametrize (`collab_keras.reparametrization`).
+layer keras-hub uses, so a copy is one `set_weights` per sublayer and the
+outputs match to float rounding. `from_keras_hub` converts a whole keras-hub
+object (backbone, tokenizer, image converter, preprocessor or task) to the
+zoo's class of the same role; `collab_keras.reparametrize` then turns the
+result collaborative in a form that saves and loads (`.keras`,
+`save_to_preset`) with its tokenizer.
 
 Example:
 
 ```python
-backbone = keras_hub.models.BertBackbone.from_preset(folder)
-model = BertEncoder.from_preset("minilm_l6", dropout=0.0)
-load_bert_backbone_weights(model, backbone)
+classifier = keras_hub.models.BertTextClassifier.from_preset(
+    folder, num_classes=2
+)
+classifier = from_keras_hub(classifier)  # collab_keras.models classes
+collaborative, report = reparametrize(classifier, shared_key_dim=128)
 ```
 """
+
+import keras
+import keras_hub
 
 # Sublayers of keras-hub's TransformerEncoder -> ours (same attribute names).
 _BERT_BLOCK_SUBLAYERS = (
@@ -33,18 +41,84 @@ _VIT_BLOCK_SUBLAYERS = (
 )
 
 
-def load_bert_backbone_weights(model, backbone):
-    """Copies a `keras_hub.models.BertBackbone` into a `BertEncoder`.
+def _zoo_classes():
+    """keras-hub class -> the zoo's class of the same role."""
+    from . import bert
+    from . import vit
+
+    return {
+        keras_hub.models.BertBackbone: bert.BertBackbone,
+        keras_hub.models.BertTokenizer: bert.BertTokenizer,
+        keras_hub.models.BertTextClassifierPreprocessor: (
+            bert.BertTextClassifierPreprocessor
+        ),
+        keras_hub.models.BertMaskedLMPreprocessor: bert.BertMaskedLMPreprocessor,
+        keras_hub.models.BertTextClassifier: bert.BertTextClassifier,
+        keras_hub.models.BertMaskedLM: bert.BertMaskedLM,
+        keras_hub.models.ViTBackbone: vit.ViTBackbone,
+        keras_hub.layers.ViTImageConverter: vit.ViTImageConverter,
+        keras_hub.models.ViTImageClassifierPreprocessor: (
+            vit.ViTImageClassifierPreprocessor
+        ),
+        keras_hub.models.ViTImageClassifier: vit.ViTImageClassifier,
+    }
+
+
+def from_keras_hub(obj):
+    """This zoo's counterpart of a keras-hub BERT or ViT object.
 
     Args:
-        model: `BertEncoder` with `attention="concatenate"` and the
-            backbone's sizes.
-        backbone: `keras_hub.models.BertBackbone`.
+        obj: A keras-hub `BertBackbone`, `BertTokenizer`,
+            `BertTextClassifierPreprocessor`, `BertMaskedLMPreprocessor`,
+            `BertTextClassifier`, `BertMaskedLM`, `ViTBackbone`,
+            `ViTImageConverter`, `ViTImageClassifierPreprocessor` or
+            `ViTImageClassifier`.
 
     Returns:
-        `model`, with the backbone's weights.
+        A new object of the matching `collab_keras.models` class, with
+        concatenated attention, the same weights (backbone and head), the
+        same vocabulary and preprocessing, and the same outputs.
     """
-    _check_concatenate(model)
+    classes = _zoo_classes()
+    target_cls = classes.get(type(obj))
+    if target_cls is None:
+        raise ValueError(
+            "`from_keras_hub` converts keras-hub "
+            f"{sorted(c.__name__ for c in classes)}. "
+            f"Received: obj of type {type(obj).__name__}"
+        )
+    if isinstance(obj, keras_hub.models.Backbone):
+        return target_cls.from_keras_hub(obj)
+    config = obj.get_config()
+    if isinstance(obj, keras_hub.tokenizers.Tokenizer):
+        return target_cls.from_config(
+            {**config, "vocabulary": obj.get_vocabulary()}
+        )
+    if isinstance(obj, keras_hub.models.Task):
+        config["backbone"] = from_keras_hub(obj.backbone)
+        if obj.preprocessor is not None:
+            config["preprocessor"] = from_keras_hub(obj.preprocessor)
+        task = target_cls.from_config(config)
+        _copy_head(obj, task)
+        return task
+    # A preprocessor, or a layer with no assets (image converter).
+    for key in ("tokenizer", "image_converter"):
+        if getattr(obj, key, None) is not None:
+            config[key] = from_keras_hub(getattr(obj, key))
+    return target_cls.from_config(config)
+
+
+def copy_bert_weights(source, target):
+    """Copies a `keras_hub.models.BertBackbone` into a `BertBackbone`.
+
+    Args:
+        source: `keras_hub.models.BertBackbone`.
+        target: `BertBackbone` with `attention="concatenate"` and the
+            source's sizes.
+
+    Returns:
+        `target`.
+    """
     for name in (
         "token_embedding",
         "position_embedding",
@@ -52,53 +126,66 @@ def load_bert_backbone_weights(model, backbone):
         "embeddings_layer_norm",
         "pooled_dense",
     ):
-        _copy(backbone.get_layer(name), model.get_layer(name), name)
-    _check_num_layers(model, len(backbone.transformer_layers))
-    for i, (source, target) in enumerate(
-        zip(backbone.transformer_layers, model.transformer_layers)
+        _copy(source.get_layer(name), target.get_layer(name), name)
+    for i, (block, target_block) in enumerate(
+        zip(source.transformer_layers, target.transformer_layers)
     ):
         for attribute in _BERT_BLOCK_SUBLAYERS:
             _copy(
-                getattr(source, attribute),
-                getattr(target, attribute),
+                getattr(block, attribute),
+                getattr(target_block, attribute),
                 f"transformer_layer_{i}.{attribute}",
             )
-    return model
+    return target
 
 
-def load_vit_backbone_weights(model, backbone):
-    """Copies a `keras_hub.models.ViTBackbone` into a `VisionTransformer`.
+def copy_vit_weights(source, target):
+    """Copies a `keras_hub.models.ViTBackbone` into a `ViTBackbone`.
 
     Args:
-        model: `VisionTransformer` with `attention="concatenate"` and the
-            backbone's sizes (channels-last images, class token).
-        backbone: `keras_hub.models.ViTBackbone`.
+        source: `keras_hub.models.ViTBackbone`.
+        target: `ViTBackbone` with `attention="concatenate"` and the
+            source's sizes.
 
     Returns:
-        `model`, with the backbone's weights (the head is left as it is).
+        `target`.
     """
-    _check_concatenate(model)
-    embedding = backbone.get_layer("vit_patching_and_embedding")
-    target = model.patch_embedding
-    target.class_token.assign(embedding.class_token)
-    _copy(embedding.patch_embedding, target.patch_embedding, "patch_embedding")
+    embedding = source.get_layer("vit_patching_and_embedding")
+    patches = target.patch_embedding
+    if getattr(embedding, "use_class_token", True):
+        patches.class_token.assign(embedding.class_token)
+    kernel, bias = embedding.patch_embedding.get_weights()
+    # Conv2D kernel (ph, pw, C, d) -> Dense kernel (ph * pw * C, d).
+    patches.patch_embedding.set_weights(
+        [kernel.reshape(-1, kernel.shape[-1]), bias]
+    )
     _copy(
         embedding.position_embedding,
-        target.position_embedding,
+        patches.position_embedding,
         "position_embedding",
     )
-    encoder = backbone.get_layer("vit_encoder")
-    _check_num_layers(model, len(encoder.encoder_layers))
-    for i, (source, block) in enumerate(
-        zip(encoder.encoder_layers, model.transformer_layers)
+    encoder = source.get_layer("vit_encoder")
+    for i, (block, target_block) in enumerate(
+        zip(encoder.encoder_layers, target.transformer_layers)
     ):
         for path, attribute in _VIT_BLOCK_SUBLAYERS:
-            layer = source
+            layer = block
             for step in path:
                 layer = getattr(layer, step)
-            _copy(layer, getattr(block, attribute), f"block {i}: {attribute}")
-    _copy(encoder.layer_norm, model.layer_norm, "layer_norm")
-    return model
+            _copy(layer, getattr(target_block, attribute), f"block {i}")
+    _copy(encoder.layer_norm, target.layer_norm, "layer_norm")
+    return target
+
+
+def _copy_head(source, target):
+    """Copies a task's weights outside its backbone, in order."""
+
+    def head(task):
+        inside = {id(v) for v in task.backbone.weights}
+        return [v for v in task.weights if id(v) not in inside]
+
+    for variable, value in zip(head(target), head(source), strict=True):
+        variable.assign(value)
 
 
 def _copy(source, target, name):
@@ -111,21 +198,3 @@ def _copy(source, target, name):
             "Build the model with the checkpoint's sizes."
         )
     target.set_weights(weights)
-
-
-def _check_concatenate(model):
-    if model.attention != "concatenate":
-        raise ValueError(
-            "keras-hub weights load into attention='concatenate' models; "
-            "reparametrize afterwards for collaborative heads. Received: "
-            f"attention={model.attention!r}"
-        )
-
-
-def _check_num_layers(model, num_layers):
-    if len(model.transformer_layers) != num_layers:
-        raise ValueError(
-            f"The checkpoint has {num_layers} layers, the model "
-            f"{len(model.transformer_layers)}. Received: "
-            f"num_layers={len(model.transformer_layers)}"
-        )

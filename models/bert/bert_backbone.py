@@ -1,32 +1,35 @@
-"""BERT-style encoder with an attention switch, MLM and classification heads."""
+"""BERT-style encoder backbone with an attention switch."""
 
 import keras
-from keras_hub.layers import MaskedLMHead
+import keras_hub
+from keras import ops
 from keras_hub.layers import PositionEmbedding
 
-from .attention_factory import check_attention
-from .attention_factory import serialize_attention
-from .input_checks import check_inputs
-from .presets import BERT_PRESETS
-from .transformer_encoder_block import TransformerEncoderBlock
-from .zoo_model import ZooModel
+from ..input_checks import check_inputs
+from ..input_checks import check_rate
+from ..input_checks import check_size
+from ..presets import BERT_ARCHITECTURES
+from ..transformer_encoder_block import TransformerEncoderBlock
+from ..zoo_model import ZooBackbone
 
 
 @keras.saving.register_keras_serializable(package="collab_keras")
-class BertEncoder(ZooModel):
+class BertBackbone(ZooBackbone):
     """BERT encoder (Devlin et al., 2019) with concatenated or collaborative
     heads.
 
     Token, segment and learned position embeddings, a stack of post-norm
     `TransformerEncoderBlock`s and a tanh pooler on the first token: the
-    architecture and weight layout of `keras_hub.models.BertBackbone`, so
-    its checkpoints load with `keras_hub_weights.load_bert_backbone_weights`.
-    `attention="collaborative"` swaps every self-attention for
-    `CollaborativeAttention` with shared query/key width `shared_key_dim`.
+    architecture, layer names and outputs of `keras_hub.models.BertBackbone`
+    (so keras-hub's BERT and MiniLM checkpoints load, see `from_preset`),
+    with the attention switch: `attention="collaborative"` builds every
+    self-attention as `CollaborativeAttention` with shared query/key width
+    `shared_key_dim` (Cordonnier et al., 2020).
 
     Masking: `padding_mask` (1 on real tokens) reaches every attention
     layer; padded keys get no attention weight, so padding does not change
-    the outputs at unpadded positions.
+    the outputs at unpadded positions. With length 0 the outputs are empty
+    and `pooled_output` is the pooler applied to zeros.
 
     Args:
         vocabulary_size: Token vocabulary size.
@@ -37,44 +40,46 @@ class BertEncoder(ZooModel):
         dropout: Dropout rate (embeddings, attention, blocks).
         max_sequence_length: Size of the position table.
         num_segments: Number of segment (token type) ids.
-        attention: `"concatenate"`, `"collaborative"` or a layer factory.
+        attention: `"concatenate"` (`keras.layers.MultiHeadAttention`),
+            `"collaborative"` (`collab_keras.layers.CollaborativeAttention`)
+            or a registered layer factory (see `attention_factory`).
         shared_key_dim: Shared query/key width of collaborative attention
             (`None`: `hidden_dim`). Must be `None` for `"concatenate"`.
         attention_kwargs: Extra keyword arguments for the attention layers.
-        masked_lm_head: Whether to add keras-hub's `MaskedLMHead` (tied to
-            the token embedding), an input `mask_positions` `(batch, P)` and
-            an output `mlm_logits` `(batch, P, vocabulary_size)`.
-        num_classes: If set, a classification head on the pooled output and
-            an output `logits` `(batch, num_classes)`.
         dtype: Dtype policy of the model.
-        **kwargs: `keras.Model` keyword arguments (`name`, `trainable`).
+        **kwargs: `keras.Model` keyword arguments (`name`, `trainable`);
+            unknown names raise.
 
     Inputs (a dict):
-        token_ids: int `(batch, length)`, `length <= max_sequence_length`.
-        segment_ids: int `(batch, length)`.
+        token_ids: int `(batch, length)`, ids in `[0, vocabulary_size)`,
+            `length <= max_sequence_length`.
+        segment_ids: int `(batch, length)`, ids in `[0, num_segments)`.
         padding_mask: `(batch, length)`, 1 on real tokens, 0 on padding.
-        mask_positions: int `(batch, P)` (only with `masked_lm_head`).
+
+    Ids are checked in eager calls; inside compiled graphs they are not
+    (see docs/models.md).
 
     Outputs (a dict):
         sequence_output: `(batch, length, hidden_dim)`.
         pooled_output: `(batch, hidden_dim)`.
-        mlm_logits, logits: float32 logits of the heads, when present.
 
     Example:
 
     ```python
-    model = BertEncoder.from_preset("bert_tiny", attention="collaborative",
-                                    shared_key_dim=64, num_classes=2)
-    outputs = model({
+    backbone = BertBackbone.from_architecture(
+        "bert_tiny", attention="collaborative", shared_key_dim=64
+    )
+    outputs = backbone({
         "token_ids": np.ones((2, 12), "int32"),
         "segment_ids": np.zeros((2, 12), "int32"),
         "padding_mask": np.ones((2, 12), "int32"),
     })
-    outputs["logits"].shape  # (2, 2)
+    outputs["pooled_output"].shape  # (2, 128)
     ```
     """
 
-    presets = BERT_PRESETS
+    architectures = BERT_ARCHITECTURES
+    keras_hub_backbone_cls = keras_hub.models.BertBackbone
 
     def __init__(
         self,
@@ -89,12 +94,22 @@ class BertEncoder(ZooModel):
         attention="concatenate",
         shared_key_dim=None,
         attention_kwargs=None,
-        masked_lm_head=False,
-        num_classes=None,
         dtype=None,
         **kwargs,
     ):
-        attention = check_attention(attention, shared_key_dim)
+        vocabulary_size = check_size("vocabulary_size", vocabulary_size)
+        num_layers = check_size("num_layers", num_layers)
+        num_heads = check_size("num_heads", num_heads)
+        hidden_dim = check_size("hidden_dim", hidden_dim)
+        intermediate_dim = check_size("intermediate_dim", intermediate_dim)
+        dropout = check_rate("dropout", dropout)
+        max_sequence_length = check_size(
+            "max_sequence_length", max_sequence_length
+        )
+        num_segments = check_size("num_segments", num_segments)
+        attention, shared_key_dim, attention_kwargs = self._init_switch(
+            attention, shared_key_dim, attention_kwargs
+        )
 
         # === Layers ===
         initializer = keras.initializers.TruncatedNormal(stddev=0.02)
@@ -160,11 +175,6 @@ class BertEncoder(ZooModel):
         padding_mask = keras.Input(
             shape=(None,), dtype="int32", name="padding_mask"
         )
-        inputs = {
-            "token_ids": token_ids,
-            "segment_ids": segment_ids,
-            "padding_mask": padding_mask,
-        }
         tokens = self.token_embedding(token_ids)  # (batch, length, hidden)
         positions = self.position_embedding(tokens)
         segments = self.segment_embedding(segment_ids)
@@ -173,37 +183,19 @@ class BertEncoder(ZooModel):
         x = self.embeddings_dropout(x)
         for block in self.transformer_layers:
             x = block(x, padding_mask=padding_mask)
-        pooled = self.pooled_dense(x[:, 0, :])  # (batch, hidden)
-        outputs = {"sequence_output": x, "pooled_output": pooled}
-        if masked_lm_head:
-            mask_positions = keras.Input(
-                shape=(None,), dtype="int32", name="mask_positions"
-            )
-            inputs["mask_positions"] = mask_positions
-            self.mlm_head = MaskedLMHead(
-                vocabulary_size=vocabulary_size,
-                token_embedding=self.token_embedding,
-                intermediate_activation=keras.activations.gelu,
-                kernel_initializer=initializer,
-                layer_norm_epsilon=1e-12,
-                dtype=dtype,
-                name="mlm_head",
-            )
-            outputs["mlm_logits"] = self.mlm_head(x, mask_positions)
-        if num_classes is not None:
-            self.classifier_dropout = keras.layers.Dropout(
-                dropout, dtype=dtype, name="classifier_dropout"
-            )
-            self.classifier = keras.layers.Dense(
-                num_classes,
-                kernel_initializer=initializer,
-                dtype="float32",
-                name="classifier",
-            )
-            outputs["logits"] = self.classifier(
-                self.classifier_dropout(pooled)
-            )
-        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+        # The first token, or zeros when the length is 0: (batch, hidden).
+        first = ops.sum(x[:, :1, :], axis=1)
+        pooled = self.pooled_dense(first)
+        super().__init__(
+            inputs={
+                "token_ids": token_ids,
+                "segment_ids": segment_ids,
+                "padding_mask": padding_mask,
+            },
+            outputs={"sequence_output": x, "pooled_output": pooled},
+            dtype=dtype,
+            **kwargs,
+        )
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
@@ -217,35 +209,55 @@ class BertEncoder(ZooModel):
         self.attention = attention
         self.shared_key_dim = shared_key_dim
         self.attention_kwargs = attention_kwargs
-        self.masked_lm_head = masked_lm_head
-        self.num_classes = num_classes
+        self.cls_token_index = 0
 
     def call(self, inputs, training=None, mask=None):
         length = (self.max_sequence_length, "max_sequence_length")
-        specs = {
-            "token_ids": ("int", 2, length),
-            "segment_ids": ("int", 2, length),
-            "padding_mask": ("mask", 2, length),
-        }
-        if self.masked_lm_head:
-            specs["mask_positions"] = ("int", 2, None)
-        check_inputs(inputs, specs)
+        check_inputs(
+            inputs,
+            {
+                "token_ids": (
+                    ("int", self.vocabulary_size, "vocabulary_size"),
+                    2,
+                    length,
+                ),
+                "segment_ids": (
+                    ("int", self.num_segments, "num_segments"),
+                    2,
+                    length,
+                ),
+                "padding_mask": ("mask", 2, length),
+            },
+        )
         return super().call(inputs, training=training, mask=mask)
 
+    @classmethod
+    def from_keras_hub(cls, backbone, **kwargs):
+        """A concatenated `BertBackbone` with the weights of a
+        `keras_hub.models.BertBackbone` (outputs equal to float rounding).
+
+        Args:
+            backbone: A `keras_hub.models.BertBackbone`.
+            **kwargs: Constructor arguments overriding its config (`dtype`).
+        """
+        from ..keras_hub_weights import copy_bert_weights
+
+        config = {**backbone.get_config(), **kwargs}
+        return copy_bert_weights(backbone, cls.from_config(config))
+
     def get_config(self):
-        return {
-            **self._base_config(),
-            "vocabulary_size": self.vocabulary_size,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "hidden_dim": self.hidden_dim,
-            "intermediate_dim": self.intermediate_dim,
-            "dropout": self.dropout,
-            "max_sequence_length": self.max_sequence_length,
-            "num_segments": self.num_segments,
-            "attention": serialize_attention(self.attention),
-            "shared_key_dim": self.shared_key_dim,
-            "attention_kwargs": self.attention_kwargs,
-            "masked_lm_head": self.masked_lm_head,
-            "num_classes": self.num_classes,
-        }
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "max_sequence_length": self.max_sequence_length,
+                "num_segments": self.num_segments,
+                **self._switch_config(),
+            }
+        )
+        return config

@@ -11,9 +11,12 @@ class PatchEmbedding(keras.layers.Layer):
     adds learned position embeddings.
 
     The weights are those of keras-hub's `ViTPatchingAndEmbedding`: a
-    `Conv2D` `patch_embedding` (kernel = stride = `patch_size`), a
-    `class_token` of shape `(1, 1, hidden_dim)` and a position table of
-    `num_patches + 1` rows.
+    patch projection `patch_embedding` (keras-hub's `Conv2D` kernel with
+    kernel = stride = `patch_size`, flattened to a `Dense` kernel of shape
+    `(patch_height * patch_width * channels, hidden_dim)`), a `class_token`
+    of shape `(1, 1, hidden_dim)` and a position table of `num_patches + 1`
+    rows. Patches are cut by a reshape, so an empty batch works on every
+    backend (TensorFlow's `Conv2D` returns its input for a batch of 0).
 
     Args:
         image_size: `(height, width)` of the input images.
@@ -50,16 +53,13 @@ class PatchEmbedding(keras.layers.Layer):
             initializer="random_normal",
             name="class_token",
         )
-        self.patch_embedding = keras.layers.Conv2D(
-            self.hidden_dim,
-            kernel_size=self.patch_size,
-            strides=self.patch_size,
-            padding="valid",
-            data_format="channels_last",
-            dtype=self.dtype_policy,
-            name="patch_embedding",
+        self.patch_embedding = keras.layers.Dense(
+            self.hidden_dim, dtype=self.dtype_policy, name="patch_embedding"
         )
-        self.patch_embedding.build(images_shape)
+        patch_height, patch_width = self.patch_size
+        self.patch_embedding.build(
+            (None, None, patch_height * patch_width * images_shape[-1])
+        )
         self.position_embedding = PositionEmbedding(
             sequence_length=self.num_patches + 1,
             initializer=keras.initializers.RandomNormal(stddev=0.02),
@@ -69,9 +69,21 @@ class PatchEmbedding(keras.layers.Layer):
         self.position_embedding.build((None, self.num_patches + 1, self.hidden_dim))
 
     def call(self, images):
-        x = self.patch_embedding(images)  # (batch, rows, columns, hidden)
-        batch = ops.shape(x)[0]
-        x = ops.reshape(x, (batch, self.num_patches, self.hidden_dim))
+        batch, channels = ops.shape(images)[0], images.shape[-1]
+        (height, width), (patch_height, patch_width) = (
+            self.image_size,
+            self.patch_size,
+        )
+        x = ops.reshape(
+            images,
+            (batch, height // patch_height, patch_height,
+             width // patch_width, patch_width, channels),
+        )
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (B, rows, cols, ph, pw, C)
+        x = ops.reshape(
+            x, (batch, self.num_patches, patch_height * patch_width * channels)
+        )
+        x = self.patch_embedding(x)  # (batch, patches, hidden)
         class_token = ops.cast(self.class_token, x.dtype)
         class_token = ops.tile(class_token, (batch, 1, 1))  # (batch, 1, hidden)
         x = ops.concatenate([class_token, x], axis=1)  # (batch, patches + 1, hidden)

@@ -1,0 +1,220 @@
+"""Vision Transformer (ViT / DeiT) backbone with an attention switch."""
+
+import keras
+import keras_hub
+
+from ..input_checks import check_inputs
+from ..input_checks import check_rate
+from ..input_checks import check_size
+from ..presets import VIT_ARCHITECTURES
+from ..transformer_encoder_block import TransformerEncoderBlock
+from ..zoo_model import ZooBackbone
+from .patch_embedding import PatchEmbedding
+
+
+@keras.saving.register_keras_serializable(package="collab_keras")
+class ViTBackbone(ZooBackbone):
+    """Vision Transformer (Dosovitskiy et al., 2021; DeiT, Touvron et al.,
+    2021) with concatenated or collaborative heads.
+
+    Patch embedding with a class token and learned positions, a stack of
+    pre-norm `TransformerEncoderBlock`s (exact GELU) and a final layer norm:
+    the architecture, arguments and output of `keras_hub.models.ViTBackbone`
+    (channels-last images, class token, biases everywhere), so its
+    checkpoints load with `from_preset`; `attention="collaborative"` builds
+    every self-attention as `CollaborativeAttention`.
+
+    Args:
+        image_shape: `(height, width, channels)`, channels last.
+        patch_size: int or `(height, width)` of the patches; must divide the
+            image size.
+        num_layers: Number of encoder blocks.
+        num_heads: Attention heads per block.
+        hidden_dim: Model width.
+        mlp_dim: Feed-forward width.
+        dropout_rate: Dropout after embeddings, attention and MLP.
+        attention_dropout: Dropout on the attention weights.
+        layer_norm_epsilon: Epsilon of the layer normalizations.
+        attention: `"concatenate"`, `"collaborative"` or a registered layer
+            factory.
+        shared_key_dim: Shared query/key width of collaborative attention
+            (`None`: `hidden_dim`). Must be `None` for `"concatenate"`.
+        attention_kwargs: Extra keyword arguments for the attention layers.
+        dtype: Dtype policy of the model.
+        **kwargs: `keras.Model` keyword arguments (`name`, `trainable`);
+            unknown names raise.
+
+    Inputs:
+        images: `(batch, height, width, channels)`, float (already scaled,
+            see `ViTImageConverter`); a batch of 0 gives an empty output.
+
+    Outputs:
+        `(batch, num_patches + 1, hidden_dim)`, the class token first.
+
+    Example:
+
+    ```python
+    backbone = ViTBackbone.from_architecture(
+        "vit_tiny", attention="collaborative", shared_key_dim=32
+    )
+    backbone(np.zeros((2, 32, 32, 3), "float32")).shape  # (2, 65, 64)
+    ```
+    """
+
+    architectures = VIT_ARCHITECTURES
+    keras_hub_backbone_cls = keras_hub.models.ViTBackbone
+
+    def __init__(
+        self,
+        image_shape,
+        patch_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        mlp_dim,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        layer_norm_epsilon=1e-6,
+        attention="concatenate",
+        shared_key_dim=None,
+        attention_kwargs=None,
+        dtype=None,
+        **kwargs,
+    ):
+        if not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3:
+            raise ValueError(
+                "Argument `image_shape` must be (height, width, channels). "
+                f"Received: image_shape={image_shape!r}"
+            )
+        image_shape = tuple(
+            check_size("image_shape", size) for size in image_shape
+        )
+        if not isinstance(patch_size, (tuple, list)):
+            patch_size = (patch_size, patch_size)
+        patch_size = tuple(check_size("patch_size", p) for p in patch_size)
+        if (
+            len(patch_size) != 2
+            or image_shape[0] % patch_size[0]
+            or image_shape[1] % patch_size[1]
+        ):
+            raise ValueError(
+                "Argument `patch_size` must divide the image height and "
+                f"width. Received: patch_size={patch_size}, "
+                f"image_shape={image_shape}"
+            )
+        num_layers = check_size("num_layers", num_layers)
+        num_heads = check_size("num_heads", num_heads)
+        hidden_dim = check_size("hidden_dim", hidden_dim)
+        mlp_dim = check_size("mlp_dim", mlp_dim)
+        dropout_rate = check_rate("dropout_rate", dropout_rate)
+        attention_dropout = check_rate("attention_dropout", attention_dropout)
+        attention, shared_key_dim, attention_kwargs = self._init_switch(
+            attention, shared_key_dim, attention_kwargs
+        )
+
+        # === Layers ===
+        self.patch_embedding = PatchEmbedding(
+            image_shape[:2],
+            patch_size,
+            hidden_dim,
+            dtype=dtype,
+            name="patch_embedding",
+        )
+        self.embeddings_dropout = keras.layers.Dropout(
+            dropout_rate, dtype=dtype, name="embeddings_dropout"
+        )
+        self.transformer_layers = [
+            TransformerEncoderBlock(
+                num_heads=num_heads,
+                intermediate_dim=mlp_dim,
+                attention=attention,
+                shared_key_dim=shared_key_dim,
+                dropout=dropout_rate,
+                attention_dropout=attention_dropout,
+                activation="gelu",
+                layer_norm_epsilon=layer_norm_epsilon,
+                normalize_first=True,
+                attention_kwargs=attention_kwargs,
+                dtype=dtype,
+                name=f"transformer_layer_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.layer_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="layer_norm"
+        )
+
+        # === Functional model ===
+        images = keras.Input(shape=image_shape, name="images")
+        x = self.patch_embedding(images)  # (batch, patches + 1, hidden)
+        x = self.embeddings_dropout(x)
+        for block in self.transformer_layers:
+            x = block(x)
+        x = self.layer_norm(x)
+        super().__init__(inputs=images, outputs=x, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.image_shape = image_shape
+        self.patch_size = patch_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.mlp_dim = mlp_dim
+        self.dropout_rate = dropout_rate
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.attention = attention
+        self.shared_key_dim = shared_key_dim
+        self.attention_kwargs = attention_kwargs
+
+    def call(self, inputs, training=None, mask=None):
+        # Keras' input spec checks the image size.
+        check_inputs(inputs, {"images": ("float", 4, None)})
+        return super().call(inputs, training=training, mask=mask)
+
+    @classmethod
+    def from_keras_hub(cls, backbone, **kwargs):
+        """A concatenated `ViTBackbone` with the weights of a
+        `keras_hub.models.ViTBackbone` (outputs equal to float rounding).
+
+        Args:
+            backbone: A `keras_hub.models.ViTBackbone` with channels-last
+                images, a class token and biases (keras-hub's defaults).
+            **kwargs: Constructor arguments overriding its config (`dtype`).
+        """
+        from ..keras_hub_weights import copy_vit_weights
+
+        config = dict(backbone.get_config())
+        supported = {
+            "use_mha_bias": True,
+            "use_mlp_bias": True,
+            "use_class_token": True,
+            "use_patch_bias": True,
+            "data_format": "channels_last",
+        }
+        for key, value in supported.items():
+            if config.pop(key, value) != value:
+                raise ValueError(
+                    f"ViTBackbone converts keras-hub ViTs with {key}="
+                    f"{value!r}. Received: {key}={getattr(backbone, key)!r}"
+                )
+        config = {**config, **kwargs}
+        return copy_vit_weights(backbone, cls.from_config(config))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_shape": self.image_shape,
+                "patch_size": self.patch_size,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "hidden_dim": self.hidden_dim,
+                "mlp_dim": self.mlp_dim,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout": self.attention_dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                **self._switch_config(),
+            }
+        )
+        return config
