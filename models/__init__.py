@@ -18,6 +18,10 @@ from .parameter_count import cache_bytes_per_token
 from .parameter_count import count_parameters
 from .transformer_decoder_block import TransformerDecoderBlock
 from .transformer_encoder_block import TransformerEncoderBlock
+from .transformer_nmt import TransformerNMTBackbone
+from .transformer_nmt import TransformerNMTSeq2SeqLM
+from .transformer_nmt import TransformerNMTSeq2SeqLMPreprocessor
+from .transformer_nmt import TransformerNMTTokenizer
 from .vit import PatchEmbedding
 from .vit import ViTBackbone
 from .vit import ViTImageClassifier

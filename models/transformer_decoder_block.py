@@ -68,7 +68,14 @@ class TransformerDecoderBlock(BlockBase):
     ):
         super().__init__(num_heads, intermediate_dim, **kwargs)
         if cross_attention is not None:
-            cross_attention = check_attention(cross_attention)
+            try:
+                cross_attention = check_attention(cross_attention)
+            except ValueError:
+                raise ValueError(
+                    "Argument `cross_attention` must be None (follow "
+                    "`attention`), 'concatenate', 'collaborative' or a layer "
+                    f"factory. Received: cross_attention={cross_attention!r}"
+                ) from None
         self.cross_attention = cross_attention
 
     def build(self, decoder_sequence_shape, encoder_sequence_shape=None):

@@ -163,8 +163,12 @@ class ZooTask:
 
     def __init__(self, *args, **kwargs):
         parent = keras_hub_parent(type(self)).__init__
+        # `inputs`/`outputs`: tasks that build their own functional graph
+        # (keras-hub's `Seq2SeqLM` has no concrete graph to inherit).
         check_model_kwargs(
-            type(self), kwargs, inspect.signature(parent).parameters
+            type(self),
+            kwargs,
+            {"inputs", "outputs", *inspect.signature(parent).parameters},
         )
         super().__init__(*args, **kwargs)
 

@@ -61,7 +61,8 @@ def copy_multi_head_attention(mha, collaborative):
     and concatenate mixing. Head h's query/key columns become columns
     h * key_dim .. (h + 1) * key_dim - 1 of the shared projections; the query
     bias becomes the content bias `c_h = Wk_h bq_h`, and the key bias, which
-    the softmax cancels, is dropped.
+    the softmax cancels, is dropped. Values, the output projection and the
+    gate (`use_gate`) are copied.
     """
     query_kernel = np.asarray(mha.query_dense.kernel)  # (F, N, D)
     key_kernel = np.asarray(mha.key_dense.kernel)  # (F', N, D)
@@ -76,9 +77,12 @@ def copy_multi_head_attention(mha, collaborative):
         collaborative.content_bias.assign(
             np.einsum("fnd,nd->fn", key_kernel, query_bias)
         )
-    for source, target in (
+    pairs = [
         (mha.value_dense, collaborative.value_dense),
         (mha.output_dense, collaborative.output_dense),
-    ):
+    ]
+    if getattr(mha, "_use_gate", False):
+        pairs.append((mha._gate_dense, collaborative.gate_dense))
+    for source, target in pairs:
         for source_weight, target_weight in zip(source.weights, target.weights):
             target_weight.assign(source_weight)

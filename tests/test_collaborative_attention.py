@@ -422,10 +422,10 @@ class CollaborativeAttentionTest(testing.TestCase):
                 [0, 0, 0, 0, 0, 1, 1],
             ],
         )
-        with self.assertRaisesRegex(ValueError, r"Received: shape=\(3, 2\)"):
-            CollaborativeAttention(3, 4, shared_key_dim=2).build(
-                (1, 2, 8), (1, 2, 8)
-            )
+        with self.assertRaisesRegex(
+            ValueError, r"num_heads=3.*Received: shared_key_dim=2"
+        ):
+            CollaborativeAttention(3, 4, shared_key_dim=2)
 
     @parameterized.named_parameters(
         ("rank_two", (2, 8), (2, 8), None, "query.shape=(2, 8)"),

@@ -29,6 +29,9 @@ CHECK = textwrap.dedent(
 
 
     def grads_of(layer, x, y, w, mask):
+        kw = {"attention_mask": mask}
+        if isinstance(mask, str):  # "causal": the causal flag, no mask
+            kw = {"use_causal_mask": True}
         # Output and gradients of sum(output * w) w.r.t. x and the weights.
         if backend == "jax":
             import jax
@@ -36,7 +39,7 @@ CHECK = textwrap.dedent(
             tv = [v.value for v in layer.trainable_variables]
             ntv = [v.value for v in layer.non_trainable_variables]
             def loss(tv, x):
-                out, _ = layer.stateless_call(tv, ntv, x, y, attention_mask=mask)
+                out, _ = layer.stateless_call(tv, ntv, x, y, **kw)
                 return jnp.sum(out.astype("float32") * w), out
             (_, out), (gv, gx) = jax.value_and_grad(
                 loss, argnums=(0, 1), has_aux=True)(tv, x)
@@ -45,7 +48,7 @@ CHECK = textwrap.dedent(
             import torch
             xt = torch.tensor(x, requires_grad=True)
             params = [v.value for v in layer.trainable_variables]
-            out = layer(xt, y, attention_mask=mask)
+            out = layer(xt, y, **kw)
             loss = (out.float() * torch.tensor(w)).sum()
             g = torch.autograd.grad(loss, [xt] + params)
             return [out.detach()] + list(g)
@@ -53,7 +56,7 @@ CHECK = textwrap.dedent(
         xt = tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(xt)
-            out = layer(xt, y, attention_mask=mask)
+            out = layer(xt, y, **kw)
             loss = tf.reduce_sum(tf.cast(out, "float32") * w)
         g = tape.gradient(loss, [xt] + layer.trainable_variables)
         return [out] + list(g)
@@ -77,7 +80,7 @@ CHECK = textwrap.dedent(
     cases = itertools.product(
         [(16, 8, 8), (12, 24, 12)],  # (shared_key_dim, key_dim, value_dim)
         [True, False],  # use_bias
-        ["none", "padding", "causal", "empty_row"],
+        ["none", "padding", "causal", "causal_flag", "empty_row", "per_head"],
     )
     for (shared, key_dim, value_dim), use_bias, mask_kind in cases:
         b, t, s, d = 2, 7, 9, 20
@@ -90,6 +93,11 @@ CHECK = textwrap.dedent(
             mask[:, :, 0] = True
         elif mask_kind == "causal":
             mask = np.tril(np.ones((t, s), bool))[None]
+        elif mask_kind == "causal_flag":
+            mask = "causal"
+        elif mask_kind == "per_head":
+            mask = rng.random((b, 3, t, s)) > 0.4
+            mask[1, 2, 4] = False  # a query that attends to nothing in head 2
         elif mask_kind == "empty_row":
             mask = rng.random((b, t, s)) > 0.4
             mask[0, 2] = False  # a query that attends to nothing
@@ -171,3 +179,34 @@ def test_fused_equals_explicit(keras_backend, module):
     print(proc.stdout.strip().splitlines()[-1:] if proc.stdout else "")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK " + keras_backend in proc.stdout
+
+
+OPS = os.path.join(ROOT, "collab_keras", "ops")
+
+
+def test_ops_package_has_no_import_cycle():
+    """Kernels import only the leaf helpers; only the dispatch imports them."""
+    import ast
+
+    imported = {}
+    for name in os.listdir(OPS):
+        if name.endswith(".py"):
+            with open(os.path.join(OPS, name)) as file:
+                tree = ast.parse(file.read())
+            imported[name[:-3]] = {
+                node.module.rsplit(".", 1)[-1]
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("collab_keras.ops")
+            } | {
+                alias.name
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom)
+                and node.module == "collab_keras.ops"
+                for alias in node.names
+            }
+    assert imported["_attention_utils"] == set()
+    for name, modules in imported.items():
+        if name.startswith("_") and name not in ("_attention_utils", "__init__"):
+            assert "collaborative_dot_product_attention" not in modules, name

@@ -1,5 +1,9 @@
 """Collaborative attention with a key/value cache for autoregressive decoding."""
 
+import numbers
+
+import numpy as np
+from keras import backend
 from keras import ops
 from keras.saving import register_keras_serializable
 
@@ -40,8 +44,12 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         value: Value tensor of shape `(B, S*, dim)`: with an updated cache,
             the `S*` new positions that are written at `cache_update_index`.
         key: Optional key tensor of shape `(B, S*, dim)`. Defaults to `value`.
-        attention_mask: Optional boolean mask of shape `(B, T, S)`, `S` the
-            cache length when a cache is given.
+        attention_mask: Optional boolean mask of shape `(B, T, S)` (or
+            `(B, 1|num_heads, T, S)`), `S` the cache length when a cache is
+            given. With a cache, `query_mask`, `value_mask` and `key_mask`
+            are not used (as in keras-hub's `CachedMultiHeadAttention`);
+            `sliding_window` counts query `i` at cache position
+            `cache_update_index + i`.
         cache: Optional dict with `"key"` `(B, S, shared_key_dim)`,
             `"value"` `(B, S, num_heads, value_dim)` and, when `use_bias`,
             `"content"` `(B, S, num_heads)`; see `initial_cache` and
@@ -109,12 +117,16 @@ class CachedCollaborativeAttention(CollaborativeAttention):
                 "With a cache, pass the causal mask as `attention_mask`. "
                 "Received: use_causal_mask=True"
             )
-        self._check_cache(cache)
-        if cache_update_index is not None:
+        if key is None:
+            key = value
+        self._check_cache(cache, query)
+        start = 0
+        if cache_update_index is None:
+            self._check_inputs(query)  # `value` and `key` are not used
+        else:
+            self._check_inputs(query, value, key)
+            start = self._check_update_index(cache_update_index, cache, value)
             update = self.compute_cache(value, key)
-            start = cache_update_index
-            if not isinstance(start, int):  # a plain int keeps torch fast
-                start = ops.cast(start, "int32")
             cache = {
                 name: ops.slice_update(
                     cache[name],
@@ -124,17 +136,36 @@ class CachedCollaborativeAttention(CollaborativeAttention):
                 for name in update
             }
         if attention_mask is not None:
+            self._check_mask_shape(attention_mask, query, cache["key"])
             attention_mask = ops.cast(attention_mask, "bool")
+        if self.sliding_window is not None:
+            # Query i sits at position start + i of the cache.
+            rows = ops.arange(ops.shape(query)[1], dtype="int32") + start
+            columns = ops.arange(ops.shape(cache["key"])[1], dtype="int32")
+            distance = ops.abs(rows[:, None] - columns[None, :])
+            window = ops.less(distance, self.sliding_window)[None]  # (1, T, S)
+            attention_mask = (
+                window
+                if attention_mask is None
+                else self._and_masks(attention_mask, window)
+            )
+        gate = None
+        if self._gate_dense is not None:
+            gate = self._gate_dense(query)  # (B, T, N, V)
         query = self._query_dense(query)  # (B, T, K)
-        attention_output, attention_scores = self._compute_attention(
-            query,
-            cache["key"],  # (B, S, K)
-            cache["value"],  # (B, S, N, V)
-            cache.get("content"),  # (B, S, N)
-            attention_mask,
-            training=training,
-            return_attention_scores=return_attention_scores,
+        attention_output, attention_scores = (
+            self._compute_collaborative_attention(
+                query,
+                cache["key"],  # (B, S, K)
+                cache["value"],  # (B, S, N, V)
+                cache.get("content"),  # (B, S, N)
+                attention_mask,
+                training=training,
+                return_attention_scores=return_attention_scores,
+            )
         )
+        if gate is not None:
+            attention_output = attention_output * gate  # (B, T, N, V)
         attention_output = self._output_dense(attention_output)  # (B, T, E)
         if return_attention_scores:
             return attention_output, attention_scores, cache
@@ -172,6 +203,20 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         Returns:
             A dict of zero tensors, shaped as `compute_cache` returns.
         """
+        for name, value, least in (
+            ("batch_size", batch_size, 0),
+            ("max_length", max_length, 1),
+        ):
+            if (
+                isinstance(value, (bool, np.bool_))
+                or not isinstance(value, numbers.Integral)
+                or value < least
+            ):
+                raise ValueError(
+                    f"`{name}` must be an integer >= {least}. "
+                    f"Received: {name}={value!r}"
+                )
+        batch_size, max_length = int(batch_size), int(max_length)
         dtype = dtype or self.compute_dtype
         cache = {
             "key": ops.zeros(
@@ -194,7 +239,7 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         size = self.shared_key_dim + self.num_heads * self.value_dim
         return size + (self.num_heads if self.use_bias else 0)
 
-    def _check_cache(self, cache):
+    def _check_cache(self, cache, query):
         expected = {"key", "value"} | ({"content"} if self.use_bias else set())
         if not isinstance(cache, dict) or set(cache) != expected:
             keys = sorted(cache) if isinstance(cache, dict) else type(cache)
@@ -202,3 +247,53 @@ class CachedCollaborativeAttention(CollaborativeAttention):
                 f"`cache` must be a dict with keys {sorted(expected)}. "
                 f"Received: cache with keys {keys}"
             )
+        batch, length = query.shape[0], cache["key"].shape[1]
+        sizes = {
+            "key": (self.shared_key_dim,),
+            "value": (self.num_heads, self.value_dim),
+            "content": (self.num_heads,),
+        }
+        for name in [n for n in ("key", "value", "content") if n in cache]:
+            shape = tuple(cache[name].shape)
+            ok = (
+                shape[2:] == sizes[name]
+                and shape[1] == length
+                and (batch is None or shape[0] in (None, batch))
+            )
+            if not ok:
+                want = ("B", "S") + sizes[name]
+                raise ValueError(
+                    f'`cache["{name}"]` must have the shape {want} with '
+                    f"B={batch}, one length S for all entries. Received: "
+                    f'cache["{name}"].shape={shape}'
+                )
+
+    def _check_update_index(self, cache_update_index, cache, value):
+        """`cache_update_index` as an int (or int32 tensor), checked."""
+        index = cache_update_index
+        if isinstance(index, (bool, np.bool_)) or isinstance(
+            index, (float, np.floating)
+        ):
+            raise ValueError(
+                "`cache_update_index` must be an integer or an integer "
+                f"tensor. Received: cache_update_index={index!r}"
+            )
+        if isinstance(index, numbers.Integral):
+            index = int(index)  # a plain int keeps torch fast
+            length, new = cache["key"].shape[1], value.shape[1]
+            if length is not None and new is not None and not (
+                0 <= index <= length - new
+            ):
+                raise ValueError(
+                    f"`cache_update_index` must be in [0, {length - new}] "
+                    f"to write {new} positions into a cache of length "
+                    f"{length}. Received: cache_update_index={index}"
+                )
+            return index
+        dtype = backend.standardize_dtype(getattr(index, "dtype", "float32"))
+        if "int" not in dtype:
+            raise ValueError(
+                "`cache_update_index` must be an integer or an integer "
+                f"tensor. Received: cache_update_index={index!r}"
+            )
+        return ops.cast(index, "int32")

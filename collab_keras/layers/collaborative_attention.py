@@ -5,6 +5,8 @@ import numbers
 import string
 
 import keras
+import numpy as np
+from keras import backend
 from keras import config
 from keras import constraints
 from keras import initializers
@@ -60,11 +62,19 @@ class CollaborativeAttention(Layer):
     `1 / sqrt(key_dim)`, the scale of the multi-head layer that the
     collaborative one replaces, whatever `shared_key_dim` is.
 
-    The layer is a drop-in for `keras.layers.MultiHeadAttention`: the same
-    call signature, the same masking rules (a fully masked query row attends
-    uniformly and stays finite), the same sublayer names (`query`, `key`,
-    `value`, `attention_output`), so that `keras.distribution.LayoutMap`
-    rules, LoRA and int8 quantization of the projections work unchanged.
+    The layer is a drop-in for `keras.layers.MultiHeadAttention` (Keras
+    3.15): the same constructor and call arguments, the same masking rules
+    (masks combine with logical and; a query row whose keys are all masked
+    gets all-zero attention weights, so its output is the output bias:
+    finite, on every path), the same sublayer names (`query`, `key`,
+    `value`, `gate`, `attention_output`), so that
+    `keras.distribution.LayoutMap` rules, LoRA and int8 quantization of the
+    projections work unchanged. NaN and Inf in the inputs reach the outputs
+    they touch, as in `MultiHeadAttention`. Where it must differ: the
+    `query` and `key` kernels are `(dim, shared_key_dim)` instead of
+    `(dim, num_heads, key_dim)` and have no bias, two more weights (`mixing`
+    and `content_bias`) exist, and the attention core hook is
+    `_compute_collaborative_attention` (see docs/layer.md).
 
     Args:
         num_heads: Number of attention heads.
@@ -83,15 +93,20 @@ class CollaborativeAttention(Layer):
             query feature dim.
         attention_axes: Axes over which the attention is applied. `None`
             means attention over all axes but batch, heads and features.
+        sliding_window: Optional positive integer: each query position
+            attends only to key positions within `sliding_window - 1` of
+            itself (a symmetric band; with `use_causal_mask=True` the causal
+            sliding window). `None` (the default) is full attention.
         mixing_initializer: Initializer of the `(num_heads, shared_key_dim)`
             mixing matrix: `"concatenate"` (the default: block one-hot, each
             head owns a contiguous block of about `shared_key_dim / num_heads`
             shared dimensions; needs `shared_key_dim >= num_heads`) or any
             Keras initializer, e.g. `"random_normal"`.
-        flash_attention: `None` uses the fused attention path
-            (`keras.ops.dot_product_attention`) whenever it applies: no
-            dropout, no attention scores returned, one attention axis.
-            `True` requires it, `False` always computes the scores explicitly.
+        flash_attention: `None`, `True` or `False`. `None` takes the fused
+            attention core (`collab_keras.ops.collaborative_dot_product_attention`)
+            where it applies (no dropout, no attention scores returned, one
+            attention axis) and is the faster choice; `True` requires it,
+            `False` always computes the scores explicitly. Both are exact.
             `keras.config.enable_flash_attention()` and
             `disable_flash_attention()` set the default.
         kernel_initializer: Initializer for the projection kernels.
@@ -101,6 +116,10 @@ class CollaborativeAttention(Layer):
         activity_regularizer: Regularizer for the projections' outputs.
         kernel_constraint: Constraint for the projection kernels.
         bias_constraint: Constraint for the biases and the content bias.
+        use_gate: Whether to gate the per-head outputs with
+            `sigmoid(x Wg + bg)` before the output projection (a `gate`
+            projection of the query, as in `MultiHeadAttention`; Gated
+            Attention, [Qiu et al., 2025](https://arxiv.org/abs/2505.06708)).
         seed: Optional integer to seed the dropout layer.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
@@ -111,14 +130,16 @@ class CollaborativeAttention(Layer):
         query_mask, value_mask, key_mask: Optional boolean masks of shape
             `(B, T)` and `(B, S)`; Keras masks of the inputs are used when
             these are not given.
-        attention_mask: Optional boolean mask of shape `(B, T, S)`: `True`
-            where a query position may attend to a key position. Broadcasts
-            over missing batch and head dimensions.
+        attention_mask: Optional boolean mask of shape `(B, T, S)`,
+            `(B, 1, T, S)` or per head `(B, num_heads, T, S)`: `True` where
+            a query position may attend to a key position. Broadcasts over
+            missing batch and head dimensions.
         return_attention_scores: Whether to also return the attention
             weights (not available on the fused path).
         training: Whether dropout is active.
         use_causal_mask: Whether to add a causal mask (decoder
-            self-attention).
+            self-attention). When it is the only mask, the fused path runs
+            the backend's causal kernel without building a `(T, S)` mask.
 
     Returns:
         attention_output: Tensor of shape `(B, T, E)`, where `E` is the
@@ -145,6 +166,7 @@ class CollaborativeAttention(Layer):
         use_bias=True,
         output_shape=None,
         attention_axes=None,
+        sliding_window=None,
         mixing_initializer="concatenate",
         flash_attention=None,
         kernel_initializer="glorot_uniform",
@@ -154,24 +176,57 @@ class CollaborativeAttention(Layer):
         activity_regularizer=None,
         kernel_constraint=None,
         bias_constraint=None,
+        use_gate=False,
         seed=None,
         **kwargs,
     ):
+        if "_compute_attention" in dir(type(self)):
+            raise TypeError(
+                f"`{type(self).__name__}` defines `_compute_attention`, the "
+                "hook of `keras.layers.MultiHeadAttention`, which receives "
+                "per-head queries and keys `(B, T, num_heads, key_dim)`. "
+                "CollaborativeAttention never calls it: its heads share one "
+                "query `(B, T, shared_key_dim)`, one key and a content term. "
+                "Override `_compute_collaborative_attention(query, key, value, "
+                "content, attention_mask, training, return_attention_scores, "
+                "use_causal_mask)` instead. Received: "
+                f"{type(self).__name__}._compute_attention"
+            )
         super().__init__(**kwargs)
         self.supports_masking = True
         self.num_heads = _positive_int("num_heads", num_heads)
         self.key_dim = _positive_int("key_dim", key_dim)
         self.shared_key_dim = _positive_int(
-            "shared_key_dim", shared_key_dim, default=num_heads * key_dim
+            "shared_key_dim",
+            shared_key_dim,
+            default=self.num_heads * self.key_dim,
         )
         self.value_dim = _positive_int("value_dim", value_dim, default=key_dim)
-        if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        if (
+            isinstance(dropout, (bool, np.bool_))
+            or not isinstance(dropout, numbers.Real)
+            or not 0 <= dropout < 1
+        ):
             raise ValueError(
                 "Argument `dropout` must be a float in [0, 1). "
                 f"Received: dropout={dropout!r}"
             )
         self.dropout = float(dropout)
-        self.use_bias = bool(use_bias)
+        self.use_bias = _bool("use_bias", use_bias)
+        self.use_gate = _bool("use_gate", use_gate)
+        self.sliding_window = (
+            None
+            if sliding_window is None
+            else _positive_int("sliding_window", sliding_window)
+        )
+        if seed is not None and (
+            isinstance(seed, (bool, np.bool_))
+            or not isinstance(seed, numbers.Integral)
+        ):
+            raise ValueError(
+                "Argument `seed` must be an integer or None. "
+                f"Received: seed={seed!r}"
+            )
         if isinstance(output_shape, numbers.Integral):
             output_shape = (output_shape,)
         if output_shape is not None:
@@ -197,8 +252,27 @@ class CollaborativeAttention(Layer):
             attention_axes = tuple(int(a) for a in attention_axes)
         self.attention_axes = attention_axes
         self._mixing_initializer = _mixing_initializer(mixing_initializer)
+        if isinstance(self._mixing_initializer, ConcatenateMixing) and (
+            self.shared_key_dim < self.num_heads
+        ):
+            raise ValueError(
+                "With mixing_initializer='concatenate' every head owns at "
+                "least one shared dimension, so `shared_key_dim` must be at "
+                f"least num_heads={self.num_heads}; pass a larger "
+                "shared_key_dim or another mixing_initializer. Received: "
+                f"shared_key_dim={shared_key_dim!r}"
+            )
+        if flash_attention is not None and not isinstance(
+            flash_attention, (bool, np.bool_)
+        ):
+            raise ValueError(
+                "Argument `flash_attention` must be None, True or False. "
+                f"Received: flash_attention={flash_attention!r}"
+            )
         if flash_attention is None:
             flash_attention = config.is_flash_attention_enabled()
+        if flash_attention is not None:
+            flash_attention = bool(flash_attention)
         if flash_attention and self.dropout > 0:
             raise ValueError(
                 "The fused attention path does not support dropout on the "
@@ -213,7 +287,7 @@ class CollaborativeAttention(Layer):
         self._activity_regularizer = regularizers.get(activity_regularizer)
         self._kernel_constraint = constraints.get(kernel_constraint)
         self._bias_constraint = constraints.get(bias_constraint)
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)
         self._scale = 1.0 / math.sqrt(self.key_dim)
 
     def build(self, query_shape, value_shape, key_shape=None):
@@ -226,6 +300,11 @@ class CollaborativeAttention(Layer):
         """
         key_shape = value_shape if key_shape is None else key_shape
         _check_shapes(query_shape, value_shape, key_shape)
+        self._input_widths = {
+            "query": query_shape[-1],
+            "value": value_shape[-1],
+            "key": key_shape[-1],
+        }
         rank = len(query_shape)
         self._build_equations(rank)
         positions = string.ascii_lowercase[: rank - 1]
@@ -246,6 +325,18 @@ class CollaborativeAttention(Layer):
             **self._sublayer_kwargs(),
         )
         self._key_dense.build(key_shape)
+        self._gate_dense = None
+        if self.use_gate:
+            # Per-head output gates sigmoid(x Wg + bg): (B, T, F) -> (B, T, N, V).
+            self._gate_dense = EinsumDense(
+                f"{positions}F,FNV->{positions}NV",
+                output_shape=free + [self.num_heads, self.value_dim],
+                bias_axes="NV" if self.use_bias else None,
+                activation="sigmoid",
+                name="gate",
+                **self._sublayer_kwargs(),
+            )
+            self._gate_dense.build(query_shape)
         # Per-head values: (B, S, F) -> (B, S, N, V).
         self._value_dense = EinsumDense(
             f"{positions}F,FNV->{positions}NV",
@@ -353,6 +444,10 @@ class CollaborativeAttention(Layer):
     def output_dense(self):
         return self._output_dense
 
+    @property
+    def gate_dense(self):
+        return self._gate_dense
+
     def call(
         self,
         query,
@@ -368,37 +463,91 @@ class CollaborativeAttention(Layer):
     ):
         if key is None:
             key = value
+        self._check_inputs(query, value, key)
+        _check_flag("return_attention_scores", return_attention_scores)
+        _check_flag("use_causal_mask", use_causal_mask)
         # Keras fills `query_mask`, `value_mask` and `key_mask` from the
         # inputs' Keras masks and gives the output the query's mask; the masks
         # are applied here, so take them off the inputs of the projections.
         for tensor in (query, value, key):
             set_keras_mask(tensor, None)
-        attention_mask = self._compute_attention_mask(
-            query,
-            value,
-            query_mask=query_mask,
-            value_mask=value_mask,
-            key_mask=key_mask,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
+        # A causal mask alone reaches the fused kernel as a flag: no (T, S)
+        # mask is built.
+        causal_only = use_causal_mask and (
+            query_mask is None
+            and value_mask is None
+            and key_mask is None
+            and attention_mask is None
+            and self.sliding_window is None
         )
+        if not causal_only:
+            attention_mask = self._compute_attention_mask(
+                query,
+                value,
+                query_mask=query_mask,
+                value_mask=value_mask,
+                key_mask=key_mask,
+                attention_mask=attention_mask,
+                use_causal_mask=use_causal_mask,
+            )
+        gate = None
+        if self._gate_dense is not None:
+            gate = self._gate_dense(query)  # (B, T, N, V)
         content = self._content_scores(key)  # (B, S, N)
         query = self._query_dense(query)  # (B, T, K)
         key = self._key_dense(key)  # (B, S, K)
         value = self._value_dense(value)  # (B, S, N, V)
-        attention_output, attention_scores = self._compute_attention(
-            query,
-            key,
-            value,
-            content,
-            attention_mask,
-            training=training,
-            return_attention_scores=return_attention_scores,
+        attention_output, attention_scores = (
+            self._compute_collaborative_attention(
+                query,
+                key,
+                value,
+                content,
+                attention_mask,
+                training=training,
+                return_attention_scores=return_attention_scores,
+                use_causal_mask=causal_only,
+            )
         )
+        if gate is not None:
+            attention_output = attention_output * gate  # (B, T, N, V)
         attention_output = self._output_dense(attention_output)  # (B, T, E)
         if return_attention_scores:
             return attention_output, attention_scores
         return attention_output
+
+    def _check_inputs(self, query, value=None, key=None):
+        """Raises on non-float inputs, batch mismatches and inputs whose
+        feature size differs from the one the layer was built for (`None`
+        inputs are not checked)."""
+        inputs = [
+            (name, tensor)
+            for name, tensor in (("query", query), ("value", value), ("key", key))
+            if tensor is not None
+        ]
+        for name, tensor in inputs:
+            dtype = backend.standardize_dtype(tensor.dtype)
+            if "float" not in dtype:
+                raise TypeError(
+                    f"`{name}` must be a floating-point tensor. "
+                    f"Received: {name}.dtype={dtype}"
+                )
+        if len({t.shape[0] for _, t in inputs if t.shape[0] is not None}) > 1:
+            received = ", ".join(
+                f"{name}.shape={tuple(tensor.shape)}" for name, tensor in inputs
+            )
+            raise ValueError(
+                "`query`, `value` and `key` must have the same batch size. "
+                f"Received: {received}"
+            )
+        for name, tensor in inputs:
+            width = self._input_widths[name]
+            if tensor.shape[-1] is not None and tensor.shape[-1] != width:
+                raise ValueError(
+                    f"The layer was built for `{name}` with {width} features "
+                    f"in its last axis. Received: {name}.shape="
+                    f"{tuple(tensor.shape)}"
+                )
 
     def _content_scores(self, key):
         """The content-bias term `y_j . content_bias[:, h]`: (B, S, N)."""
@@ -406,7 +555,7 @@ class CollaborativeAttention(Layer):
             return None
         return ops.matmul(key, ops.cast(self.content_bias, key.dtype))
 
-    def _compute_attention(
+    def _compute_collaborative_attention(
         self,
         query,
         key,
@@ -415,17 +564,26 @@ class CollaborativeAttention(Layer):
         attention_mask=None,
         training=None,
         return_attention_scores=False,
+        use_causal_mask=False,
     ):
         """Attention from the projected shared query, key and values.
+
+        The override hook of the layer (what `_compute_attention` is to
+        `keras.layers.MultiHeadAttention`, with the shared query and key and
+        the content term).
 
         Args:
             query: Shared query `x Wq` of shape `(B, T, K)`.
             key: Shared key `y Wk` of shape `(B, S, K)`.
             value: Per-head values of shape `(B, S, N, V)`.
             content: Content-bias term of shape `(B, S, N)`, or `None`.
-            attention_mask: Boolean mask broadcastable to `(B, T, S)`.
+            attention_mask: Boolean mask broadcastable to `(B, N, T, S)`
+                (`(B, T, S)`, `(B, 1, T, S)` or `(B, N, T, S)`), or `None`.
             training: Whether dropout is active.
             return_attention_scores: Whether to return the attention weights.
+            use_causal_mask: Whether to add a causal mask here (`call` passes
+                it, with `attention_mask=None`, when it is the only mask, so
+                that the fused path runs the backend's causal kernel).
 
         Returns:
             The per-head attention outputs `(B, T, N, V)` and the attention
@@ -440,9 +598,17 @@ class CollaborativeAttention(Layer):
                 content=content,
                 mask=attention_mask,
                 scale=self._scale,
+                is_causal=use_causal_mask,
                 flash_attention=self.flash_attention,
             )
             return output, None
+        if use_causal_mask:
+            causal = self._compute_causal_mask(query, key)  # (1, T, S)
+            attention_mask = (
+                causal
+                if attention_mask is None
+                else self._and_masks(ops.cast(attention_mask, "bool"), causal)
+            )
         query = ops.multiply(query, ops.cast(self._scale, query.dtype))
         mixing = ops.cast(self.mixing, query.dtype)
         mixed = ops.einsum(self._mix_equation, query, mixing)  # (B, T, N, K)
@@ -494,7 +660,11 @@ class CollaborativeAttention(Layer):
         if self.flash_attention:
             return True
         return query is not None and fused_attention_preferred(
-            query, self.shared_key_dim, self.value_dim, self.use_bias
+            query,
+            self.shared_key_dim,
+            self.value_dim,
+            self.num_heads,
+            self.use_bias,
         )
 
     def _masked_softmax(self, scores, attention_mask=None):
@@ -504,6 +674,8 @@ class CollaborativeAttention(Layer):
         `keras.layers.Softmax`, so its output is finite (the output bias).
         """
         input_dtype = scores.dtype
+        if 0 in scores.shape:
+            return scores * 0  # nothing to normalize (and no empty maximum)
         scores = ops.cast(scores, "float32")
         if attention_mask is not None:
             axis = -2 * len(self._attention_axes) - 1  # the heads axis
@@ -528,10 +700,12 @@ class CollaborativeAttention(Layer):
         attention_mask=None,
         use_causal_mask=False,
     ):
-        """Merges the masks into one boolean mask broadcastable to (B, T, S).
+        """Merges the masks into one boolean mask.
 
         The query mask becomes (B, T, 1), the value and key masks (B, 1, S),
-        the causal mask (1, T, S); all are combined with logical and.
+        the causal and sliding-window masks (1, T, S); all are combined with
+        `attention_mask` ((B, T, S), or (B, 1|N, T, S) with a heads axis,
+        which the result then has too) by logical and.
         """
         masks = []
         if query_mask is not None:
@@ -540,18 +714,72 @@ class CollaborativeAttention(Layer):
             if mask is not None:
                 masks.append(ops.expand_dims(ops.cast(mask, "bool"), -2))
         if use_causal_mask:
-            masks.append(_causal_mask(query, value))
+            masks.append(self._compute_causal_mask(query, value))
+        if self.sliding_window is not None:
+            masks.append(self._compute_sliding_window_mask(query, value))
         if attention_mask is not None:
-            _check_mask_shape(
-                attention_mask, query, value, self._attention_axes
-            )
+            self._check_mask_shape(attention_mask, query, value)
             masks.append(ops.cast(attention_mask, "bool"))
         if not masks:
             return None
         merged = masks[0]
         for mask in masks[1:]:
-            merged = ops.logical_and(merged, mask)
+            merged = self._and_masks(merged, mask)
         return merged
+
+    def _and_masks(self, first, second):
+        """Logical and of two masks, a missing heads axis broadcast."""
+        axis = -2 * len(self._attention_axes) - 1  # the heads axis
+        while len(first.shape) < len(second.shape):
+            first = ops.expand_dims(first, axis)
+        while len(second.shape) < len(first.shape):
+            second = ops.expand_dims(second, axis)
+        return ops.logical_and(first, second)
+
+    def _compute_causal_mask(self, query, value=None):
+        """Lower-triangular boolean mask of shape `(1, T, S)`."""
+        rows, columns = _positions(query, value)
+        return ops.expand_dims(ops.greater_equal(rows, columns), 0)
+
+    def _compute_sliding_window_mask(self, query, value=None):
+        """Symmetric band `|i - j| < sliding_window`, shape `(1, T, S)`."""
+        rows, columns = _positions(query, value)
+        return ops.expand_dims(
+            ops.less(ops.abs(rows - columns), self.sliding_window), 0
+        )
+
+    def _check_mask_shape(self, attention_mask, query, value):
+        """Raises if `attention_mask` cannot broadcast to the scores' shape.
+
+        The scores have the shape (batch axes, heads, query attention axes,
+        key attention axes): (B, N, T, S) for rank-3 inputs; a mask may
+        leave out the heads axis.
+        """
+        rank = len(query.shape)
+        axes = self._attention_axes
+        batch = tuple(query.shape[i] for i in range(rank - 1) if i not in axes)
+        attended = tuple(query.shape[a] for a in axes) + tuple(
+            value.shape[a] for a in axes
+        )
+        mask_shape = tuple(attention_mask.shape)
+        targets = [batch + attended]
+        if len(mask_shape) == len(batch) + 1 + len(attended):
+            targets = [batch + (self.num_heads,) + attended]
+        ok = any(
+            len(mask_shape) <= len(target)
+            and all(
+                m is None or t is None or m in (1, t)
+                for m, t in zip(reversed(mask_shape), reversed(target))
+            )
+            for target in targets
+        )
+        if not ok:
+            raise ValueError(
+                "`attention_mask` must broadcast to (batch, query positions, "
+                f"key positions) = {batch + attended} or, per head, to "
+                f"{batch + (self.num_heads,) + attended}. Received: "
+                f"attention_mask.shape={mask_shape}"
+            )
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
         key_shape = value_shape if key_shape is None else key_shape
@@ -606,6 +834,7 @@ class CollaborativeAttention(Layer):
                 "use_bias": self.use_bias,
                 "output_shape": self._output_shape,
                 "attention_axes": self.attention_axes,
+                "sliding_window": self.sliding_window,
                 "mixing_initializer": initializers.serialize(
                     self._mixing_initializer
                 ),
@@ -629,6 +858,7 @@ class CollaborativeAttention(Layer):
                     self._kernel_constraint
                 ),
                 "bias_constraint": constraints.serialize(self._bias_constraint),
+                "use_gate": self.use_gate,
                 "seed": self.seed,
             }
         )
@@ -638,7 +868,9 @@ class CollaborativeAttention(Layer):
 def _positive_int(name, value, default=None):
     if value is None and default is not None:
         return default
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, numbers.Integral
+    ):
         valid = False
     else:
         valid = value > 0
@@ -650,8 +882,23 @@ def _positive_int(name, value, default=None):
     return int(value)
 
 
+def _bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"Argument `{name}` must be True or False. "
+            f"Received: {name}={value!r}"
+        )
+    return bool(value)
+
+
 def _mixing_initializer(identifier):
-    if identifier == "concatenate":
+    if identifier is None:
+        raise ValueError(
+            "Argument `mixing_initializer` must be 'concatenate' or a Keras "
+            "initializer; None would leave the mixing undefined. "
+            "Received: mixing_initializer=None"
+        )
+    if isinstance(identifier, str) and identifier == "concatenate":
         return ConcatenateMixing()
     try:
         return initializers.get(identifier)
@@ -692,37 +939,18 @@ def _check_shapes(query_shape, value_shape, key_shape):
         )
 
 
-def _check_mask_shape(attention_mask, query, value, attention_axes):
-    """Raises if `attention_mask` cannot broadcast to the scores' shape.
-
-    The scores, less the heads axis, have the shape (batch axes, query
-    attention axes, key attention axes): (B, T, S) for rank-3 inputs.
-    """
-    rank = len(query.shape)
-    target = (
-        tuple(
-            query.shape[i] for i in range(rank - 1) if i not in attention_axes
-        )
-        + tuple(query.shape[a] for a in attention_axes)
-        + tuple(value.shape[a] for a in attention_axes)
-    )
-    mask_shape = tuple(attention_mask.shape)
-    ok = len(mask_shape) <= len(target) and all(
-        m is None or t is None or m in (1, t)
-        for m, t in zip(reversed(mask_shape), reversed(target))
-    )
-    if not ok:
+def _check_flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
         raise ValueError(
-            "`attention_mask` must broadcast to (batch, query positions, key "
-            f"positions) = {target}. Received: "
-            f"attention_mask.shape={mask_shape}"
+            f"Argument `{name}` must be True or False. "
+            f"Received: {name}={value!r}"
         )
 
 
-def _causal_mask(query, value):
-    """Lower-triangular boolean mask of shape (1, T, S)."""
+def _positions(query, value=None):
+    """Query positions `(T, 1)` and key positions `(1, S)`."""
     query_length = ops.shape(query)[1]
-    value_length = ops.shape(value)[1]
-    rows = ops.expand_dims(ops.arange(query_length), 1)
-    columns = ops.expand_dims(ops.arange(value_length), 0)
-    return ops.expand_dims(ops.greater_equal(rows, columns), 0)
+    value_length = query_length if value is None else ops.shape(value)[1]
+    rows = ops.expand_dims(ops.arange(query_length, dtype="int32"), 1)
+    columns = ops.expand_dims(ops.arange(value_length, dtype="int32"), 0)
+    return rows, columns

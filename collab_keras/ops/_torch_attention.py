@@ -2,15 +2,18 @@
 
 The shared key is ONE key head that every query head reads
 (`enable_gqa=True`), so it is neither copied nor broadcast; the values keep
-their own head count and size (padded to a multiple of 8). PyTorch picks the
-kernel (cuDNN attention on Hopper GPUs when it takes the sizes, else the
+their own head count and size (padded to a multiple of 8). The content term
+enters the scores exactly as `N` more key columns: head `h` attends with the
+query `[q * m_h, e_h / scale]` (`e_h` the h-th unit vector) and the one key
+`[k, scale * c_1 .. scale * c_N]`, whose dot product is `(q * m_h) . k + c_h`. PyTorch picks
+the kernel (cuDNN attention on Hopper GPUs when it takes the sizes, else the
 memory-efficient or the math kernel).
 """
 
 import torch
 import torch.nn.functional as F
 
-from collab_keras.ops.collaborative_dot_product_attention import round_up
+from collab_keras.ops._attention_utils import round_up
 
 # cuDNN attention takes head sizes up to 256; on an H200 (PyTorch 2.11) its
 # forward+backward at head size 192 took longer than at 256 (1.61 vs 1.22 ms,
@@ -25,16 +28,28 @@ def key_width(width):
     return CUDNN_MAX_WIDTH if 128 < width < CUDNN_MAX_WIDTH else width
 
 
-def attention(query, key, value, mixing, mask, scale):
+def attention(query, key, value, mixing, content, mask, scale, is_causal):
     """query (B, T, K), key (B, S, K), value (B, S, N, V), mixing (N, K),
-    mask (B, 1, T, S) bool or None -> (B, T, N, V).
+    content (B, S, N) unscaled or None, mask (B, 1|N, T, S) bool or None,
+    is_causal -> (B, T, N, V). Rows with no key give 0.
 
     PyTorch chooses the kernel.
     """
-    value_dim = value.shape[-1]
+    num_heads, value_dim = value.shape[-2], value.shape[-1]
     width = round_up(value_dim, 8)
-    mixed = torch.einsum("btk,nk->bntk", query, mixing)
+    mixed = torch.einsum("btk,nk->bntk", query, mixing)  # (B, N, T, K)
     key = key.unsqueeze(1)  # (B, 1, S, K)
+    if content is not None:
+        # [q m_h, e_h / scale] . [k, scale c] = (q m_h) . k + c_h, with the
+        # content columns at the size of the logits (no early overflow).
+        units = torch.eye(num_heads, dtype=mixed.dtype, device=mixed.device)
+        units = units / scale
+        units = units[None, :, None, :].expand(
+            mixed.shape[0], num_heads, mixed.shape[2], num_heads
+        )
+        mixed = torch.cat([mixed, units], dim=-1)  # (B, N, T, K+N)
+        content = (content * scale).to(key.dtype).unsqueeze(1)  # (B, 1, S, N)
+        key = torch.cat([key, content], dim=-1)  # (B, 1, S, K+N)
     padded = key_width(key.shape[-1]) if query.is_cuda else key.shape[-1]
     if padded != key.shape[-1]:
         mixed = F.pad(mixed, (0, padded - key.shape[-1]))
@@ -42,9 +57,27 @@ def attention(query, key, value, mixing, mask, scale):
     value = value.permute(0, 2, 1, 3)  # (B, N, S, V)
     if width != value_dim:
         value = F.pad(value, (0, width - value_dim))
+    attends = None
+    if mask is not None:
+        if is_causal:  # SDPA takes a mask or `is_causal`, not both
+            causal = torch.ones(
+                mask.shape[-2:], dtype=torch.bool, device=mask.device
+            ).tril()
+            mask = mask & causal
+            is_causal = False
+        attends = mask.any(dim=-1, keepdim=True)  # (B, 1|N, T, 1)
+        mask = mask | ~attends
     # One key head read by every query head: faster than a stride-0 expanded
     # or a copied key (docs/performance.md, attention core table).
     output = F.scaled_dot_product_attention(
-        mixed, key, value, attn_mask=mask, scale=scale, enable_gqa=True
-    )
-    return output.permute(0, 2, 1, 3)[..., :value_dim]  # (B, T, N, V)
+        mixed,
+        key,
+        value,
+        attn_mask=mask,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=True,
+    )[..., :value_dim]  # (B, N, T, V)
+    if attends is not None:
+        output = torch.where(attends, output, torch.zeros_like(output))
+    return output.permute(0, 2, 1, 3)  # (B, T, N, V)

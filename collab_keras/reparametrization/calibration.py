@@ -65,15 +65,29 @@ class LogitStatistics:
                 "Key activations must have shape (batch, ..., "
                 f"{self.key_dim}). Received: key.shape={key.shape}"
             )
+        for name, array in (("query", query), ("key", key)):
+            if not np.isfinite(array).all():
+                raise ValueError(
+                    f"`calibration_data` must be finite; the {name} "
+                    "activations hold NaN or Inf. Received: "
+                    f"{int(np.size(array) - np.isfinite(array).sum())} "
+                    f"non-finite values in {name} activations of shape "
+                    f"{array.shape}"
+                )
+        if query.size == 0 or key.size == 0:
+            return  # nothing to record; `metrics()` raises if nothing was
         if query.ndim == 2:  # a single sequence
             query, key = query[None], key[None]
         query = query.reshape(len(query), -1, self.query_dim)  # (B, T, dq)
         key = key.reshape(len(key), -1, self.key_dim)  # (B, S, dk)
         query_valid = np.ones(query.shape[:2])
         key_valid = np.ones(key.shape[:2])
-        if attention_mask is not None and np.ndim(attention_mask) == 3:
+        if attention_mask is not None and np.ndim(attention_mask) in (3, 4):
+            attention_mask = np.asarray(attention_mask, dtype=bool)
+            if attention_mask.ndim == 4:  # (B, 1|N, T, S): any head
+                attention_mask = attention_mask.any(axis=1)
             mask = np.broadcast_to(
-                np.asarray(attention_mask, dtype=bool),
+                attention_mask,
                 (len(query), query.shape[1], key.shape[1]),
             )
             query_valid = mask.any(axis=-1).astype("float64")  # (B, T)
@@ -105,16 +119,26 @@ class LogitStatistics:
         """
         if self._query_count == 0 or self._key_count == 0:
             raise ValueError(
-                "No calibration activations were recorded. Received: "
+                "`calibration_data` recorded no activations (an empty batch, "
+                "or every position masked). Received: "
                 f"{self._query_count:.0f} query and {self._key_count:.0f} "
                 "key positions"
             )
         factors = []
-        for moment, count in (
-            (self._query_moment, self._query_count),
-            (self._key_moment, self._key_count),
+        for name, moment, count in (
+            ("query", self._query_moment, self._query_count),
+            ("key", self._key_moment, self._key_count),
         ):
             moment = moment / count
+            if not np.trace(moment) > 0:
+                raise ValueError(
+                    f"`calibration_data` gives {name} activations with no "
+                    "variation to weigh the decomposition by (all zeros, "
+                    "or keys from a single position per sequence, which "
+                    "softmax ignores). Received: calibration_data with "
+                    f"{count:.0f} {name} positions and a second moment "
+                    f"of trace {np.trace(moment):.3g}"
+                )
             size = len(moment)
             floor = ridge * np.trace(moment) / size
             factors.append(np.linalg.cholesky(moment + floor * np.eye(size)))

@@ -108,6 +108,35 @@ def reparametrize(
             "`shared_key_dim` must be a positive integer. "
             f"Received: shared_key_dim={shared_key_dim!r}"
         )
+    if (
+        isinstance(max_iterations, (bool, np.bool_))
+        or not isinstance(max_iterations, numbers.Integral)
+        or max_iterations < 1
+    ):
+        raise ValueError(
+            "`max_iterations` must be a positive integer. "
+            f"Received: max_iterations={max_iterations!r}"
+        )
+    if (
+        isinstance(tolerance, (bool, np.bool_))
+        or not isinstance(tolerance, numbers.Real)
+        or not tolerance >= 0
+    ):
+        raise ValueError(
+            "`tolerance` must be a number >= 0. "
+            f"Received: tolerance={tolerance!r}"
+        )
+    if seed is not None and (
+        isinstance(seed, (bool, np.bool_))
+        or not isinstance(seed, numbers.Integral)
+    ):
+        raise ValueError(
+            f"`seed` must be an integer or None. Received: seed={seed!r}"
+        )
+    if not isinstance(verbose, (bool, np.bool_)):
+        raise ValueError(
+            f"`verbose` must be True or False. Received: verbose={verbose!r}"
+        )
     if method not in ("als", "parafac"):
         raise ValueError(
             f"`method` must be 'als' or 'parafac'. Received: method={method!r}"
@@ -115,9 +144,9 @@ def reparametrize(
     options = {
         "rank": int(shared_key_dim),
         "method": method,
-        "max_iterations": max_iterations,
-        "tolerance": tolerance,
-        "seed": seed,
+        "max_iterations": int(max_iterations),
+        "tolerance": float(tolerance),
+        "seed": None if seed is None else int(seed),
     }
     if isinstance(obj, keras.Model):
         return _reparametrize_model(obj, calibration_data, options, verbose)
@@ -322,14 +351,6 @@ def _check_attention(layer, argument, subclasses=False):
             f"so that its weights exist. Received: {argument}={layer.name!r} "
             "with built=False"
         )
-    config = layer.get_config()
-    if config.get("use_gate") or config.get("sliding_window") is not None:
-        raise ValueError(
-            "Gated or sliding-window attention has no collaborative "
-            f"counterpart. Received: {argument}={layer.name!r} with "
-            f"use_gate={config.get('use_gate')}, "
-            f"sliding_window={config.get('sliding_window')}"
-        )
 
 
 def _convert(mha, statistics, options):
@@ -349,9 +370,7 @@ def _convert(mha, statistics, options):
     )
 
     rank, heads = options["rank"], query_kernel.shape[1]
-    config = mha.get_config()
-    for unsupported in ("use_gate", "sliding_window"):
-        config.pop(unsupported, None)
+    config = mha.get_config()  # use_gate and sliding_window carry over
     config["shared_key_dim"] = rank
     # Weights are set below; the initializer only matters for a rebuild, and
     # block one-hot mixing needs at least one dimension per head.
@@ -367,6 +386,11 @@ def _convert(mha, statistics, options):
         (layer._value_dense.kernel, mha._value_dense.kernel),
         (layer._output_dense.kernel, mha._output_dense.kernel),
     ]
+    if layer.use_gate:
+        assignments += [
+            (new, old)
+            for new, old in zip(layer._gate_dense.weights, mha._gate_dense.weights)
+        ]
     if layer.use_bias:
         query_bias = keras.ops.convert_to_numpy(mha._query_dense.bias)
         # c_h = Wk_h bq_h: the only query/key bias term softmax keeps.

@@ -1,0 +1,54 @@
+"""Helpers shared by the attention kernels of every backend.
+
+A leaf module: it imports only Keras, so that the dispatch
+(`collaborative_dot_product_attention.py`) and every backend kernel
+(`_portable_attention.py`, `_jax_attention.py`, `_torch_attention.py`) can
+import it without an import cycle.
+"""
+
+from keras import ops
+
+
+def pad_last(x, width):
+    """Zero-pads the last axis of `x` to `width`."""
+    extra = width - x.shape[-1]
+    if extra == 0:
+        return x
+    return ops.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[0, extra]])
+
+
+def round_up(n, multiple):
+    """`n` rounded up to a multiple of `multiple`."""
+    return -(-n // multiple) * multiple
+
+
+def unmask_empty_rows(mask):
+    """Lets query rows with no key to attend to attend to every key.
+
+    No kernel then sees an all-masked softmax (which some turn into NaN and
+    others into a uniform average); `zero_empty_rows` sets their outputs to
+    0 afterwards, as the explicit path gives.
+
+    Args:
+        mask: Boolean mask `(B, 1|N, T, S)`.
+
+    Returns:
+        The mask with those rows unmasked, and `attends` `(B, 1|N, T, 1)`:
+        whether each row has a key.
+    """
+    attends = ops.any(mask, axis=-1, keepdims=True)  # (B, 1|N, T, 1)
+    return ops.logical_or(mask, ops.logical_not(attends)), attends
+
+
+def zero_empty_rows(output, attends):
+    """`output` `(B, T, N, V)` with the rows where `attends` is False at 0."""
+    attends = ops.transpose(attends, (0, 2, 1, 3))  # (B, T, 1|N, 1)
+    return ops.where(attends, output, ops.zeros_like(output))
+
+
+def combine_causal(mask, query_length, key_length):
+    """`mask` `(B, 1|N, T, S)` and the causal mask `(1, 1, T, S)`."""
+    rows = ops.expand_dims(ops.arange(query_length), 1)
+    columns = ops.expand_dims(ops.arange(key_length), 0)
+    causal = ops.greater_equal(rows, columns)[None, None]  # (1, 1, T, S)
+    return causal if mask is None else ops.logical_and(mask, causal)

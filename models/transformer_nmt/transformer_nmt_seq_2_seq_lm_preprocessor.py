@@ -1,0 +1,84 @@
+"""Preprocessor of `TransformerNMTSeq2SeqLM`: raw text pairs to token ids."""
+
+import keras
+from keras_hub.models import Seq2SeqLMPreprocessor
+
+from ..input_checks import check_size
+from ..zoo_model import IntegerMasks
+from .transformer_nmt_backbone import TransformerNMTBackbone
+from .transformer_nmt_tokenizer import TransformerNMTTokenizer
+
+
+@keras.saving.register_keras_serializable(package="collab_keras")
+class TransformerNMTSeq2SeqLMPreprocessor(IntegerMasks, Seq2SeqLMPreprocessor):
+    """Tokenizes and packs source/target sentence pairs.
+
+    keras-hub's `Seq2SeqLMPreprocessor` with `TransformerNMTTokenizer`:
+    `x={"encoder_text": ..., "decoder_text": ...}` (strings) becomes the
+    four `TransformerNMTBackbone` inputs, the labels `y` (the target shifted
+    left by one) and `sample_weight` (0 on padding).
+
+    Source: `[START] tokens [END] [PAD]...`, `encoder_sequence_length` long.
+    Target: `[START] tokens [END] [PAD]...`, packed to
+    `decoder_sequence_length + 1` then split into decoder inputs (all but
+    the last) and labels (all but the first). Long sentences are truncated.
+    Padding masks are int32 (`IntegerMasks`: `fit` under `tf.distribute`).
+
+    For generation, `generate_preprocess` packs the source and an optional
+    target prompt (no end token) and `generate_postprocess` detokenizes,
+    dropping special tokens.
+
+    Args:
+        tokenizer: A `TransformerNMTTokenizer`.
+        encoder_sequence_length: int. Packed source length.
+        decoder_sequence_length: int. Packed target length.
+        **kwargs: `keras_hub.models.Preprocessor` arguments (`name`, ...).
+
+    Example:
+
+    ```python
+    preprocessor = TransformerNMTSeq2SeqLMPreprocessor(
+        tokenizer, encoder_sequence_length=16, decoder_sequence_length=16
+    )
+    x, y, sample_weight = preprocessor(
+        {"encoder_text": ["the cat"], "decoder_text": ["die katze"]}
+    )
+    ```
+    """
+
+    backbone_cls = TransformerNMTBackbone
+    tokenizer_cls = TransformerNMTTokenizer
+
+    def __init__(
+        self,
+        tokenizer,
+        encoder_sequence_length=1024,
+        decoder_sequence_length=1024,
+        **kwargs,
+    ):
+        if not isinstance(tokenizer, TransformerNMTTokenizer):
+            raise TypeError(
+                "`tokenizer` must be a TransformerNMTTokenizer. "
+                f"Received: tokenizer of type {type(tokenizer).__name__}"
+            )
+        super().__init__(
+            tokenizer=tokenizer,
+            encoder_sequence_length=check_size(
+                "encoder_sequence_length", encoder_sequence_length, 2
+            ),
+            decoder_sequence_length=check_size(
+                "decoder_sequence_length", decoder_sequence_length, 2
+            ),
+            **kwargs,
+        )
+
+    def get_config(self):
+        # keras-hub's `Seq2SeqLMPreprocessor` leaves the lengths out.
+        config = super().get_config()
+        config.update(
+            {
+                "encoder_sequence_length": self.encoder_sequence_length,
+                "decoder_sequence_length": self.decoder_sequence_length,
+            }
+        )
+        return config

@@ -1,0 +1,113 @@
+"""WordPiece tokenizer over one joint source+target vocabulary."""
+
+import keras
+from keras_hub.tokenizers import WordPieceTokenizer
+from keras_hub.tokenizers import compute_word_piece_vocabulary
+
+from .transformer_nmt_backbone import TransformerNMTBackbone
+from ..input_checks import check_size
+
+# Reserved tokens, first in every trained vocabulary: padding is id 0.
+PAD, START, END, UNK = "[PAD]", "[START]", "[END]", "[UNK]"
+RESERVED_TOKENS = (PAD, START, END, UNK)
+
+
+@keras.saving.register_keras_serializable(package="collab_keras")
+class TransformerNMTTokenizer(WordPieceTokenizer):
+    """WordPiece tokenizer of `TransformerNMTSeq2SeqLM`.
+
+    One vocabulary covers source and target text, as the shared embedding of
+    `TransformerNMTBackbone` wants (Vaswani et al. trained one 37,000-token
+    vocabulary on English and German together). Train one with
+    `TransformerNMTTokenizer.train(source_texts + target_texts, size)`, which
+    runs keras-hub's `compute_word_piece_vocabulary`.
+
+    Special tokens: `"[PAD]"` (`pad_token_id`), `"[START]"`
+    (`start_token_id`), `"[END]"` (`end_token_id`) and the out-of-vocabulary
+    token `"[UNK]"`; all four must be in the vocabulary.
+
+    Args:
+        vocabulary: A list of strings or the path of a one-token-per-line
+            file.
+        lowercase: bool. Lowercase the input before tokenizing.
+        strip_accents: bool. Remove accents before tokenizing.
+        **kwargs: The other `keras_hub.tokenizers.WordPieceTokenizer`
+            arguments (`sequence_length`, `split`, `dtype`, ...).
+
+    Example:
+
+    ```python
+    tokenizer = TransformerNMTTokenizer.train(
+        ["the cat sleeps", "die katze schläft"], vocabulary_size=60
+    )
+    tokenizer("the cat")  # token ids
+    ```
+    """
+
+    backbone_cls = TransformerNMTBackbone
+
+    def __init__(
+        self, vocabulary=None, lowercase=False, strip_accents=False, **kwargs
+    ):
+        self._add_special_token(START, "start_token")
+        self._add_special_token(END, "end_token")
+        self._add_special_token(PAD, "pad_token")
+        kwargs.setdefault("oov_token", UNK)
+        super().__init__(
+            vocabulary=vocabulary,
+            lowercase=lowercase,
+            strip_accents=strip_accents,
+            **kwargs,
+        )
+
+    @classmethod
+    def train(
+        cls, texts, vocabulary_size, lowercase=False, strip_accents=False
+    ):
+        """Trains a joint vocabulary and returns a tokenizer using it.
+
+        Args:
+            texts: Source and target sentences together: a list of strings
+                or a `tf.data.Dataset` of strings (e.g. a
+                `tf.data.TextLineDataset`).
+            vocabulary_size: int. Largest vocabulary to train (reserved
+                tokens included); the result may be smaller.
+            lowercase: bool. Lowercase before training and tokenizing.
+            strip_accents: bool. Remove accents before training and
+                tokenizing.
+
+        Returns:
+            A `TransformerNMTTokenizer`; its vocabulary starts with
+            `"[PAD]", "[START]", "[END]", "[UNK]"`.
+        """
+        import tensorflow as tf
+
+        vocabulary_size = check_size(
+            "vocabulary_size", vocabulary_size, len(RESERVED_TOKENS) + 1
+        )
+        if isinstance(texts, str) or not isinstance(
+            texts, (list, tuple, tf.data.Dataset)
+        ):
+            raise TypeError(
+                "`texts` must be a list of strings or a tf.data.Dataset. "
+                f"Received: texts of type {type(texts).__name__}"
+            )
+        if isinstance(texts, (list, tuple)):
+            if not texts or not all(isinstance(t, str) for t in texts):
+                raise ValueError(
+                    "`texts` must be a non-empty list of strings. Received: "
+                    f"texts={texts[:3]!r}{'...' if len(texts) > 3 else ''}"
+                )
+            texts = tf.data.Dataset.from_tensor_slices(list(texts))
+        vocabulary = compute_word_piece_vocabulary(
+            texts,
+            vocabulary_size,
+            lowercase=lowercase,
+            strip_accents=strip_accents,
+            reserved_tokens=list(RESERVED_TOKENS),
+        )
+        return cls(
+            vocabulary=vocabulary,
+            lowercase=lowercase,
+            strip_accents=strip_accents,
+        )
