@@ -105,22 +105,19 @@ def transformer_parameters(
     num_heads,
     hidden_dim,
     intermediate_dim,
-    source_vocabulary_size=None,
     max_sequence_length=1024,
     normalize_first=False,
-    share_embeddings=False,
     tie_output_embeddings=True,
     attention="concatenate",
     shared_key_dim=None,
     cross_attention=None,
     **unused,
 ):
-    """The Transformer-NMT encoder-decoder (`TransformerNMTBackbone`)."""
+    """The Transformer-NMT encoder-decoder (`TransformerNMTBackbone`): one
+    token embedding for the joint vocabulary (source, target and, tied, the
+    output)."""
     d = hidden_dim
-    source_vocabulary_size = source_vocabulary_size or vocabulary_size
     embeddings = vocabulary_size * d + 2 * max_sequence_length * d
-    if not share_embeddings:
-        embeddings += source_vocabulary_size * d
     blocks = (num_encoder_layers + num_decoder_layers) * block_parameters(
         d, intermediate_dim, num_heads, attention, shared_key_dim
     )
@@ -131,7 +128,7 @@ def transformer_parameters(
         + 2 * d  # its layer norm
     )
     final_norms = 4 * d if normalize_first else 0
-    output = 0 if tie_output_embeddings else d * vocabulary_size + vocabulary_size
+    output = 0 if tie_output_embeddings else d * vocabulary_size
     return embeddings + blocks + final_norms + output
 
 

@@ -39,7 +39,6 @@ TRANSFORMER_ARCHITECTURES = {
         hidden_dim=512,
         intermediate_dim=2048,
         max_sequence_length=1024,
-        share_embeddings=True,
     ),
     "transformer_big": dict(
         vocabulary_size=37000,
@@ -49,7 +48,6 @@ TRANSFORMER_ARCHITECTURES = {
         hidden_dim=1024,
         intermediate_dim=4096,
         max_sequence_length=1024,
-        share_embeddings=True,
     ),
 }
 

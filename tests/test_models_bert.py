@@ -142,11 +142,14 @@ def test_bad_inputs_in_eager_calls():
         backbone(_inputs(length=9))
 
 
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
 @pytest.mark.parametrize("batch, length", [(0, 5), (2, 0)])
-def test_empty_batch_and_length(batch, length):
+def test_empty_batch_and_length(batch, length, attention, shared_key_dim):
     import tensorflow as tf
 
-    backbone = BertBackbone(**TINY)
+    backbone = BertBackbone(
+        **TINY, attention=attention, shared_key_dim=shared_key_dim
+    )
     inputs = _inputs(batch=batch, length=length)
     with tf.GradientTape() as tape:
         outputs = backbone(inputs, training=True)
@@ -362,3 +365,26 @@ def test_ids_inside_compiled_graphs_behave_as_documented():
     with pytest.raises(tf.errors.InvalidArgumentError, match="not in"):
         run([1, 2, 16], False)
     np.testing.assert_allclose(run([1, 2, 100], True), last, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+def test_quantize_and_lora(attention, shared_key_dim, tmp_path):
+    inputs = _inputs()
+    backbone = BertBackbone(
+        **TINY, attention=attention, shared_key_dim=shared_key_dim
+    )
+    backbone.quantize("int8")
+    expected = numpy_outputs(backbone(inputs))
+    backbone.save(str(tmp_path / "quantized.keras"))
+    restored = keras.saving.load_model(str(tmp_path / "quantized.keras"))
+    assert_same(numpy_outputs(restored(inputs)), expected, atol=1e-6)
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    restored = BertBackbone.from_preset(str(tmp_path / "preset"))
+    assert_same(numpy_outputs(restored(inputs)), expected, atol=1e-6)
+
+    backbone = BertBackbone(
+        **TINY, attention=attention, shared_key_dim=shared_key_dim
+    )
+    total = backbone.count_params()
+    backbone.enable_lora(2)
+    assert 0 < sum(w.numpy().size for w in backbone.trainable_weights) < total

@@ -3,15 +3,15 @@
 import keras
 from keras import ops
 from keras_hub.layers import PositionEmbedding
-from keras_hub.models import Backbone
 
 from ..attention_factory import serialize_attention
+from ..input_checks import check_inputs
+from ..input_checks import check_rate
+from ..input_checks import check_size
+from ..presets import TRANSFORMER_ARCHITECTURES
 from ..transformer_decoder_block import TransformerDecoderBlock
 from ..transformer_encoder_block import TransformerEncoderBlock
-from .transformer_nmt_checks import check_architecture_name
-from .transformer_nmt_checks import check_kwargs
-from .transformer_nmt_checks import check_token_inputs
-from .transformer_nmt_checks import positive_int
+from ..zoo_model import ZooBackbone
 
 INPUT_NAMES = (
     "encoder_token_ids",
@@ -22,7 +22,7 @@ INPUT_NAMES = (
 
 
 @keras.saving.register_keras_serializable(package="collab_keras")
-class TransformerNMTBackbone(Backbone):
+class TransformerNMTBackbone(ZooBackbone):
     """Transformer encoder-decoder (Vaswani et al., 2017) for translation.
 
     The network of ["Attention Is All You Need"](https://arxiv.org/abs/1706.03762)
@@ -41,11 +41,13 @@ class TransformerNMTBackbone(Backbone):
     every cross-attention; `decoder_padding_mask` and a causal mask reach the
     decoder self-attention. Outputs at padded positions are meaningless.
 
-    Eager calls check their inputs (names, ranks, matching lengths, ids in
-    `[0, vocabulary_size)`, integral ids, 0/1 masks) and raise a `ValueError`
-    naming the input. Inside compiled functions (`fit`, `predict`,
-    `generate`) only the static shapes are checked: an out-of-range id there
-    raises in TensorFlow's gather on CPU and reads zeros on GPU.
+    Calls check their inputs (names, ranks, each mask shaped as its ids,
+    one batch size, lengths within the position tables) and, in eager calls,
+    their values (integer ids in `[0, vocabulary_size)`): a `ValueError` or
+    `TypeError` names the input. Inside compiled functions (`fit`,
+    `predict`, `generate`) Keras has cast the inputs to int32 and values are
+    not known: an out-of-range id there raises in TensorFlow's gather on CPU
+    and reads zeros on GPU.
 
     Args:
         vocabulary_size: int. Size of the joint source+target vocabulary.
@@ -105,38 +107,8 @@ class TransformerNMTBackbone(Backbone):
     """
 
     # Size-only configurations (random weights, for training from scratch):
-    # the paper's base and big models (one shared 37,000-token vocabulary;
-    # learned positions instead of sinusoids) and a tiny one for tests.
-    architectures = {
-        "transformer_tiny": dict(
-            vocabulary_size=1000,
-            num_encoder_layers=2,
-            num_decoder_layers=2,
-            num_heads=4,
-            hidden_dim=64,
-            intermediate_dim=128,
-            max_sequence_length=64,
-        ),
-        "transformer_base": dict(
-            vocabulary_size=37000,
-            num_encoder_layers=6,
-            num_decoder_layers=6,
-            num_heads=8,
-            hidden_dim=512,
-            intermediate_dim=2048,
-            max_sequence_length=1024,
-        ),
-        "transformer_big": dict(
-            vocabulary_size=37000,
-            num_encoder_layers=6,
-            num_decoder_layers=6,
-            num_heads=16,
-            hidden_dim=1024,
-            intermediate_dim=4096,
-            dropout=0.3,
-            max_sequence_length=1024,
-        ),
-    }
+    # `transformer_tiny`, `transformer_base`, `transformer_big`.
+    architectures = TRANSFORMER_ARCHITECTURES
 
     def __init__(
         self,
@@ -157,30 +129,27 @@ class TransformerNMTBackbone(Backbone):
         dtype=None,
         **kwargs,
     ):
-        check_kwargs(type(self).__name__, kwargs)
-        vocabulary_size = positive_int("vocabulary_size", vocabulary_size)
-        num_encoder_layers = positive_int(
+        vocabulary_size = check_size("vocabulary_size", vocabulary_size)
+        num_encoder_layers = check_size(
             "num_encoder_layers", num_encoder_layers
         )
-        num_decoder_layers = positive_int(
+        num_decoder_layers = check_size(
             "num_decoder_layers", num_decoder_layers
         )
-        num_heads = positive_int("num_heads", num_heads)
-        hidden_dim = positive_int("hidden_dim", hidden_dim)
-        intermediate_dim = positive_int("intermediate_dim", intermediate_dim)
-        max_sequence_length = positive_int(
+        num_heads = check_size("num_heads", num_heads)
+        hidden_dim = check_size("hidden_dim", hidden_dim)
+        intermediate_dim = check_size("intermediate_dim", intermediate_dim)
+        dropout = check_rate("dropout", dropout)
+        max_sequence_length = check_size(
             "max_sequence_length", max_sequence_length
         )
-        if shared_key_dim is not None:
-            shared_key_dim = positive_int("shared_key_dim", shared_key_dim)
+        attention, shared_key_dim, attention_kwargs = self._init_switch(
+            attention, shared_key_dim, attention_kwargs
+        )
         if hidden_dim % num_heads:
             raise ValueError(
                 "`hidden_dim` must be divisible by `num_heads`. Received: "
                 f"hidden_dim={hidden_dim}, num_heads={num_heads}"
-            )
-        if not 0 <= dropout < 1:
-            raise ValueError(
-                f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
             )
 
         # === Layers ===
@@ -283,28 +252,10 @@ class TransformerNMTBackbone(Backbone):
         self.max_sequence_length = max_sequence_length
         self.normalize_first = normalize_first
         self.tie_output_embeddings = tie_output_embeddings
-        self.attention = self.encoder_transformer_layers[0].attention
+        self.attention = attention
         self.shared_key_dim = shared_key_dim
         self.cross_attention = self.decoder_transformer_layers[0].cross_attention
         self.attention_kwargs = attention_kwargs
-
-    @classmethod
-    def from_architecture(cls, name, **overrides):
-        """A randomly initialized backbone of a named size.
-
-        Args:
-            name: A key of `TransformerNMTBackbone.architectures`:
-                `"transformer_tiny"`, `"transformer_base"` or
-                `"transformer_big"`.
-            **overrides: Constructor arguments replacing or adding to the
-                architecture's, e.g. `attention="collaborative",
-                shared_key_dim=128`. Unknown names raise.
-
-        Returns:
-            A new `TransformerNMTBackbone`.
-        """
-        check_architecture_name(name, cls.architectures)
-        return cls(**{**cls.architectures[name], **overrides})
 
     # --- The pieces shared by the functional graph and cached decoding. ---
 
@@ -402,10 +353,44 @@ class TransformerNMTBackbone(Backbone):
     # --- Keras plumbing. ---
 
     def call(self, inputs, training=None, mask=None):
-        inputs = check_token_inputs(
-            inputs, INPUT_NAMES, self.vocabulary_size, self.max_sequence_length
-        )
+        self._check_inputs(inputs)
         return super().call(inputs, training=training, mask=mask)
+
+    def _check_inputs(self, inputs):
+        """Names, ranks, lengths and (eager) id ranges of the inputs."""
+        ids = ("int", self.vocabulary_size, "vocabulary_size")
+        length = (self.max_sequence_length, "max_sequence_length")
+        if not isinstance(inputs, dict):
+            raise ValueError(
+                f"Inputs must be a dict with keys {list(INPUT_NAMES)}. "
+                f"Received: inputs of type {type(inputs).__name__}"
+            )
+        unknown = sorted(set(inputs) - set(INPUT_NAMES))
+        if unknown:
+            raise ValueError(
+                f"Unknown inputs {unknown}; expected keys "
+                f"{list(INPUT_NAMES)}. Received: keys {sorted(inputs)}"
+            )
+        for part in ("encoder", "decoder"):  # each pair shares its length
+            check_inputs(
+                inputs,
+                {
+                    f"{part}_token_ids": (ids, 2, length),
+                    f"{part}_padding_mask": ("mask", 2, length),
+                },
+            )
+        encoder_batch = inputs["encoder_token_ids"].shape[0]
+        decoder_batch = inputs["decoder_token_ids"].shape[0]
+        if None not in (encoder_batch, decoder_batch) and (
+            encoder_batch != decoder_batch
+        ):
+            raise ValueError(
+                "The encoder and decoder inputs must have one batch size. "
+                "Received: encoder_token_ids.shape="
+                f"{tuple(inputs['encoder_token_ids'].shape)}, "
+                "decoder_token_ids.shape="
+                f"{tuple(inputs['decoder_token_ids'].shape)}"
+            )
 
     def get_config(self):
         config = super().get_config()
@@ -421,10 +406,8 @@ class TransformerNMTBackbone(Backbone):
                 "max_sequence_length": self.max_sequence_length,
                 "normalize_first": self.normalize_first,
                 "tie_output_embeddings": self.tie_output_embeddings,
-                "attention": serialize_attention(self.attention),
-                "shared_key_dim": self.shared_key_dim,
+                **self._switch_config(),
                 "cross_attention": serialize_attention(self.cross_attention),
-                "attention_kwargs": self.attention_kwargs,
             }
         )
         return config

@@ -5,18 +5,16 @@ import keras_hub
 from keras import ops
 from keras_hub.models import Seq2SeqLM
 
-from .transformer_nmt_backbone import INPUT_NAMES
+from ..input_checks import check_size
+from ..zoo_model import ZooTask
 from .transformer_nmt_backbone import TransformerNMTBackbone
-from .transformer_nmt_checks import check_kwargs
-from .transformer_nmt_checks import check_token_inputs
-from .transformer_nmt_checks import positive_int
 from .transformer_nmt_seq_2_seq_lm_preprocessor import (
     TransformerNMTSeq2SeqLMPreprocessor,
 )
 
 
 @keras.saving.register_keras_serializable(package="collab_keras")
-class TransformerNMTSeq2SeqLM(Seq2SeqLM):
+class TransformerNMTSeq2SeqLM(ZooTask, Seq2SeqLM):
     """A Transformer translation model: encoder-decoder plus a tied LM head.
 
     `keras_hub.models.Seq2SeqLM` on a `TransformerNMTBackbone`: the logits
@@ -45,7 +43,7 @@ class TransformerNMTSeq2SeqLM(Seq2SeqLM):
         backbone: A `TransformerNMTBackbone`.
         preprocessor: A `TransformerNMTSeq2SeqLMPreprocessor` or `None` (then
             inputs are the backbone's token-id dicts).
-        **kwargs: `name`, `trainable`, `dtype` and keras-hub's `compile`.
+        **kwargs: `name`, `trainable` and `dtype`; others raise.
 
     Example:
 
@@ -61,9 +59,6 @@ class TransformerNMTSeq2SeqLM(Seq2SeqLM):
     preprocessor_cls = TransformerNMTSeq2SeqLMPreprocessor
 
     def __init__(self, backbone, preprocessor=None, **kwargs):
-        check_kwargs(
-            type(self).__name__, kwargs, ("name", "trainable", "dtype", "compile")
-        )
         if not isinstance(backbone, TransformerNMTBackbone):
             raise TypeError(
                 "`backbone` must be a TransformerNMTBackbone. "
@@ -85,9 +80,9 @@ class TransformerNMTSeq2SeqLM(Seq2SeqLM):
     def compile(self, *args, sampler="top_k", **kwargs):
         super().compile(*args, sampler=sampler, **kwargs)
         if isinstance(self.sampler, keras_hub.samplers.BeamSampler):
-            positive_int("num_beams", self.sampler.num_beams)
+            check_size("num_beams", self.sampler.num_beams)
         if isinstance(self.sampler, keras_hub.samplers.TopKSampler):
-            positive_int("k", self.sampler.k)
+            check_size("k", self.sampler.k)
 
     # --- Generation (keras-hub's `generate_step` contract). ---
 
@@ -198,7 +193,7 @@ class TransformerNMTSeq2SeqLM(Seq2SeqLM):
             Strings with a preprocessor, else a dict of token ids and mask.
         """
         if max_length is not None:
-            max_length = positive_int("max_length", max_length)
+            max_length = check_size("max_length", max_length)
             if max_length > self.backbone.max_sequence_length:
                 raise ValueError(
                     "`max_length` must be at most the backbone's "
@@ -213,15 +208,10 @@ class TransformerNMTSeq2SeqLM(Seq2SeqLM):
                     f"token ids. Received: stop_token_ids={stop_token_ids!r}"
                 )
             stop_token_ids = tuple(
-                positive_int("stop_token_ids", i, 0) for i in stop_token_ids
+                check_size("stop_token_ids", i, 0) for i in stop_token_ids
             )
         if self.preprocessor is None and isinstance(inputs, dict):
-            inputs = check_token_inputs(
-                inputs,
-                INPUT_NAMES,
-                self.backbone.vocabulary_size,
-                self.backbone.max_sequence_length,
-            )
+            self.backbone._check_inputs(inputs)
         return super().generate(
             inputs,
             max_length=max_length,

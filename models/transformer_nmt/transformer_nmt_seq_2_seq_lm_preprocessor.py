@@ -3,13 +3,14 @@
 import keras
 from keras_hub.models import Seq2SeqLMPreprocessor
 
+from ..input_checks import check_size
+from ..zoo_model import IntegerMasks
 from .transformer_nmt_backbone import TransformerNMTBackbone
-from .transformer_nmt_checks import positive_int
 from .transformer_nmt_tokenizer import TransformerNMTTokenizer
 
 
 @keras.saving.register_keras_serializable(package="collab_keras")
-class TransformerNMTSeq2SeqLMPreprocessor(Seq2SeqLMPreprocessor):
+class TransformerNMTSeq2SeqLMPreprocessor(IntegerMasks, Seq2SeqLMPreprocessor):
     """Tokenizes and packs source/target sentence pairs.
 
     keras-hub's `Seq2SeqLMPreprocessor` with `TransformerNMTTokenizer`:
@@ -21,6 +22,7 @@ class TransformerNMTSeq2SeqLMPreprocessor(Seq2SeqLMPreprocessor):
     Target: `[START] tokens [END] [PAD]...`, packed to
     `decoder_sequence_length + 1` then split into decoder inputs (all but
     the last) and labels (all but the first). Long sentences are truncated.
+    Padding masks are int32 (`IntegerMasks`: `fit` under `tf.distribute`).
 
     For generation, `generate_preprocess` packs the source and an optional
     target prompt (no end token) and `generate_postprocess` detokenizes,
@@ -61,10 +63,10 @@ class TransformerNMTSeq2SeqLMPreprocessor(Seq2SeqLMPreprocessor):
             )
         super().__init__(
             tokenizer=tokenizer,
-            encoder_sequence_length=positive_int(
+            encoder_sequence_length=check_size(
                 "encoder_sequence_length", encoder_sequence_length, 2
             ),
-            decoder_sequence_length=positive_int(
+            decoder_sequence_length=check_size(
                 "decoder_sequence_length", decoder_sequence_length, 2
             ),
             **kwargs,

@@ -5,7 +5,7 @@ from keras_hub.tokenizers import WordPieceTokenizer
 from keras_hub.tokenizers import compute_word_piece_vocabulary
 
 from .transformer_nmt_backbone import TransformerNMTBackbone
-from .transformer_nmt_checks import positive_int
+from ..input_checks import check_size
 
 # Reserved tokens, first in every trained vocabulary: padding is id 0.
 PAD, START, END, UNK = "[PAD]", "[START]", "[END]", "[UNK]"
@@ -82,7 +82,7 @@ class TransformerNMTTokenizer(WordPieceTokenizer):
         """
         import tensorflow as tf
 
-        vocabulary_size = positive_int(
+        vocabulary_size = check_size(
             "vocabulary_size", vocabulary_size, len(RESERVED_TOKENS) + 1
         )
         if isinstance(texts, str) or not isinstance(
