@@ -369,11 +369,11 @@ def test_layer_cross_attention_calibration():
         reparametrize(mha, 6, calibration_data=(calibration[0], calibration[0]))
 
 
-def test_zoo_bert_encoder_saves_collaborative(tmp_path):
-    from collab_keras.models import BertEncoder
+def test_zoo_bert_backbone_saves_collaborative(tmp_path):
+    from collab_keras.models import BertBackbone
 
-    model = BertEncoder.from_preset(
-        "bert_tiny", vocabulary_size=100, max_sequence_length=16, num_classes=2
+    model = BertBackbone.from_architecture(
+        "bert_tiny", vocabulary_size=100, max_sequence_length=16
     )
     token_ids = np.random.default_rng(0).integers(1, 100, (2, 8)).astype("int32")
     inputs = {
@@ -383,11 +383,49 @@ def test_zoo_bert_encoder_saves_collaborative(tmp_path):
     }
     new_model, report = reparametrize(model, 128, verbose=False)
     assert len(report) == 2 and all(e["relative_error"] == 0.0 for e in report)
-    expected = _numpy(model(inputs)["logits"])
-    np.testing.assert_allclose(_numpy(new_model(inputs)["logits"]), expected, atol=1e-5)
+    expected = _numpy(model(inputs)["pooled_output"])
+    np.testing.assert_allclose(
+        _numpy(new_model(inputs)["pooled_output"]), expected, atol=1e-5
+    )
     assert new_model.get_config()["attention"] == "collaborative"
     path = str(tmp_path / "bert.keras")
     new_model.save(path)
     reloaded = saving.load_model(path)
     assert reloaded.attention == "collaborative"
-    np.testing.assert_allclose(_numpy(reloaded(inputs)["logits"]), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        _numpy(reloaded(inputs)["pooled_output"]), expected, atol=1e-5
+    )
+
+
+def test_keras_hub_task_converts_to_a_zoo_task_that_saves(tmp_path):
+    import keras_hub
+
+    from collab_keras.models import BertTextClassifier
+
+    tokenizer = keras_hub.models.BertTokenizer(
+        vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]
+    )
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=8
+    )
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=7, num_layers=1, num_heads=2, hidden_dim=8,
+        intermediate_dim=16, max_sequence_length=8,
+    )
+    task = keras_hub.models.BertTextClassifier(
+        backbone, num_classes=2, preprocessor=preprocessor
+    )
+    expected = task.predict(["a b", "b"], verbose=0)
+    converted, report = reparametrize(task, 8, verbose=False)
+    assert isinstance(converted, BertTextClassifier)
+    assert all(entry["relative_error"] == 0.0 for entry in report)
+    np.testing.assert_allclose(
+        converted.predict(["a b", "b"], verbose=0), expected, atol=1e-5
+    )
+    path = str(tmp_path / "task.keras")
+    converted.save(path)
+    reloaded = saving.load_model(path)
+    assert reloaded.backbone.attention == "collaborative"
+    np.testing.assert_allclose(
+        reloaded.predict(["a b", "b"], verbose=0), expected, atol=1e-5
+    )

@@ -45,13 +45,14 @@ def reparametrize(
     `shared_key_dim >= num_heads * key_dim` the heads' projections are copied
     side by side and the result equals the input up to float rounding.
 
-    Given a Keras model (functional, Sequential or a keras-hub backbone such
-    as `BertBackbone`, whose attention layers sit inside
-    `TransformerEncoder` blocks), every `MultiHeadAttention` layer is
-    converted in a copy of the model; all other weights are kept. The input
+    Given a Keras model (functional, Sequential or a keras-hub backbone),
+    every `MultiHeadAttention` layer is converted in a copy of the model; all
+    other weights are kept. A keras-hub BERT or ViT backbone or task is first
+    turned into its `collab_keras.models` counterpart (same weights,
+    tokenizer and preprocessing), so that the result saves and loads whole. The input
     is never modified. A model with an attention switch (its config has
-    `"attention": "concatenate"`, as `collab_keras.models.BertEncoder`,
-    `VisionTransformer` and `TransformerNMT`) is instead rebuilt from its
+    `"attention": "concatenate"`, as the backbones and tasks of
+    `collab_keras.models`) is instead rebuilt from its
     config with `attention="collaborative"` and `shared_key_dim`, so that it
     also saves and loads as collaborative; there, subclasses of
     `MultiHeadAttention` (keras-hub's `CachedMultiHeadAttention`) convert
@@ -149,6 +150,7 @@ def reparametrize(
         "seed": None if seed is None else int(seed),
     }
     if isinstance(obj, keras.Model):
+        obj = _zoo_counterpart(obj)
         return _reparametrize_model(obj, calibration_data, options, verbose)
     _check_attention(obj, "obj")
     statistics = None
@@ -156,6 +158,23 @@ def reparametrize(
         statistics = _layer_statistics(obj, calibration_data)
     layer, entry = _convert(obj, statistics, options)
     return layer, [entry]
+
+
+def _zoo_counterpart(model):
+    """A keras-hub BERT or ViT backbone or task as this project's zoo model.
+
+    The zoo model has the same weights, tokenizer and preprocessing and an
+    attention switch, so the converted model saves and loads whole
+    (`collab_keras.models.from_keras_hub`). Other models are returned as is.
+    """
+    if not type(model).__module__.startswith("keras_hub"):
+        return model
+    from collab_keras.models.keras_hub_weights import _zoo_classes
+    from collab_keras.models.keras_hub_weights import from_keras_hub
+
+    if type(model) not in _zoo_classes():
+        return model
+    return from_keras_hub(model)
 
 
 def _reparametrize_model(model, calibration_data, options, verbose):
