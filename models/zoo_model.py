@@ -133,6 +133,11 @@ class ZooBackbone(keras_hub.models.Backbone):
         """
         preset, kind = preset_kind(preset, cls)
         if kind == "zoo":
+            saved = get_preset_loader(preset).config["config"].get("dtype")
+            if "dtype" not in kwargs and _is_policy_map(saved):
+                # keras-hub's backbone loader replaces the saved dtype by
+                # `None`, which drops a quantized model's DTypePolicyMap.
+                kwargs["dtype"] = saved
             backbone = super().from_preset(preset, load_weights, **kwargs)
         else:
             source = cls.keras_hub_backbone_cls.from_preset(
@@ -142,6 +147,12 @@ class ZooBackbone(keras_hub.models.Backbone):
         return convert_attention(
             backbone, attention, shared_key_dim, calibration_data
         )
+
+
+def _is_policy_map(dtype):
+    return isinstance(dtype, dict) and dtype.get("class_name") == (
+        "DTypePolicyMap"
+    )
 
 
 class ZooTask:
@@ -302,14 +313,18 @@ def preset_kind(preset, backbone_cls):
 
 def preprocess(preprocessor, data):
     """Model inputs from raw `data` (strings, images) through
-    `preprocessor`; dicts of arrays pass unchanged."""
+    `preprocessor`; dicts of arrays pass unchanged. Padding after the
+    longest sequence is cut (it changes no unpadded output)."""
     if isinstance(data, dict):
         return data
-    x = preprocessor(data)
-    x, _, _ = keras.utils.unpack_x_y_sample_weight(x)
-    return {k: keras.ops.convert_to_numpy(v) for k, v in x.items()} if (
-        isinstance(x, dict)
-    ) else keras.ops.convert_to_numpy(x)
+    x, _, _ = keras.utils.unpack_x_y_sample_weight(preprocessor(data))
+    if not isinstance(x, dict):
+        return keras.ops.convert_to_numpy(x)
+    x = {k: keras.ops.convert_to_numpy(v) for k, v in x.items()}
+    if "padding_mask" in x:
+        length = max(1, int(x["padding_mask"].astype(bool).sum(1).max()))
+        x = {k: v[:, :length] for k, v in x.items()}
+    return x
 
 
 def convert_attention(model, attention, shared_key_dim, calibration_data):

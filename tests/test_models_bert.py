@@ -337,3 +337,51 @@ def test_minilm_preset_converts_exactly():
     pooled /= mask.sum(1, keepdims=True)
     pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
     assert round(float(pooled[0] @ pooled[1]), 3) == 0.894
+
+
+def test_ids_inside_compiled_graphs_behave_as_documented():
+    # docs/models.md, "Input checks": values are checked in eager calls
+    # only. Inside tf.function on CPU, ids >= vocabulary_size raise
+    # TensorFlow's InvalidArgumentError and negative ids wrap around (numpy
+    # semantics of keras.ops.take); under XLA both are clamped.
+    import tensorflow as tf
+
+    backbone = BertBackbone(**TINY)
+    inputs = _inputs(batch=1, length=3)
+    last = numpy_outputs(
+        backbone({**inputs, "token_ids": np.array([[1, 2, 15]], "int32")})
+    )["sequence_output"]
+
+    def run(ids, jit_compile):
+        function = tf.function(
+            lambda x: backbone(x)["sequence_output"], jit_compile=jit_compile
+        )
+        return function({**inputs, "token_ids": tf.constant([ids])}).numpy()
+
+    np.testing.assert_allclose(run([1, 2, -1], False), last, atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not in"):
+        run([1, 2, 16], False)
+    np.testing.assert_allclose(run([1, 2, 100], True), last, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+def test_quantize_and_lora(attention, shared_key_dim, tmp_path):
+    inputs = _inputs()
+    backbone = BertBackbone(
+        **TINY, attention=attention, shared_key_dim=shared_key_dim
+    )
+    backbone.quantize("int8")
+    expected = numpy_outputs(backbone(inputs))
+    backbone.save(str(tmp_path / "quantized.keras"))
+    restored = keras.saving.load_model(str(tmp_path / "quantized.keras"))
+    assert_same(numpy_outputs(restored(inputs)), expected, atol=1e-6)
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    restored = BertBackbone.from_preset(str(tmp_path / "preset"))
+    assert_same(numpy_outputs(restored(inputs)), expected, atol=1e-6)
+
+    backbone = BertBackbone(
+        **TINY, attention=attention, shared_key_dim=shared_key_dim
+    )
+    total = backbone.count_params()
+    backbone.enable_lora(2)
+    assert 0 < sum(w.numpy().size for w in backbone.trainable_weights) < total
