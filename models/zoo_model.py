@@ -255,7 +255,7 @@ class ZooPreprocessing:
 
 class IntegerMasks:
     """Mixed into keras-hub preprocessors of the zoo: boolean outputs (the
-    padding masks) come out as int32.
+    padding masks, and a boolean `sample_weight`) come out as int32.
 
     Under a `tf.distribute` strategy Keras's `fit` builds the model from the
     mean of one batch across replicas (`Trainer._maybe_symbolic_build`),
@@ -270,6 +270,8 @@ class IntegerMasks:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(output)
         if isinstance(x, dict):
             x = {key: _integer_if_bool(value) for key, value in x.items()}
+        if sample_weight is not None:  # seq2seq: the shifted padding mask
+            sample_weight = _integer_if_bool(sample_weight)
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
 

@@ -14,7 +14,9 @@ from collab_keras.models import TransformerNMTBackbone
 from collab_keras.models import TransformerNMTSeq2SeqLM
 from collab_keras.models import TransformerNMTSeq2SeqLMPreprocessor
 from collab_keras.models import TransformerNMTTokenizer
+from collab_keras.models import cache_bytes_per_token
 from collab_keras.models import count_parameters
+from collab_keras.reparametrization import reparametrize
 
 ATTENTIONS = [
     pytest.param("concatenate", None, id="concatenate"),
@@ -118,6 +120,19 @@ def test_parameter_count_closed_form(options):
         "transformer", "transformer_tiny", vocabulary_size=100, **options
     )
     assert _backbone(**options).count_params() == expected
+
+
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+def test_cache_size_closed_form(attention, shared_key_dim):
+    backbone = _backbone(attention, shared_key_dim)
+    encoder_output = keras.ops.zeros((1, 3, 64))
+    self_cache, _ = backbone.initialize_decoder_cache(encoder_output, 10)
+    numbers = sum(
+        int(np.prod(x.shape)) for x in keras.tree.flatten(self_cache)
+    )
+    assert numbers * 4 == 10 * cache_bytes_per_token(
+        "transformer_tiny", attention, shared_key_dim
+    )
 
 
 def test_cross_attention_can_stay_concatenated():
@@ -574,6 +589,35 @@ def test_keras_and_preset_round_trips_keep_the_vocabulary(
         )
         other.compile(sampler="greedy")
         assert other.generate(SOURCES[:2]) == texts
+
+
+def test_reparametrize_and_convert_on_load_keep_the_translations(
+    tokenizer, tmp_path
+):
+    """Full width (shared_key_dim = hidden_dim) is exact."""
+    task = _task(tokenizer)
+    task.compile(sampler="greedy")
+    inputs = _numpy(task.preprocessor.generate_preprocess(SOURCES[:2]))
+    logits = _numpy(task(inputs))
+    texts = task.generate(SOURCES[:2])
+    converted, report = reparametrize(task, 64, verbose=False)
+    task.save_to_preset(str(tmp_path / "preset"))
+    on_load = TransformerNMTSeq2SeqLM.from_preset(
+        str(tmp_path / "preset"), attention="collaborative"
+    )
+    path = str(tmp_path / "converted.keras")
+    converted.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert len(report) == 3 * 2  # encoder self, decoder self, cross
+    for model in (converted, on_load, reloaded):
+        assert type(model) is TransformerNMTSeq2SeqLM
+        assert model.backbone.attention == "collaborative"
+        assert model.preprocessor.tokenizer.get_vocabulary() == (
+            tokenizer.get_vocabulary()
+        )
+        np.testing.assert_allclose(_numpy(model(inputs)), logits, atol=1e-5)
+        model.compile(sampler="greedy")
+        assert model.generate(SOURCES[:2]) == texts
 
 
 @pytest.mark.slow

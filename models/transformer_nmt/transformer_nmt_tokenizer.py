@@ -22,6 +22,10 @@ class TransformerNMTTokenizer(WordPieceTokenizer):
     `TransformerNMTTokenizer.train(source_texts + target_texts, size)`, which
     runs keras-hub's `compute_word_piece_vocabulary`.
 
+    `get_config` carries the vocabulary (keras-hub stores it only as an asset
+    file), so copies made from a config (`collab_keras.reparametrize`,
+    `keras.models.clone_model`) keep it.
+
     Special tokens: `"[PAD]"` (`pad_token_id`), `"[START]"`
     (`start_token_id`), `"[END]"` (`end_token_id`) and the out-of-vocabulary
     token `"[UNK]"`; all four must be in the vocabulary.
@@ -59,6 +63,12 @@ class TransformerNMTTokenizer(WordPieceTokenizer):
             strip_accents=strip_accents,
             **kwargs,
         )
+
+    def get_config(self):
+        config = super().get_config()
+        if self.vocabulary is not None:
+            config["vocabulary"] = self.get_vocabulary()
+        return config
 
     @classmethod
     def train(
