@@ -74,7 +74,9 @@ def _optimizer(config):
         alpha=0.1,
     )
     return keras.optimizers.AdamW(
-        learning_rate=schedule, weight_decay=config.weight_decay, clipnorm=1.0
+        learning_rate=schedule,
+        weight_decay=config.weight_decay,
+        global_clipnorm=config.clip_norm or None,
     )
 
 
@@ -83,6 +85,42 @@ def _mean_tokens(task_model, examples, count=512):
     x, _, _ = task_model.preprocessor(next(iter(examples.take(count).batch(count))))
     masks = [np.asarray(v) for k, v in x.items() if k.endswith("padding_mask")]
     return float(sum(m.sum() for m in masks)) / masks[0].shape[0]
+
+
+IN_MEMORY_EXAMPLES = 1_000_000
+
+
+def training_batches(examples, seed, batch_size, skip=0):
+    """Endless shuffled batches of `examples`, the same order on every run.
+
+    A corpus of known size up to `IN_MEMORY_EXAMPLES` is held in memory and
+    every pass over it is ordered by `tf.random.experimental.index_shuffle`
+    seeded with (seed, pass): a stateless permutation, so the order is the
+    same whatever the strategy and process (tf.distribute rewrites a
+    `Dataset.shuffle` with fresh seeds), and a resumed run starts at batch
+    `skip` without reading the batches before it. Larger or unsized corpora
+    (big tfds sets) use `Dataset.shuffle` with a 20,000-example buffer.
+    """
+    import tensorflow as tf
+
+    size = int(examples.cardinality())
+    if not 0 < size <= IN_MEMORY_EXAMPLES:
+        shuffled = examples.shuffle(20000, seed=seed, reshuffle_each_iteration=True)
+        return shuffled.repeat().batch(batch_size, drop_remainder=True).skip(skip)
+    table = examples.batch(size).get_single_element()  # every example, (size, ...)
+
+    def gather(positions):  # (batch,) int64 positions in the endless stream
+        passes, offsets = positions // size, positions % size
+        seeds = tf.stack([tf.fill(tf.shape(passes), tf.constant(seed, tf.int64)),
+                          passes, tf.fill(tf.shape(passes), tf.constant(0x5EED, tf.int64))],
+                         axis=-1)
+        index = tf.raw_ops.RandomIndexShuffle(  # a seed per position: (batch, 3)
+            index=offsets, seed=seeds, max_index=tf.constant(size - 1, tf.int64)
+        )
+        return tf.nest.map_structure(lambda t: tf.gather(t, index), table)
+
+    positions = tf.data.Dataset.range(skip * batch_size, 2**62)
+    return positions.batch(batch_size, drop_remainder=True).map(gather)
 
 
 def train(config):
@@ -168,12 +206,7 @@ def train(config):
     if resume and step:
         print(f"Resuming {config.output_dir} from step {step} of {config.steps}.")
 
-    # Same order of batches in every run with this seed; a resumed run skips
-    # the batches the checkpoint has already seen.
-    shuffle = train_examples.shuffle(
-        20000, seed=config.seed, reshuffle_each_iteration=True
-    )
-    train_batches = shuffle.repeat().batch(config.batch_size, drop_remainder=True).skip(step)
+    train_batches = training_batches(train_examples, config.seed, config.batch_size, step)
     validation = load("validation").take(config.eval_examples).batch(config.batch_size)
     callbacks = [
         checkpoint.Checkpointer(checkpoints, config.checkpoint_every, fingerprint, history),
