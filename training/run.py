@@ -32,7 +32,7 @@ from collab_keras.training import vocabulary as vocabularies
 from collab_keras.training.config import RunConfig
 
 
-def prepare_output_dir(config, write=True):
+def prepare_output_dir(config):
     """Creates the run folder or checks it holds this same run.
 
     Returns:
@@ -52,7 +52,8 @@ def prepare_output_dir(config, write=True):
                 f"or choose a new --output-dir. Received: output_dir={path!r}"
             )
         return True
-    if os.path.isdir(path) and os.listdir(path):
+    # workers/ is where the other workers of this multi-worker run write.
+    if os.path.isdir(path) and set(os.listdir(path)) - {"workers"}:
         raise ValueError(
             f"{path} is not empty and holds no collab-keras run (no config.json); "
             "nothing there is overwritten. Choose a new or empty --output-dir. "
@@ -60,8 +61,7 @@ def prepare_output_dir(config, write=True):
         )
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"`output_dir` is a file. Received: output_dir={path!r}")
-    if write:
-        checkpoint.atomic_write_text(saved, config.to_json())
+    checkpoint.atomic_write_text(saved, config.to_json())
     return False
 
 
@@ -149,9 +149,11 @@ def train(config):
             f"strategy={config.strategy!r}"
         )
     chief = strategy is None or distribution.is_chief(strategy)
-    resume = prepare_output_dir(config, write=chief)
     own_dir = config.output_dir
-    if not chief:
+    if chief:
+        resume = prepare_output_dir(config)
+    else:  # the chief checks the folder; the others write under workers/
+        resume = False
         own_dir = os.path.join(config.output_dir, "workers", str(distribution.worker_id(strategy)))
         os.makedirs(own_dir, exist_ok=True)
 
@@ -201,6 +203,7 @@ def train(config):
             "vocabulary": None if vocabulary is None else vocabularies.fingerprint(vocabulary),
             "parameters": int(task_model.count_params()),
         }
+        distribution.work_around_multi_worker_fit(task_model, strategy)
         checkpoints = os.path.join(own_dir, "checkpoints")
         step, history = checkpoint.restore(task_model, checkpoints, fingerprint)
     if resume and step:
