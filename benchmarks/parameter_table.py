@@ -7,16 +7,16 @@ built or timed, so the output does not depend on the machine.
     python benchmarks/parameter_table.py
 """
 
-from collab_keras.models import BERT_PRESETS
-from collab_keras.models import TRANSFORMER_PRESETS
-from collab_keras.models import VIT_PRESETS
 from collab_keras.models import cache_bytes_per_token
 from collab_keras.models import count_parameters
+from collab_keras.models.presets import BERT_ARCHITECTURES
+from collab_keras.models.presets import TRANSFORMER_ARCHITECTURES
+from collab_keras.models.presets import VIT_ARCHITECTURES
 
 FAMILIES = (
-    ("transformer", TRANSFORMER_PRESETS),
-    ("bert", BERT_PRESETS),
-    ("vit", VIT_PRESETS),
+    ("transformer", TRANSFORMER_ARCHITECTURES),
+    ("bert", BERT_ARCHITECTURES),
+    ("vit", VIT_ARCHITECTURES),
 )
 
 
@@ -32,23 +32,23 @@ def millions(n):
 
 def parameter_table():
     lines = []
-    for family, presets in FAMILIES:
+    for family, architectures in FAMILIES:
         lines.append(f"\n#### {family}\n")
         lines.append(
-            "| preset | concatenate | collaborative at shared_key_dim "
+            "| architecture | concatenate | collaborative at shared_key_dim "
             "(d, d/2, d/3, d/4, d/8 where whole) |"
         )
         lines.append("|---|---|---|")
-        for preset, config in presets.items():
-            concatenate = count_parameters(family, preset)
+        for name, config in architectures.items():
+            concatenate = count_parameters(family, name)
             cells = []
             for k in shared_key_dims(config["hidden_dim"]):
                 n = count_parameters(
-                    family, preset, attention="collaborative", shared_key_dim=k
+                    family, name, attention="collaborative", shared_key_dim=k
                 )
                 cells.append(f"{k}: {millions(n)} ({n:,})")
             lines.append(
-                f"| {preset} | {millions(concatenate)} ({concatenate:,}) | "
+                f"| {name} | {millions(concatenate)} ({concatenate:,}) | "
                 + "; ".join(cells)
                 + " |"
             )
@@ -57,17 +57,17 @@ def parameter_table():
 
 def cache_table():
     lines = [
-        "| preset | concatenate (2 d per layer) | collaborative "
+        "| architecture | concatenate (2 d per layer) | collaborative "
         "(K + N + d per layer) at shared_key_dim |",
         "|---|---|---|",
     ]
-    for preset, config in TRANSFORMER_PRESETS.items():
-        concatenate = cache_bytes_per_token(preset)
+    for name, config in TRANSFORMER_ARCHITECTURES.items():
+        concatenate = cache_bytes_per_token(name)
         cells = []
         for k in shared_key_dims(config["hidden_dim"]):
-            n = cache_bytes_per_token(preset, "collaborative", k)
+            n = cache_bytes_per_token(name, "collaborative", k)
             cells.append(f"{k}: {n:,} B ({n / concatenate:.0%})")
-        lines.append(f"| {preset} | {concatenate:,} B | " + "; ".join(cells) + " |")
+        lines.append(f"| {name} | {concatenate:,} B | " + "; ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -184,6 +184,11 @@ class ZooTask:
         """
         from .keras_hub_weights import from_keras_hub
 
+        check_model_kwargs(
+            cls,
+            kwargs,
+            inspect.signature(keras_hub_parent(cls).__init__).parameters,
+        )
         preset, kind = preset_kind(preset, cls.backbone_cls)
         if kind == "zoo":
             task = super().from_preset(preset, load_weights, **kwargs)

@@ -1,4 +1,5 @@
-"""Shared checks for the zoo models, and tests of the attention switch."""
+"""Shared checks for the zoo backbones, and tests of the attention switch
+and the blocks."""
 
 import os
 
@@ -22,59 +23,76 @@ ATTENTIONS = [
 
 
 def numpy_outputs(outputs):
+    """A backbone's outputs (a dict or one tensor) as a dict of arrays."""
+    if not isinstance(outputs, dict):
+        outputs = {"output": outputs}
     return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
 
 
-def check_model(model, inputs, loss_output, targets, tmp_path):
-    """Forward, one training step, `.keras` round trip, SavedModel export.
+def check_backbone(backbone, inputs, tmp_path):
+    """Forward, a training step, `.keras` round trip (safe mode), preset
+    round trip, SavedModel export: the same outputs throughout.
 
     Args:
-        model: A zoo model (dict outputs).
+        backbone: A zoo backbone (eval outputs must be deterministic).
         inputs: A batch of inputs (dict of arrays or one array).
-        loss_output: Output trained with sparse cross-entropy on `targets`.
-        targets: Integer labels for `loss_output`.
         tmp_path: pytest temporary folder.
     """
     import tensorflow as tf
 
     # Forward.
-    outputs = numpy_outputs(model(inputs))
+    outputs = numpy_outputs(backbone(inputs))
     for value in outputs.values():
         assert np.all(np.isfinite(value))
 
     # One training step changes the weights and gives a finite loss.
-    before = [w.numpy().copy() for w in model.trainable_weights]
+    before = [w.numpy().copy() for w in backbone.trainable_weights]
     optimizer = keras.optimizers.Adam(1e-3)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     with tf.GradientTape() as tape:
-        loss = loss_fn(targets, model(inputs, training=True)[loss_output])
-    gradients = tape.gradient(loss, model.trainable_weights)
-    optimizer.apply_gradients(zip(gradients, model.trainable_weights))
+        predictions = backbone_tensors(backbone(inputs, training=True))
+        loss = sum(tf.reduce_mean(tf.square(p)) for p in predictions)
+    gradients = tape.gradient(loss, backbone.trainable_weights)
+    optimizer.apply_gradients(zip(gradients, backbone.trainable_weights))
     assert np.isfinite(float(loss))
     changed = [
-        not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights)
+        not np.allclose(b, w.numpy())
+        for b, w in zip(before, backbone.trainable_weights)
     ]
     assert sum(changed) > len(changed) // 2
-    outputs = numpy_outputs(model(inputs))
+    outputs = numpy_outputs(backbone(inputs))
 
-    # `.keras` round trip: same config, same outputs.
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    restored = keras.saving.load_model(path)
-    assert type(restored) is type(model)
-    assert restored.get_config() == model.get_config()
-    for name, value in numpy_outputs(restored(inputs)).items():
-        np.testing.assert_allclose(value, outputs[name], atol=1e-5, rtol=1e-5)
+    # `.keras` round trip (safe mode): same class, config and outputs.
+    path = str(tmp_path / "backbone.keras")
+    backbone.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    assert type(restored) is type(backbone)
+    assert restored.get_config() == backbone.get_config()
+    assert_same(numpy_outputs(restored(inputs)), outputs)
+
+    # Preset round trip through keras-hub's saver and loader.
+    preset = str(tmp_path / "preset")
+    backbone.save_to_preset(preset)
+    restored = type(backbone).from_preset(preset)
+    assert restored.get_config() == backbone.get_config()
+    assert_same(numpy_outputs(restored(inputs)), outputs)
 
     # SavedModel export: the `serve` endpoint gives the same outputs.
     export_dir = str(tmp_path / "saved_model")
-    model.export(export_dir, format="tf_saved_model", verbose=False)
-    reloaded = tf.saved_model.load(export_dir)
+    backbone.export(export_dir, format="tf_saved_model", verbose=False)
+    reloaded = tf.saved_model.load(export_dir)  # keep: it owns the variables
     served = reloaded.serve(inputs)
-    for name, value in served.items():
-        np.testing.assert_allclose(
-            value.numpy(), outputs[name], atol=1e-5, rtol=1e-5
-        )
+    assert_same(numpy_outputs(served), outputs)
+
+
+def backbone_tensors(outputs):
+    """A backbone's outputs as a list of tensors."""
+    return list(outputs.values()) if isinstance(outputs, dict) else [outputs]
+
+
+def assert_same(actual, expected, atol=1e-5):
+    assert sorted(actual) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, atol=atol, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +136,9 @@ def test_make_attention_factory():
             {"attention": "collaborative", "shared_key_dim": 0},
             "Received: shared_key_dim=0",
         ),
-        ({"activation": "swish"}, "Received: activation='swish'"),
+        ({"activation": "swishy"}, "Received: activation='swishy'"),
+        ({"key_dim": 0}, "Received: key_dim=0"),
+        ({"dropout": 1.5}, "Received: dropout=1.5"),
     ],
 )
 @pytest.mark.parametrize(
@@ -200,3 +220,24 @@ def test_block_config_round_trip(block_class):
     config = block.get_config()
     restored = block_class.from_config(config)
     assert restored.get_config() == config
+
+
+@pytest.mark.parametrize(
+    "block_class", [TransformerEncoderBlock, TransformerDecoderBlock]
+)
+def test_block_bad_attention_kwargs(block_class):
+    with pytest.raises(TypeError, match=r"Received: attention_kwargs=\[1\]"):
+        block_class(num_heads=4, intermediate_dim=32, attention_kwargs=[1])
+
+
+def test_block_accepts_numpy_sizes():
+    block = TransformerEncoderBlock(
+        np.int64(4),
+        np.int32(32),
+        attention="collaborative",
+        shared_key_dim=np.int64(8),
+    )
+    assert block(np.zeros((1, 3, 16), "float32")).shape == (1, 3, 16)
+    config = block.get_config()
+    assert type(config["num_heads"]) is int
+    assert type(config["shared_key_dim"]) is int

@@ -1,19 +1,38 @@
-"""TransformerNMT: builder, cached generation, masks, errors."""
+"""Transformer-NMT: backbone, tokenizer, preprocessor and Seq2SeqLM task."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from collab_keras.models import TransformerNMT
-from collab_keras.reparametrization import reparametrize
-from tests.test_models_harness import ATTENTIONS
-from tests.test_models_harness import check_model
-from tests.test_models_harness import numpy_outputs
+from collab_keras.models import TransformerNMTBackbone
+from collab_keras.models import TransformerNMTSeq2SeqLM
+from collab_keras.models import TransformerNMTSeq2SeqLMPreprocessor
+from collab_keras.models import TransformerNMTTokenizer
+
+ATTENTIONS = [
+    pytest.param("concatenate", None, id="concatenate"),
+    pytest.param("collaborative", 16, id="collaborative"),
+]
+SOURCES = ["the cat sleeps", "the dog runs", "a bird sings", "the cat runs"]
+TARGETS = ["die katze schläft", "der hund läuft", "ein vogel singt",
+           "die katze läuft"]
 
 
-def _model(attention="concatenate", shared_key_dim=None, **kwargs):
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TransformerNMTTokenizer.train(SOURCES + TARGETS, vocabulary_size=100)
+
+
+def _backbone(attention="concatenate", shared_key_dim=None, **kwargs):
     kwargs.setdefault("dropout", 0.0)
-    return TransformerNMT.from_preset(
+    kwargs.setdefault("vocabulary_size", 100)
+    return TransformerNMTBackbone.from_architecture(
         "transformer_tiny",
         attention=attention,
         shared_key_dim=shared_key_dim,
@@ -21,21 +40,23 @@ def _model(attention="concatenate", shared_key_dim=None, **kwargs):
     )
 
 
-def _source(seed=0):
+def _task(tokenizer, attention="concatenate", shared_key_dim=None, **kwargs):
+    kwargs.setdefault("vocabulary_size", tokenizer.vocabulary_size())
+    backbone = _backbone(attention, shared_key_dim, **kwargs)
+    preprocessor = TransformerNMTSeq2SeqLMPreprocessor(
+        tokenizer, encoder_sequence_length=16, decoder_sequence_length=12
+    )
+    return TransformerNMTSeq2SeqLM(backbone, preprocessor)
+
+
+def _inputs(source_length=9, target_length=7, seed=0):
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(3, 1000, (2, 9)).astype("int32")
-    mask = np.ones((2, 9), "int32")
-    mask[1, 6:] = 0
-    tokens[1, 6:] = 0
-    return tokens, mask
-
-
-def _inputs(target_length=7, seed=0):
-    source, source_mask = _source(seed)
-    rng = np.random.default_rng(seed + 1)
-    target = rng.integers(3, 1000, (2, target_length)).astype("int32")
+    source = rng.integers(4, 100, (2, source_length)).astype("int32")
+    source_mask = np.ones_like(source)
+    source[1, 6:], source_mask[1, 6:] = 0, 0
+    target = rng.integers(4, 100, (2, target_length)).astype("int32")
     target_mask = np.ones_like(target)
-    target_mask[0, target_length - 2 :] = 0
+    target[0, target_length - 2 :], target_mask[0, target_length - 2 :] = 0, 0
     return {
         "encoder_token_ids": source,
         "encoder_padding_mask": source_mask,
@@ -44,178 +65,548 @@ def _inputs(target_length=7, seed=0):
     }
 
 
+def _numpy(x):
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, x)
+
+
+# --- Backbone. ---
+
+
 @pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
-def test_forward_train_save_export(attention, shared_key_dim, tmp_path):
-    model = _model(attention, shared_key_dim, dropout=0.1)
-    inputs = _inputs()
-    logits = model(inputs)["logits"]
-    assert tuple(logits.shape) == (2, 7, 1000)
-    assert logits.dtype == "float32"
-    targets = np.random.default_rng(5).integers(0, 1000, (2, 7))
-    check_model(model, inputs, "logits", targets, tmp_path)
+def test_backbone_outputs_config_and_keras_hub_base(attention, shared_key_dim):
+    backbone = _backbone(attention, shared_key_dim)
+    assert isinstance(backbone, keras_hub.models.Backbone)
+    outputs = backbone(_inputs())
+    assert set(outputs) == {"encoder_sequence_output", "decoder_sequence_output"}
+    assert tuple(outputs["encoder_sequence_output"].shape) == (2, 9, 64)
+    assert tuple(outputs["decoder_sequence_output"].shape) == (2, 7, 64)
+    config = backbone.get_config()
+    assert config["attention"] == attention
+    assert config["shared_key_dim"] == shared_key_dim
+    clone = TransformerNMTBackbone.from_config(config)
+    assert clone.get_config() == config
+    assert clone.count_params() == backbone.count_params()
+    layer = backbone.decoder_transformer_layers[0].self_attention_layer
+    expected = {
+        "concatenate": keras_hub.layers.CachedMultiHeadAttention,
+        "collaborative": __import__(
+            "collab_keras"
+        ).layers.CachedCollaborativeAttention,
+    }[attention]
+    assert isinstance(layer, expected)
 
 
+def test_embeddings_are_shared_and_tied():
+    backbone = _backbone()
+    # One embedding matrix: source, target and (transposed) output.
+    assert len(backbone.token_embedding.weights) == 1
+    untied = _backbone(tie_output_embeddings=False)
+    assert len(untied.token_embedding.weights) == 2
+    assert untied.count_params() == backbone.count_params() + 64 * 100
+
+
+def test_cross_attention_can_stay_concatenated():
+    backbone = _backbone("collaborative", 16, cross_attention="concatenate")
+    block = backbone.decoder_transformer_layers[0]
+    assert isinstance(
+        block.cross_attention_layer, keras_hub.layers.CachedMultiHeadAttention
+    )
+    assert block.self_attention_layer.shared_key_dim == 16
+
+
+def test_architectures_and_numpy_sizes():
+    assert set(TransformerNMTBackbone.architectures) == {
+        "transformer_tiny", "transformer_base", "transformer_big"
+    }
+    backbone = TransformerNMTBackbone.from_architecture(
+        "transformer_tiny",
+        vocabulary_size=np.int64(50),
+        num_encoder_layers=np.int32(1),
+        shared_key_dim=np.int64(8),
+        attention="collaborative",
+    )
+    config = backbone.get_config()
+    assert type(config["vocabulary_size"]) is int
+    assert type(config["shared_key_dim"]) is int
+    assert len(backbone.encoder_transformer_layers) == 1
+
+
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
 @pytest.mark.parametrize(
     "options",
-    [
-        {},
-        {"normalize_first": True, "tie_output_embeddings": False},
-        {"share_embeddings": True, "cross_attention": "concatenate"},
-    ],
+    [{}, {"normalize_first": True, "tie_output_embeddings": False},
+     {"cross_attention": "concatenate"}],
+    ids=["post_norm", "pre_norm_untied", "concatenated_cross"],
 )
-@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
-def test_cached_decoding_equals_recomputing_the_prefix(
+def test_cached_decoding_equals_full_recomputation(
     attention, shared_key_dim, options
 ):
-    model = _model(attention, shared_key_dim, **options)
-    source, source_mask = _source()
-    length = 8
-    cache = model.build_cache(source, source_mask, max_length=length)
-    tokens = np.ones((2, 1), "int32")
-    for index in range(length - 1):
-        step_logits, cache = model.call_with_cache(
-            tokens[:, index : index + 1], cache, index
+    if attention == "concatenate" and "cross_attention" in options:
+        pytest.skip("cross_attention='concatenate' is the default there")
+    backbone = _backbone(attention, shared_key_dim, **options)
+    inputs = _inputs(target_length=6)
+    inputs["decoder_padding_mask"] = np.ones_like(inputs["decoder_token_ids"])
+    full = _numpy(backbone(inputs)["decoder_sequence_output"])
+    encoder_output = backbone.call_encoder(
+        inputs["encoder_token_ids"], inputs["encoder_padding_mask"]
+    )
+    self_cache, cross_cache = backbone.initialize_decoder_cache(
+        encoder_output, 6
+    )
+    for index in range(6):
+        step, self_cache = backbone.call_decoder_with_cache(
+            inputs["decoder_token_ids"][:, index : index + 1],
+            inputs["encoder_padding_mask"],
+            self_cache,
+            index,
+            cross_cache,
         )
-        full_logits = model(
-            {
-                "encoder_token_ids": source,
-                "encoder_padding_mask": source_mask,
-                "decoder_token_ids": tokens,
-                "decoder_padding_mask": np.ones_like(tokens),
-            }
-        )["logits"]
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(step_logits)[:, 0],
-            keras.ops.convert_to_numpy(full_logits)[:, -1],
-            atol=1e-4,
+            _numpy(step)[:, 0], full[:, index], atol=2e-5, rtol=1e-5
         )
-        next_token = np.argmax(keras.ops.convert_to_numpy(full_logits)[:, -1], -1)
-        tokens = np.concatenate([tokens, next_token[:, None].astype("int32")], 1)
-    # generate() (keras-hub's greedy sampler over the cache) gives the same.
-    generated = model.generate(
-        source, source_mask, max_length=length, end_token_id=None
-    )
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(generated), tokens)
+    if attention == "collaborative":  # the shared key is what is cached
+        assert tuple(self_cache[0]["key"].shape) == (2, 6, 16)
 
 
 @pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
-def test_beam_search(attention, shared_key_dim):
-    model = _model(attention, shared_key_dim)
-    source, source_mask = _source()
-    greedy = model.generate(source, source_mask, max_length=6, end_token_id=None)
-    one_beam = model.generate(
-        source, source_mask, max_length=6, sampler="beam", num_beams=1,
-        end_token_id=None,
-    )
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(one_beam), keras.ops.convert_to_numpy(greedy)
-    )
-    beams = model.generate(
-        source, source_mask, max_length=6, sampler="beam", num_beams=3
-    )
-    beams = keras.ops.convert_to_numpy(beams)
-    assert beams.shape == (2, 6)
-    assert np.all(beams[:, 0] == 1)
-
-
-def test_generation_pads_after_the_end_token():
-    model = _model()
-    source, source_mask = _source()
-    tokens = keras.ops.convert_to_numpy(
-        model.generate(source, source_mask, max_length=8, end_token_id=None)
-    )
-    end_token = int(tokens[0, 1])  # pretend the first generated token ends
-    ended = keras.ops.convert_to_numpy(
-        model.generate(source, source_mask, max_length=8, end_token_id=end_token)
-    )
-    expected = tokens.copy()
-    for row in expected:
-        ends = np.flatnonzero(row[1:] == end_token)
-        if ends.size:
-            row[ends[0] + 2 :] = 0
-    np.testing.assert_array_equal(ended, expected)
-    assert np.all(ended[0, 2:] == 0)
-
-
-def test_cache_bytes_per_token():
-    concatenate = _model().cache_bytes_per_token()
-    collaborative = _model("collaborative", 16).cache_bytes_per_token()
-    # 2 layers, float32: keys and values per head = 2 * 64 numbers per layer.
-    assert concatenate == {"self": 2 * 4 * 2 * 64, "cross": 2 * 4 * 2 * 64}
-    # shared key 16 + content 4 heads + values 64.
-    assert collaborative == {"self": 2 * 4 * (16 + 4 + 64), "cross": 2 * 4 * 84}
-    # The caches really hold that much: bytes / (batch * positions).
-    source, source_mask = _source()
-    for attention, shared_key_dim, expected in (
-        ("concatenate", None, concatenate),
-        ("collaborative", 16, collaborative),
-    ):
-        cache = _model(attention, shared_key_dim).build_cache(
-            source, source_mask, max_length=5
-        )
-        for kind, length in (("self", 5), ("cross", 9)):
-            leaves = keras.tree.flatten(cache[kind])
-            size = sum(keras.ops.convert_to_numpy(x).nbytes for x in leaves)
-            assert size == expected[kind] * 2 * length
-
-
-@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
-def test_padding_changes_nothing_in_unpadded_outputs(attention, shared_key_dim):
-    model = _model(attention, shared_key_dim)
+def test_padding_invariance(attention, shared_key_dim):
+    """Tokens under the padding, and more padding, change no real output."""
+    backbone = _backbone(attention, shared_key_dim)
     inputs = _inputs()
-    logits = numpy_outputs(model(inputs))["logits"]
     changed = {k: v.copy() for k, v in inputs.items()}
-    changed["encoder_token_ids"][1, 6:] = 7  # padded source positions
-    changed["decoder_token_ids"][0, 5:] = 9  # padded target positions
-    changed_logits = numpy_outputs(model(changed))["logits"]
-    np.testing.assert_allclose(changed_logits[1], logits[1], atol=1e-5)
-    np.testing.assert_allclose(changed_logits[0, :5], logits[0, :5], atol=1e-5)
+    changed["encoder_token_ids"][1, 6:] = 42
+    changed["decoder_token_ids"][0, 5:] = 42
+    longer = {k: np.pad(v, ((0, 0), (0, 3))) for k, v in inputs.items()}
+
+    def real_outputs(inputs):
+        outputs = _numpy(backbone(inputs))
+        return [
+            outputs[f"{part}_sequence_output"][:, :length][
+                inputs[f"{part}_padding_mask"][:, :length] == 1
+            ]
+            for part, length in (("encoder", 9), ("decoder", 7))
+        ]
+
+    expected = real_outputs(inputs)
+    for other in (changed, longer):
+        for actual, wanted in zip(real_outputs(other), expected):
+            np.testing.assert_allclose(actual, wanted, atol=1e-5)
 
 
-def test_collaborative_copy_generates_the_same():
-    model = _model()
-    collaborative, report = reparametrize(model, 64, verbose=False)
-    assert collaborative.attention == "collaborative" and len(report) == 6
-    source, source_mask = _source()
-    inputs = _inputs()
-    np.testing.assert_allclose(
-        numpy_outputs(collaborative(inputs))["logits"],
-        numpy_outputs(model(inputs))["logits"],
-        atol=1e-4,
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+@pytest.mark.parametrize(
+    "batch, source_length, target_length", [(0, 5, 4), (2, 0, 4), (2, 5, 0)]
+)
+def test_empty_batch_and_length_forward_and_backward(
+    attention, shared_key_dim, batch, source_length, target_length
+):
+    backbone = _backbone(attention, shared_key_dim)
+    inputs = {
+        "encoder_token_ids": np.ones((batch, source_length), "int32"),
+        "encoder_padding_mask": np.ones((batch, source_length), "int32"),
+        "decoder_token_ids": np.ones((batch, target_length), "int32"),
+        "decoder_padding_mask": np.ones((batch, target_length), "int32"),
+    }
+    with tf.GradientTape() as tape:
+        outputs = backbone(inputs)
+        loss = sum(tf.reduce_sum(v) for v in outputs.values())
+    gradients = tape.gradient(loss, backbone.trainable_weights)
+    assert tuple(outputs["decoder_sequence_output"].shape) == (
+        batch, target_length, 64
     )
+    if batch and target_length and not source_length:  # no keys: zeros
+        assert np.all(np.isfinite(_numpy(outputs["decoder_sequence_output"])))
+    for gradient in gradients:
+        if gradient is not None:
+            gradient = tf.convert_to_tensor(gradient)
+            assert np.all(np.isfinite(gradient.numpy()))
+
+
+def test_float_ids_with_integer_values_are_accepted():
+    backbone = _backbone()
+    inputs = _inputs()
+    as_float = {k: v.astype("float32") for k, v in inputs.items()}
     np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(
-            collaborative.generate(source, source_mask, max_length=6)
-        ),
-        keras.ops.convert_to_numpy(model.generate(source, source_mask, max_length=6)),
+        _numpy(backbone(as_float))["decoder_sequence_output"],
+        _numpy(backbone(inputs))["decoder_sequence_output"],
     )
-    # Calibration records the cached decoder attention too; below one
-    # dimension per head; an explicit concatenated cross-attention stays.
-    model = _model(cross_attention="concatenate")
-    compressed, report = reparametrize(
-        model, 2, calibration_data=inputs, max_iterations=2, verbose=False
-    )
-    assert len(report) == 4
-    assert all(entry["logit_relative_error"] is not None for entry in report)
-    assert compressed(inputs)["logits"].shape == (2, 7, 1000)
 
 
-def test_bad_inputs_and_arguments():
-    model = _model()
+def _with(**changes):
     inputs = _inputs()
-    bad = dict(inputs, decoder_token_ids=inputs["decoder_token_ids"] * 1.0)
-    with pytest.raises(ValueError, match="Received: decoder_token_ids.dtype=float"):
-        model(bad)
-    long = _inputs(target_length=65)
-    with pytest.raises(ValueError, match="max_sequence_length=64.*Received: "):
-        model(long)
-    with pytest.raises(ValueError, match="Received: max_length=65"):
-        model.generate(*_source(), max_length=65)
-    with pytest.raises(ValueError, match="Received: sampler='top_k'"):
-        model.generate(*_source(), max_length=5, sampler="top_k")
-    with pytest.raises(ValueError, match="Received: preset='transformer_huge'"):
-        TransformerNMT.from_preset("transformer_huge")
-    with pytest.raises(ValueError, match="Received: source_vocabulary_size=5"):
-        TransformerNMT.from_preset(
-            "transformer_tiny", source_vocabulary_size=5, share_embeddings=True
+    inputs.update(changes)
+    return inputs
+
+
+BAD_CALLS = [
+    (_with(encoder_token_ids=np.full((2, 9), 1.5, "float32")),
+     "encoder_token_ids` must hold integers. Received: encoder_token_ids holding 1.5"),
+    (_with(decoder_token_ids=np.full((2, 7), -1, "int32")),
+     r"decoder_token_ids` must hold token ids in \[0, vocabulary_size=100\). "
+     "Received: decoder_token_ids holding -1"),
+    (_with(encoder_token_ids=np.full((2, 9), 100, "int32")),
+     "Received: encoder_token_ids holding 100"),
+    (_with(encoder_padding_mask=np.ones((2, 7), "int32")),
+     r"`encoder_padding_mask` must have the shape of `encoder_token_ids`. "
+     r"Received: encoder_padding_mask.shape=\(2, 7\)"),
+    (_with(decoder_padding_mask=np.full((2, 7), 2, "int32")),
+     "decoder_padding_mask` must hold 0 \\(padding\\) or 1 \\(token\\). "
+     "Received: decoder_padding_mask holding 2"),
+    (_with(encoder_token_ids=np.ones((2, 65), "int32"),
+           encoder_padding_mask=np.ones((2, 65), "int32")),
+     "longer than the position table \\(`max_sequence_length=64`\\). "
+     "Received: encoder_token_ids.shape=\\(2, 65\\)"),
+    (_with(decoder_token_ids=np.ones((3, 7), "int32"),
+           decoder_padding_mask=np.ones((3, 7), "int32")),
+     "one batch size. Received: decoder_token_ids.shape=\\(3, 7\\)"),
+    (_with(encoder_token_ids=np.ones((2, 9, 1), "int32")),
+     r"Received: encoder_token_ids.shape=\(2, 9, 1\)"),
+    ({"encoder_token_ids": np.ones((2, 9), "int32")},
+     'Missing data for input "decoder_padding_mask"'),  # Keras's check
+    (_with(token_ids=np.ones((2, 9), "int32")), "unknown \\['token_ids'\\]"),
+]
+
+
+@pytest.mark.parametrize("inputs, message", BAD_CALLS)
+def test_bad_inputs_raise_naming_the_input(inputs, message):
+    backbone = _backbone()
+    with pytest.raises(ValueError, match=message):
+        backbone(inputs)
+
+
+BAD_ARGUMENTS = [
+    (dict(name="transformer_huge"), ValueError,
+     "Expected one of .* Received: name='transformer_huge'"),
+    (dict(num_layer=6), ValueError,
+     r"Unknown keyword argument\(s\) \['num_layer'\] .* Received: num_layer=6"),
+    (dict(foo=1), ValueError, "Received: foo=1"),
+    (dict(num_encoder_layers=0), ValueError,
+     "`num_encoder_layers` must be at least 1. Received: num_encoder_layers=0"),
+    (dict(num_decoder_layers=-1), ValueError,
+     "Received: num_decoder_layers=-1"),
+    (dict(vocabulary_size=1.5), TypeError,
+     "`vocabulary_size` must be an integer. Received: vocabulary_size=1.5"),
+    (dict(hidden_dim=True), TypeError, "Received: hidden_dim=True"),
+    (dict(hidden_dim=66), ValueError,
+     "divisible by `num_heads`. Received: hidden_dim=66, num_heads=4"),
+    (dict(dropout=1.0), ValueError, "Received: dropout=1.0"),
+    (dict(attention="foo"), ValueError, "Received: attention='foo'"),
+    (dict(attention="collaborative", cross_attention="foo"), ValueError,
+     "Argument `cross_attention` must be .* Received: cross_attention='foo'"),
+    (dict(shared_key_dim=16), ValueError,
+     "applies only to attention='collaborative'"),
+    (dict(attention="collaborative", shared_key_dim=0), ValueError,
+     "Received: shared_key_dim=0"),
+]
+
+
+@pytest.mark.parametrize("arguments, error, message", BAD_ARGUMENTS)
+def test_bad_arguments_raise_naming_the_argument(arguments, error, message):
+    name = arguments.pop("name", "transformer_tiny")
+    with pytest.raises(error, match=message):
+        TransformerNMTBackbone.from_architecture(name, **arguments)
+
+
+# --- Tokenizer and preprocessor. ---
+
+
+def test_tokenizer_trains_one_joint_vocabulary(tokenizer):
+    vocabulary = tokenizer.get_vocabulary()
+    assert vocabulary[:4] == ["[PAD]", "[START]", "[END]", "[UNK]"]
+    assert (tokenizer.pad_token_id, tokenizer.start_token_id,
+            tokenizer.end_token_id) == (0, 1, 2)
+    assert "ä" in vocabulary or "##ä" in vocabulary  # target side included
+    ids = tokenizer("die katze läuft")
+    assert tokenizer.detokenize(ids) == "die katze läuft"
+    assert isinstance(tokenizer, keras_hub.tokenizers.WordPieceTokenizer)
+
+
+def test_preprocessor_packs_text_pairs(tokenizer):
+    preprocessor = TransformerNMTSeq2SeqLMPreprocessor(
+        tokenizer, encoder_sequence_length=16, decoder_sequence_length=20
+    )
+    x, y, sample_weight = preprocessor(
+        {"encoder_text": ["the cat"], "decoder_text": ["die katze"]}
+    )
+    x, y, sample_weight = _numpy((x, y, sample_weight))
+    assert x["encoder_token_ids"].shape == (1, 16)
+    assert x["decoder_token_ids"].shape == (1, 20)
+    assert x["encoder_token_ids"][0, 0] == tokenizer.start_token_id
+    np.testing.assert_array_equal(y[0, :-1], x["decoder_token_ids"][0, 1:])
+    length = int(x["decoder_padding_mask"][0].sum())  # start ... end
+    assert x["decoder_token_ids"][0, length - 1] == tokenizer.end_token_id
+    assert y[0, length - 2] == tokenizer.end_token_id
+    assert sample_weight[0].sum() == length - 1
+
+
+BAD_TEXT_ARGUMENTS = [
+    (lambda t: TransformerNMTTokenizer.train(SOURCES, vocabulary_size=4),
+     ValueError, "`vocabulary_size` must be at least 5. Received: vocabulary_size=4"),
+    (lambda t: TransformerNMTTokenizer.train("the cat", vocabulary_size=50),
+     TypeError, "`texts` must be a list of strings or a tf.data.Dataset. "
+     "Received: texts of type str"),
+    (lambda t: TransformerNMTTokenizer.train([1, 2], vocabulary_size=50),
+     ValueError, "Received: texts=\\[1, 2\\]"),
+    (lambda t: TransformerNMTSeq2SeqLMPreprocessor(
+        keras_hub.tokenizers.WordPieceTokenizer(["[UNK]", "a"])),
+     TypeError, "Received: tokenizer of type WordPieceTokenizer"),
+    (lambda t: TransformerNMTSeq2SeqLMPreprocessor(
+        t, encoder_sequence_length=0),
+     ValueError, "Received: encoder_sequence_length=0"),
+    (lambda t: TransformerNMTSeq2SeqLM(
+        _backbone(), TransformerNMTSeq2SeqLMPreprocessor(t, 128, 16)),
+     ValueError, "exceeds the backbone's `max_sequence_length=64`. "
+     "Received: preprocessor.encoder_sequence_length=128"),
+    (lambda t: TransformerNMTSeq2SeqLM(
+        _backbone(vocabulary_size=10), TransformerNMTSeq2SeqLMPreprocessor(
+            t, 16, 16)),
+     ValueError, "larger than the backbone's `vocabulary_size=10`"),
+    (lambda t: TransformerNMTSeq2SeqLM(_backbone(), foo=1),
+     ValueError, "Received: foo=1"),
+    (lambda t: TransformerNMTSeq2SeqLM(keras_hub.models.Backbone),
+     TypeError, "Received: backbone of type"),
+]
+
+
+@pytest.mark.parametrize("make, error, message", BAD_TEXT_ARGUMENTS)
+def test_bad_text_arguments_raise(tokenizer, make, error, message):
+    with pytest.raises(error, match=message):
+        make(tokenizer)
+
+
+# --- Task: generation. ---
+
+
+def _greedy_by_recomputation(task, inputs, length):
+    """Greedy decoding that reruns the whole model for every token."""
+    tokens = np.asarray(inputs["decoder_token_ids"])[:, :1]
+    for _ in range(length - 1):
+        logits = task({
+            "encoder_token_ids": inputs["encoder_token_ids"],
+            "encoder_padding_mask": inputs["encoder_padding_mask"],
+            "decoder_token_ids": tokens,
+            "decoder_padding_mask": np.ones_like(tokens),
+        })
+        next_token = np.argmax(logits[:, -1], axis=-1).astype("int32")
+        tokens = np.concatenate([tokens, next_token[:, None]], axis=1)
+    return tokens
+
+
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+def test_compiled_generation_equals_eager_and_recomputation(
+    tokenizer, attention, shared_key_dim
+):
+    task = _task(tokenizer, attention, shared_key_dim)
+    inputs = _numpy(task.preprocessor.generate_preprocess(SOURCES[:2]))
+    expected = _greedy_by_recomputation(task, inputs, 12)
+    for sampler in ("greedy", keras_hub.samplers.BeamSampler(num_beams=1)):
+        for run_eagerly in (False, True):
+            task.compile(sampler=sampler, run_eagerly=run_eagerly)
+            outputs = _numpy(task.generate_step(inputs)) if run_eagerly else (
+                _numpy(task.make_generate_function()(inputs))
+            )
+            np.testing.assert_array_equal(outputs["decoder_token_ids"], expected)
+    # Beam search with 3 beams: compiled and eager agree, text comes back.
+    texts = {}
+    for run_eagerly in (False, True):
+        task.compile(sampler="beam", run_eagerly=run_eagerly)
+        texts[run_eagerly] = task.generate(SOURCES[:2])
+    assert texts[False] == texts[True]
+    assert all(isinstance(text, str) for text in texts[False])
+    assert isinstance(task.generate("the cat"), str)
+
+
+def _non_core_ops(function, *args):
+    """Op types of a traced function that core TensorFlow does not define
+    (tensorflow-text's ops are not in `tf.raw_ops`)."""
+    graph = tf.function(function).get_concrete_function(*args).graph
+    graph = graph.as_graph_def()
+    op_types = {node.op for node in graph.node}
+    for function_def in graph.library.function:
+        op_types |= {node.op for node in function_def.node_def}
+    # Keras's `ops.slice_update` is XLA's dynamic-update-slice, a TF op.
+    return op_types - set(dir(tf.raw_ops)) - {"XlaDynamicUpdateSlice"}
+
+
+@pytest.mark.parametrize("sampler", ["greedy", "beam"])
+def test_generate_step_is_a_token_only_tf_function(tokenizer, sampler):
+    """What the serving export runs: no tensorflow-text op in the graph."""
+    task = _task(tokenizer, "collaborative", 16)
+    task.compile(sampler=sampler)
+    spec = tf.TensorSpec((None, None), tf.int32)
+    specs = {name: spec for name in (
+        "encoder_token_ids", "encoder_padding_mask",
+        "decoder_token_ids", "decoder_padding_mask",
+    )}
+
+    def generate_step(inputs):
+        return task.generate_step(inputs, stop_token_ids=(2,))
+
+    assert _non_core_ops(generate_step, specs) == set()
+    # The check sees tensorflow-text ops: the tokenizer's graph has some.
+    text = tf.TensorSpec((None,), tf.string)
+    assert _non_core_ops(task.preprocessor.generate_preprocess, text)
+    function = tf.function(generate_step, input_signature=[specs])
+    inputs = task.preprocessor.generate_preprocess(SOURCES[:2])
+    inputs = {k: tf.cast(v, tf.int32) for k, v in inputs.items()}
+    served = _numpy(function(inputs))
+    task.compile(sampler=sampler)
+    expected = _numpy(task.make_generate_function()(inputs, stop_token_ids=(2,)))
+    np.testing.assert_array_equal(
+        served["decoder_token_ids"], expected["decoder_token_ids"]
+    )
+
+
+def test_generate_without_preprocessor_takes_token_ids(tokenizer):
+    task = _task(tokenizer)
+    task.compile(sampler="greedy")
+    inputs = _numpy(task.preprocessor.generate_preprocess(SOURCES[:2]))
+    expected = task.generate(SOURCES[:2])  # strings
+    bare = TransformerNMTSeq2SeqLM(task.backbone, preprocessor=None)
+    bare.compile(sampler="greedy")
+    outputs = bare.generate(
+        {k: v.astype("float32") for k, v in inputs.items()},  # integral floats
+        stop_token_ids=(tokenizer.end_token_id,),
+    )
+    assert outputs["decoder_token_ids"].shape == (2, 12)
+    texts = task.preprocessor.generate_postprocess(outputs)
+    if hasattr(texts, "numpy"):
+        texts = [text.decode("utf-8") for text in texts.numpy()]
+    assert list(texts) == list(expected)
+
+
+BAD_GENERATE = [
+    (dict(max_length=0), ValueError, "Received: max_length=0"),
+    (dict(max_length=65), ValueError,
+     "at most the backbone's `max_sequence_length=64`. Received: max_length=65"),
+    (dict(max_length=2.5), TypeError, "Received: max_length=2.5"),
+    (dict(stop_token_ids="end"), TypeError, "Received: stop_token_ids='end'"),
+    (dict(stop_token_ids=(-1,)), ValueError, "Received: stop_token_ids=-1"),
+]
+
+
+@pytest.mark.parametrize("arguments, error, message", BAD_GENERATE)
+def test_bad_generate_arguments_raise(tokenizer, arguments, error, message):
+    task = _task(tokenizer)
+    with pytest.raises(error, match=message):
+        task.generate("the cat", **arguments)
+
+
+def test_bad_samplers_and_token_ids_in_generate_raise(tokenizer):
+    task = _task(tokenizer)
+    with pytest.raises(ValueError, match="Received: num_beams=0"):
+        task.compile(sampler=keras_hub.samplers.BeamSampler(num_beams=0))
+    with pytest.raises(ValueError, match="Received: k=0"):
+        task.compile(sampler=keras_hub.samplers.TopKSampler(k=0))
+    bare = TransformerNMTSeq2SeqLM(task.backbone, preprocessor=None)
+    inputs = _inputs()
+    inputs["encoder_token_ids"][0, 0] = 1000
+    with pytest.raises(ValueError, match="encoder_token_ids holding 1000"):
+        bare.generate(inputs, stop_token_ids=None)
+    inputs = _inputs()
+    inputs["decoder_token_ids"] = inputs["decoder_token_ids"] + 0.5
+    with pytest.raises(ValueError, match="decoder_token_ids holding 4.5|holding"):
+        bare.generate(inputs, stop_token_ids=None)
+
+
+# --- Task: training and saving. ---
+
+
+def _pairs(repeat=1):
+    return {"encoder_text": SOURCES * repeat, "decoder_text": TARGETS * repeat}
+
+
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+def test_fit_on_raw_text_with_jit_compile(tokenizer, attention, shared_key_dim):
+    keras.utils.set_random_seed(0)
+    task = _task(tokenizer, attention, shared_key_dim)
+    task.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=True)
+    assert task.jit_compile
+    history = task.fit(_pairs(8), batch_size=4, epochs=1, verbose=0)
+    losses = history.history["loss"]
+    assert np.isfinite(losses[-1])
+    before = task.evaluate(_pairs(), verbose=0, return_dict=True)["loss"]
+    task.fit(_pairs(8), batch_size=4, epochs=1, verbose=0)
+    after = task.evaluate(_pairs(), verbose=0, return_dict=True)["loss"]
+    assert after < before
+
+
+def test_compile_defaults_are_keras_hub_s(tokenizer):
+    task = _task(tokenizer)
+    task.compile()
+    assert isinstance(task.loss, keras.losses.SparseCategoricalCrossentropy)
+    assert isinstance(task.sampler, keras_hub.samplers.TopKSampler)
+    task.fit(_pairs(), batch_size=4, verbose=0)  # no "No loss to compute"
+
+
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+def test_keras_and_preset_round_trips_keep_the_vocabulary(
+    tokenizer, attention, shared_key_dim, tmp_path
+):
+    task = _task(tokenizer, attention, shared_key_dim)
+    task.compile(sampler="greedy")
+    inputs = _numpy(task.preprocessor.generate_preprocess(SOURCES[:2]))
+    logits = task(inputs)
+    texts = task.generate(SOURCES[:2])
+    path = str(tmp_path / "nmt.keras")
+    task.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    task.save_to_preset(str(tmp_path / "preset"))
+    from_preset = TransformerNMTSeq2SeqLM.from_preset(str(tmp_path / "preset"))
+    backbone = TransformerNMTBackbone.from_preset(str(tmp_path / "preset"))
+    assert backbone.get_config() == task.backbone.get_config()
+    for other in (loaded, from_preset):
+        assert isinstance(other, TransformerNMTSeq2SeqLM)
+        assert other.preprocessor.tokenizer.get_vocabulary() == (
+            tokenizer.get_vocabulary()
         )
+        assert other.preprocessor.decoder_sequence_length == 12
+        np.testing.assert_allclose(
+            other(inputs), logits, atol=1e-6
+        )
+        other.compile(sampler="greedy")
+        assert other.generate(SOURCES[:2]) == texts
+
+
+@pytest.mark.slow
+def test_fit_under_mirrored_strategy_on_two_cpus(tmp_path):
+    """A fresh process: logical devices must be set before TF starts."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os
+os.environ["KERAS_BACKEND"] = "tensorflow"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+from collab_keras.models import (TransformerNMTBackbone,
+    TransformerNMTSeq2SeqLM, TransformerNMTSeq2SeqLMPreprocessor,
+    TransformerNMTTokenizer)
+sources, targets = {SOURCES!r}, {TARGETS!r}
+tokenizer = TransformerNMTTokenizer.train(sources + targets, 100)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    backbone = TransformerNMTBackbone.from_architecture(
+        "transformer_tiny", vocabulary_size=100,
+        attention="collaborative", shared_key_dim=16)
+    task = TransformerNMTSeq2SeqLM(backbone,
+        TransformerNMTSeq2SeqLMPreprocessor(tokenizer, 16, 12))
+    task.compile(optimizer=keras.optimizers.Adam(1e-3))
+history = task.fit({{"encoder_text": sources * 4, "decoder_text": targets * 4}},
+                   batch_size=4, epochs=1, verbose=0)
+assert strategy.num_replicas_in_sync == 2
+loss = history.history["loss"][-1]
+assert np.isfinite(loss), loss
+print("LOSS", loss)
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True,
+        text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": root},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LOSS" in result.stdout

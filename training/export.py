@@ -10,13 +10,13 @@ vocabulary) is written beside the graph in `<version>/assets.extra/`
 (SavedModel's folder for files the graph does not read) so that a client can
 tokenize and detokenize: see `collab_keras.training.serving`.
 
-Signatures (all token ids and padding masks are int32, `(batch, length)`):
+Signatures (token ids and padding masks int32, `(batch, length)`):
 
-| task | signature | inputs | outputs |
-|---|---|---|---|
-| any task | `logits` | the task's inputs (e.g. `token_ids`, `segment_ids`, `padding_mask`; `images` float32) | `logits` |
-| `Seq2SeqLM` | `translate` (= `serving_default`) | `encoder_token_ids`, `encoder_padding_mask` | `decoder_token_ids`, `decoder_padding_mask` |
-| `Seq2SeqLM` | `translate_beam` | same | same |
+- every task: `logits`, the task's inputs named as the task's (e.g.
+  `token_ids`, `segment_ids`, `padding_mask`; `images` float32) -> `logits`.
+- `Seq2SeqLM`: `translate` (= `serving_default`) and `translate_beam`,
+  `encoder_token_ids`, `encoder_padding_mask` -> `decoder_token_ids`,
+  `decoder_padding_mask`.
 
 `translate` runs the task's own `generate_step` (the keras-hub `Seq2SeqLM`
 contract) with a greedy sampler, `translate_beam` with a
@@ -29,6 +29,7 @@ token, exactly as `task.generate(text)`. For any other task `logits` is also
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,14 @@ import keras
 
 INFO_DIR = "assets.extra"
 PREPROCESSOR_DIR = "preprocessor"
+EXPORT_FILE = "export.json"
+# Preprocessor settings saved in export.json as well: keras-hub's
+# Seq2SeqLMPreprocessor.get_config leaves its sequence lengths out.
+LENGTHS = (
+    "sequence_length",
+    "encoder_sequence_length",
+    "decoder_sequence_length",
+)
 
 
 def export_saved_model(task, export_dir, version=None, *, num_beams=4):
@@ -85,7 +94,11 @@ def export_saved_model(task, export_dir, version=None, *, num_beams=4):
         raise ValueError(
             f"`version` must be a positive int or None. Received: version={version!r}"
         )
-    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+    if (
+        isinstance(num_beams, bool)
+        or not isinstance(num_beams, int)
+        or num_beams < 1
+    ):
         raise ValueError(
             f"`num_beams` must be a positive int. Received: num_beams={num_beams!r}"
         )
@@ -121,15 +134,54 @@ def export_saved_model(task, export_dir, version=None, *, num_beams=4):
     staging = tempfile.mkdtemp(prefix=f".export-{version}-", dir=export_dir)
     try:
         archive.write_out(staging, verbose=False)
-        if task.preprocessor is not None:
-            task.preprocessor.save_to_preset(
-                os.path.join(staging, INFO_DIR, PREPROCESSOR_DIR)
-            )
+        _write_info(staging, task)
         os.rename(staging, version_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return version_dir
+
+
+def _write_info(version_dir, task):
+    """`export.json` (task, signatures, lengths) and the preprocessor preset."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    info_dir = os.path.join(version_dir, INFO_DIR)
+    os.makedirs(info_dir)
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+
+    def tensors(infos):  # {name: {"dtype", "shape"}} as TF Serving sees them
+        return {
+            name: {
+                "dtype": tf.as_dtype(info.dtype).name,
+                "shape": [d.size for d in info.tensor_shape.dim],
+            }
+            for name, info in sorted(infos.items())
+        }
+
+    signatures = {
+        name: {"inputs": tensors(s.inputs), "outputs": tensors(s.outputs)}
+        for name, s in sorted(saved_model.meta_graphs[0].signature_def.items())
+        if not name.startswith("__")  # TF's internal __saved_model_init_op
+    }
+    info = {
+        "task": type(task).__name__,
+        "signatures": signatures,
+        "preprocessor": None,
+    }
+    preprocessor = task.preprocessor
+    if preprocessor is not None:
+        preprocessor.save_to_preset(os.path.join(info_dir, PREPROCESSOR_DIR))
+        info["preprocessor"] = {
+            name: getattr(preprocessor, name)
+            for name in LENGTHS
+            if isinstance(getattr(preprocessor, name, None), int)
+        }
+    with open(os.path.join(info_dir, EXPORT_FILE), "w") as f:
+        json.dump(info, f, indent=2)
 
 
 def existing_versions(export_dir):
@@ -175,8 +227,12 @@ def _add_translate_endpoints(archive, task, num_beams):
 
     preprocessor = task.preprocessor
     prompt = preprocessor.generate_preprocess([""])
-    prompt_ids = tf.constant(keras.ops.convert_to_numpy(prompt["decoder_token_ids"])[0], tf.int32)
-    prompt_mask = tf.constant(keras.ops.convert_to_numpy(prompt["decoder_padding_mask"])[0], tf.bool)
+    prompt_ids = tf.constant(
+        keras.ops.convert_to_numpy(prompt["decoder_token_ids"])[0], tf.int32
+    )
+    prompt_mask = tf.constant(
+        keras.ops.convert_to_numpy(prompt["decoder_padding_mask"])[0], tf.bool
+    )
     tokenizer = preprocessor.tokenizer
     stop_token_ids = [tokenizer.end_token_id]
     if hasattr(tokenizer, "end_token2_id"):  # as Seq2SeqLM.generate's "auto"
@@ -189,17 +245,25 @@ def _add_translate_endpoints(archive, task, num_beams):
             batch = tf.shape(encoder_token_ids)[0]
             generate_inputs = {
                 "encoder_token_ids": encoder_token_ids,
-                "encoder_padding_mask": tf.cast(inputs["encoder_padding_mask"], tf.bool),
+                "encoder_padding_mask": tf.cast(
+                    inputs["encoder_padding_mask"], tf.bool
+                ),
                 # (batch, decoder_length)
                 "decoder_token_ids": tf.tile(prompt_ids[None], [batch, 1]),
                 "decoder_padding_mask": tf.tile(prompt_mask[None], [batch, 1]),
             }
             # generate_step samples with `task.sampler`: this one while tracing.
             with _sampler(task, sampler), _stock_tensorflow_ops():
-                outputs = task.generate_step(generate_inputs, stop_token_ids=stop_token_ids)
+                outputs = task.generate_step(
+                    generate_inputs, stop_token_ids=stop_token_ids
+                )
             return {
-                "decoder_token_ids": tf.cast(outputs["decoder_token_ids"], tf.int32),
-                "decoder_padding_mask": tf.cast(outputs["decoder_padding_mask"], tf.int32),
+                "decoder_token_ids": tf.cast(
+                    outputs["decoder_token_ids"], tf.int32
+                ),
+                "decoder_padding_mask": tf.cast(
+                    outputs["decoder_padding_mask"], tf.int32
+                ),
             }
 
         return translate
@@ -213,9 +277,13 @@ def _add_translate_endpoints(archive, task, num_beams):
         "translate_beam": keras_hub.samplers.BeamSampler(num_beams=num_beams),
     }
     for name, sampler in samplers.items():
-        archive.add_endpoint(name, make_translate(sampler), input_signature=[spec])
+        archive.add_endpoint(
+            name, make_translate(sampler), input_signature=[spec]
+        )
         # Samplers hold a seed variable that the traced loop captures.
-        archive.add_variable_collection(f"{name}_sampler_variables", sampler.variables)
+        archive.add_variable_collection(
+            f"{name}_sampler_variables", sampler.variables
+        )
 
 
 @contextlib.contextmanager

@@ -137,24 +137,27 @@ def check_token_inputs(inputs, names, vocabulary_size, max_length):
 def _check_values(name, values, vocabulary_size):
     if values.size == 0:
         return
-    values = values.astype("float64")
-    bad = values[values != np.round(values)]  # NaN, inf, fractions
-    if bad.size:
-        raise ValueError(
-            f"`{name}` must hold integers. Received: {name} holding "
-            f"{bad.flat[0]!r}"
-        )
+    if values.dtype == bool:
+        values = values.astype("int8")
+    if values.dtype.kind == "f":
+        bad = values[values != np.round(values)]  # NaN, inf, fractions
+        if bad.size:
+            raise ValueError(
+                f"`{name}` must hold integers. Received: {name} holding "
+                f"{bad.flat[0].item()!r}"
+            )
     if name.endswith("_padding_mask"):
         bad = values[(values != 0) & (values != 1)]
         if bad.size:
             raise ValueError(
                 f"`{name}` must hold 0 (padding) or 1 (token). "
-                f"Received: {name} holding {bad.flat[0]!r}"
+                f"Received: {name} holding {bad.flat[0].item()!r}"
             )
         return
     bad = values[(values < 0) | (values >= vocabulary_size)]
     if bad.size:
         raise ValueError(
             f"`{name}` must hold token ids in [0, vocabulary_size="
-            f"{vocabulary_size}). Received: {name} holding {bad.flat[0]!r}"
+            f"{vocabulary_size}). Received: {name} holding "
+            f"{bad.flat[0].item()!r}"
         )
