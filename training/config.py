@@ -36,6 +36,9 @@ class RunConfig:
         learning_rate: peak learning rate of the warmup + cosine decay schedule.
         warmup_steps: linear warmup steps.
         weight_decay: AdamW weight decay.
+        clip_norm: clip each gradient update to this global norm (0: off).
+            Under tf.distribute Keras clips every replica's gradients before
+            they are summed, so a clipped step differs from one device's.
         mixed_precision: train in `mixed_bfloat16`.
         jit_compile: None (Keras' "auto"), True or False.
         strategy: see `distribution.STRATEGIES`.
@@ -68,6 +71,7 @@ class RunConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
+    clip_norm: float = 1.0
     mixed_precision: bool = False
     jit_compile: bool = None
     strategy: str = "auto"

@@ -180,3 +180,40 @@ def jax_distribution(name, build_model=None, model_parallel=2):
 def scope(strategy):
     """`strategy.scope()` on TensorFlow, a null context elsewhere."""
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def work_around_multi_worker_fit(model, strategy):
+    """Two Keras 3.15 bugs stop `fit` under MultiWorkerMirroredStrategy.
+
+    1. Before training, `TensorFlowTrainer._maybe_symbolic_build` averages the
+       first distributed batch with `strategy.reduce("MEAN", batch)`, which
+       MultiWorkerMirroredStrategy rejects for a nested batch ("Attempt to
+       convert a value (PerReplica...)"). The batch is only used for its
+       shapes: this model's step takes this worker's local values instead.
+    2. `reduce_per_replica` averages every step's logged scalars across
+       workers with `strategy.reduce("MEAN", v, axis=0)`, which fails on a
+       scalar ("Invalid reduction dimension 0"). With the multi-worker branch
+       off it averages this worker's replicas, as for MirroredStrategy.
+       Gradients are all-reduced by the optimizer either way, so the weights
+       are those of synchronous training; the logged loss and metrics are
+       this worker's (the chief's in the run folder).
+    Nothing changes for other strategies.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0], next(batches)
+                )
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    trainer._collective_all_reduce_multi_worker = lambda strategy: False

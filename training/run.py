@@ -32,7 +32,7 @@ from collab_keras.training import vocabulary as vocabularies
 from collab_keras.training.config import RunConfig
 
 
-def prepare_output_dir(config, write=True):
+def prepare_output_dir(config):
     """Creates the run folder or checks it holds this same run.
 
     Returns:
@@ -52,7 +52,8 @@ def prepare_output_dir(config, write=True):
                 f"or choose a new --output-dir. Received: output_dir={path!r}"
             )
         return True
-    if os.path.isdir(path) and os.listdir(path):
+    # workers/ is where the other workers of this multi-worker run write.
+    if os.path.isdir(path) and set(os.listdir(path)) - {"workers"}:
         raise ValueError(
             f"{path} is not empty and holds no collab-keras run (no config.json); "
             "nothing there is overwritten. Choose a new or empty --output-dir. "
@@ -60,8 +61,7 @@ def prepare_output_dir(config, write=True):
         )
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"`output_dir` is a file. Received: output_dir={path!r}")
-    if write:
-        checkpoint.atomic_write_text(saved, config.to_json())
+    checkpoint.atomic_write_text(saved, config.to_json())
     return False
 
 
@@ -74,7 +74,9 @@ def _optimizer(config):
         alpha=0.1,
     )
     return keras.optimizers.AdamW(
-        learning_rate=schedule, weight_decay=config.weight_decay, clipnorm=1.0
+        learning_rate=schedule,
+        weight_decay=config.weight_decay,
+        global_clipnorm=config.clip_norm or None,
     )
 
 
@@ -83,6 +85,42 @@ def _mean_tokens(task_model, examples, count=512):
     x, _, _ = task_model.preprocessor(next(iter(examples.take(count).batch(count))))
     masks = [np.asarray(v) for k, v in x.items() if k.endswith("padding_mask")]
     return float(sum(m.sum() for m in masks)) / masks[0].shape[0]
+
+
+IN_MEMORY_EXAMPLES = 1_000_000
+
+
+def training_batches(examples, seed, batch_size, skip=0):
+    """Endless shuffled batches of `examples`, the same order on every run.
+
+    A corpus of known size up to `IN_MEMORY_EXAMPLES` is held in memory and
+    every pass over it is ordered by `tf.random.experimental.index_shuffle`
+    seeded with (seed, pass): a stateless permutation, so the order is the
+    same whatever the strategy and process (tf.distribute rewrites a
+    `Dataset.shuffle` with fresh seeds), and a resumed run starts at batch
+    `skip` without reading the batches before it. Larger or unsized corpora
+    (big tfds sets) use `Dataset.shuffle` with a 20,000-example buffer.
+    """
+    import tensorflow as tf
+
+    size = int(examples.cardinality())
+    if not 0 < size <= IN_MEMORY_EXAMPLES:
+        shuffled = examples.shuffle(20000, seed=seed, reshuffle_each_iteration=True)
+        return shuffled.repeat().batch(batch_size, drop_remainder=True).skip(skip)
+    table = examples.batch(size).get_single_element()  # every example, (size, ...)
+
+    def gather(positions):  # (batch,) int64 positions in the endless stream
+        passes, offsets = positions // size, positions % size
+        seeds = tf.stack([tf.fill(tf.shape(passes), tf.constant(seed, tf.int64)),
+                          passes, tf.fill(tf.shape(passes), tf.constant(0x5EED, tf.int64))],
+                         axis=-1)
+        index = tf.raw_ops.RandomIndexShuffle(  # a seed per position: (batch, 3)
+            index=offsets, seed=seeds, max_index=tf.constant(size - 1, tf.int64)
+        )
+        return tf.nest.map_structure(lambda t: tf.gather(t, index), table)
+
+    positions = tf.data.Dataset.range(skip * batch_size, 2**62)
+    return positions.batch(batch_size, drop_remainder=True).map(gather)
 
 
 def train(config):
@@ -111,9 +149,11 @@ def train(config):
             f"strategy={config.strategy!r}"
         )
     chief = strategy is None or distribution.is_chief(strategy)
-    resume = prepare_output_dir(config, write=chief)
     own_dir = config.output_dir
-    if not chief:
+    if chief:
+        resume = prepare_output_dir(config)
+    else:  # the chief checks the folder; the others write under workers/
+        resume = False
         own_dir = os.path.join(config.output_dir, "workers", str(distribution.worker_id(strategy)))
         os.makedirs(own_dir, exist_ok=True)
 
@@ -163,17 +203,13 @@ def train(config):
             "vocabulary": None if vocabulary is None else vocabularies.fingerprint(vocabulary),
             "parameters": int(task_model.count_params()),
         }
+        distribution.work_around_multi_worker_fit(task_model, strategy)
         checkpoints = os.path.join(own_dir, "checkpoints")
         step, history = checkpoint.restore(task_model, checkpoints, fingerprint)
     if resume and step:
         print(f"Resuming {config.output_dir} from step {step} of {config.steps}.")
 
-    # Same order of batches in every run with this seed; a resumed run skips
-    # the batches the checkpoint has already seen.
-    shuffle = train_examples.shuffle(
-        20000, seed=config.seed, reshuffle_each_iteration=True
-    )
-    train_batches = shuffle.repeat().batch(config.batch_size, drop_remainder=True).skip(step)
+    train_batches = training_batches(train_examples, config.seed, config.batch_size, step)
     validation = load("validation").take(config.eval_examples).batch(config.batch_size)
     callbacks = [
         checkpoint.Checkpointer(checkpoints, config.checkpoint_every, fingerprint, history),
