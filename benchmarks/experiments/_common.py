@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 REPOSITORY = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 sys.path.insert(0, REPOSITORY)
+from collab_keras.layers import CachedCollaborativeAttention  # noqa: E402
 FIGURES = os.path.join(REPOSITORY, "docs", "figures")
 
 
@@ -77,6 +78,16 @@ def environment():
     }
 
 
+def parse_args(parser, quick):
+    """Parses the command line; with `--quick`, the settings in `quick`
+    replace the defaults (flags given explicitly still win)."""
+    args = parser.parse_args()
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args()
+    return args
+
+
 class Stopwatch:
     """Wall-clock seconds since creation."""
 
@@ -88,13 +99,32 @@ class Stopwatch:
 
 
 @keras.saving.register_keras_serializable(package="collab_keras_experiments")
+class CachedConcatenatedHeads(CachedCollaborativeAttention):
+    """Concatenated heads written as collaborative attention, for decoders.
+
+    With block one-hot mixing (`mixing_initializer="concatenate"`) at
+    `shared_key_dim = num_heads * key_dim` a collaborative layer computes
+    what `MultiHeadAttention(num_heads, key_dim, value_dim)` computes (its
+    content bias standing for the query bias); the mixing is not trained
+    here, so the heads stay concatenated. keras-hub's
+    `CachedMultiHeadAttention` cannot be used at a reduced key size: its cache
+    stacks keys and values, which must then have the same size.
+    """
+
+    def build(self, *args, **kwargs):
+        super().build(*args, **kwargs)
+        self.mixing.trainable = False
+
+
+@keras.saving.register_keras_serializable(package="collab_keras_experiments")
 def reduced_key_attention(num_heads, key_dim, shared_key_dim, cached=False, **kwargs):
     """The concatenated baseline at a reduced key size, as a zoo layer factory.
 
-    `keras.layers.MultiHeadAttention` (keras-hub's `CachedMultiHeadAttention`
-    in decoders) whose heads have `shared_key_dim // num_heads` query/key
-    dimensions each, `num_heads * key_dim` in total at `shared_key_dim=None`;
-    values keep `key_dim` per head. Pass it as a backbone's `attention=` with
+    `keras.layers.MultiHeadAttention` whose heads have
+    `shared_key_dim // num_heads` query/key dimensions each
+    (`num_heads * key_dim` in total at `shared_key_dim=None`); values keep
+    `key_dim` per head. Decoder layers (`cached=True`) are the same heads as a
+    `CachedConcatenatedHeads`. Pass it as a backbone's `attention=` with
     `shared_key_dim` = the total key size.
     """
     total = num_heads * key_dim if shared_key_dim is None else shared_key_dim
@@ -104,10 +134,10 @@ def reduced_key_attention(num_heads, key_dim, shared_key_dim, cached=False, **kw
             f"Received: shared_key_dim={shared_key_dim}, num_heads={num_heads}"
         )
     if cached:
-        from keras_hub.layers import CachedMultiHeadAttention as layer_class
-    else:
-        layer_class = keras.layers.MultiHeadAttention
-    return layer_class(num_heads, key_dim=total // num_heads, value_dim=key_dim, **kwargs)
+        return CachedConcatenatedHeads(
+            num_heads, key_dim=total // num_heads, value_dim=key_dim, shared_key_dim=total, **kwargs
+        )
+    return keras.layers.MultiHeadAttention(num_heads, key_dim=total // num_heads, value_dim=key_dim, **kwargs)
 
 
 def query_key_parameters(model):
@@ -116,6 +146,29 @@ def query_key_parameters(model):
     mixing matrix and the content bias."""
     parts = {"query", "key", "mixing", "content_bias"}
     return int(sum(np.prod(w.shape) for w in model.weights if parts & set(w.path.split("/"))))
+
+
+class Restarter:
+    """Restarts one compiled model from a new initialization, once per seed.
+
+    Compiling once per configuration instead of once per run saves the
+    tracing time, which on a shared 2-core machine is a large part of a short
+    run. `restart(initial_model)` gives the model the weights of
+    `initial_model` (the same architecture built under the seed, never
+    compiled) and puts the optimizer's variables (step count, moments,
+    learning rate) back to their values before the first step, so a
+    learning-rate schedule restarts too.
+    """
+
+    def __init__(self, model):
+        model.optimizer.build(model.trainable_variables)
+        self.model = model
+        self.optimizer_state = [np.array(v.numpy()) for v in model.optimizer.variables]
+
+    def restart(self, initial_model):
+        self.model.set_weights(initial_model.get_weights())
+        for variable, value in zip(self.model.optimizer.variables, self.optimizer_state):
+            variable.assign(value)
 
 
 def summarize(records, metrics):

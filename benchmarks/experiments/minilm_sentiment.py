@@ -100,10 +100,10 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--output-dir", default=None)
-    args = parser.parse_args()
-    if args.quick:
-        args.ranks, args.seeds, args.train, args.test = "384,96", 1, 256, 128
-        args.calibration, args.sequence_length = 16, 32
+    args = _common.parse_args(
+        parser,
+        dict(ranks="384,96", seeds=1, train=256, test=128, calibration=16, sequence_length=32),
+    )
     ranks = [int(r) for r in args.ranks.split(",")]
     env = _common.environment()
     env["settings"] = vars(args)
