@@ -539,19 +539,14 @@ def _pairs(repeat=1):
     return {"encoder_text": SOURCES * repeat, "decoder_text": TARGETS * repeat}
 
 
-@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
-def test_fit_on_raw_text_with_jit_compile(tokenizer, attention, shared_key_dim):
+def test_fit_on_raw_text_with_jit_compile(tokenizer):
     keras.utils.set_random_seed(0)
-    task = _task(tokenizer, attention, shared_key_dim)
+    task = _task(tokenizer, "collaborative", 16)
     task.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=True)
     assert task.jit_compile
-    history = task.fit(_pairs(8), batch_size=4, epochs=1, verbose=0)
-    losses = history.history["loss"]
-    assert np.isfinite(losses[-1])
-    before = task.evaluate(_pairs(), verbose=0, return_dict=True)["loss"]
-    task.fit(_pairs(8), batch_size=4, epochs=1, verbose=0)
-    after = task.evaluate(_pairs(), verbose=0, return_dict=True)["loss"]
-    assert after < before
+    losses = task.fit(_pairs(4), batch_size=4, epochs=2, verbose=0)
+    losses = losses.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[1] < losses[0]
 
 
 def test_compile_defaults_are_keras_hub_s(tokenizer):
@@ -559,7 +554,8 @@ def test_compile_defaults_are_keras_hub_s(tokenizer):
     task.compile()
     assert isinstance(task.loss, keras.losses.SparseCategoricalCrossentropy)
     assert isinstance(task.sampler, keras_hub.samplers.TopKSampler)
-    task.fit(_pairs(), batch_size=4, verbose=0)  # no "No loss to compute"
+    history = task.fit(_pairs(), batch_size=4, verbose=0)  # a loss to compute
+    assert np.isfinite(history.history["loss"][0])
 
 
 @pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
