@@ -161,18 +161,24 @@ def test_architectures_and_numpy_sizes():
     assert len(backbone.encoder_transformer_layers) == 1
 
 
-@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
 @pytest.mark.parametrize(
-    "options",
-    [{}, {"normalize_first": True, "tie_output_embeddings": False},
-     {"cross_attention": "concatenate"}],
-    ids=["post_norm", "pre_norm_untied", "concatenated_cross"],
+    "attention, shared_key_dim, options",
+    [
+        ("concatenate", None, {}),
+        ("collaborative", 16, {}),
+        ("concatenate", None,
+         {"normalize_first": True, "tie_output_embeddings": False}),
+        ("collaborative", 16,
+         {"normalize_first": True, "tie_output_embeddings": False}),
+        ("collaborative", 16, {"cross_attention": "concatenate"}),
+    ],
+    ids=["post_norm-concatenate", "post_norm-collaborative",
+         "pre_norm_untied-concatenate", "pre_norm_untied-collaborative",
+         "concatenated_cross-collaborative"],
 )
 def test_cached_decoding_equals_full_recomputation(
     attention, shared_key_dim, options
 ):
-    if attention == "concatenate" and "cross_attention" in options:
-        pytest.skip("cross_attention='concatenate' is the default there")
     backbone = _backbone(attention, shared_key_dim, **options)
     inputs = _inputs(target_length=6)
     inputs["decoder_padding_mask"] = np.ones_like(inputs["decoder_token_ids"])
