@@ -142,11 +142,14 @@ def test_bad_inputs_in_eager_calls():
         backbone(_inputs(length=9))
 
 
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
 @pytest.mark.parametrize("batch, length", [(0, 5), (2, 0)])
-def test_empty_batch_and_length(batch, length):
+def test_empty_batch_and_length(batch, length, attention, shared_key_dim):
     import tensorflow as tf
 
-    backbone = BertBackbone(**TINY)
+    backbone = BertBackbone(
+        **TINY, attention=attention, shared_key_dim=shared_key_dim
+    )
     inputs = _inputs(batch=batch, length=length)
     with tf.GradientTape() as tape:
         outputs = backbone(inputs, training=True)

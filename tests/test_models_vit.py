@@ -101,10 +101,13 @@ def test_bad_inputs():
         backbone(np.zeros((2, 12, 12, 3), "float32"))
 
 
-def test_empty_batch_forward_and_backward():
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+def test_empty_batch_forward_and_backward(attention, shared_key_dim):
     import tensorflow as tf
 
-    backbone = ViTBackbone(**TINY)
+    backbone = ViTBackbone(
+        **TINY, attention=attention, shared_key_dim=shared_key_dim
+    )
     with tf.GradientTape() as tape:
         outputs = backbone(_images(batch=0), training=True)
         loss = tf.reduce_sum(outputs)
@@ -114,8 +117,9 @@ def test_empty_batch_forward_and_backward():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(gradient), 0)
 
 
-def test_nan_pixel_reaches_the_logits():
-    classifier = _classifier()
+@pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
+def test_nan_pixel_reaches_the_logits(attention, shared_key_dim):
+    classifier = _classifier(attention, shared_key_dim)
     images = _images()
     images[0, 0, 0, 0] = np.nan
     logits = keras.ops.convert_to_numpy(classifier(images))
