@@ -580,6 +580,10 @@ def test_keras_and_preset_round_trips_keep_the_vocabulary(
     from_preset = TransformerNMTSeq2SeqLM.from_preset(str(tmp_path / "preset"))
     backbone = TransformerNMTBackbone.from_preset(str(tmp_path / "preset"))
     assert backbone.get_config() == task.backbone.get_config()
+    with pytest.raises(ValueError, match="Received: num_layer=2"):
+        TransformerNMTSeq2SeqLM.from_preset(str(tmp_path / "preset"), num_layer=2)
+    with pytest.raises(ValueError, match="Received: foo=1"):
+        TransformerNMTBackbone.from_preset(str(tmp_path / "preset"), foo=1)
     for other in (loaded, from_preset):
         assert isinstance(other, TransformerNMTSeq2SeqLM)
         assert other.preprocessor.tokenizer.get_vocabulary() == (
