@@ -126,16 +126,7 @@ class TransformerDecoderBlock(BlockBase):
         """Zero self-attention cache for `max_length` target positions."""
         layer = self._self_attention
         if hasattr(layer, "initial_cache"):  # collaborative
-            # `initial_cache` takes Python ints; compiled generation has
-            # symbolic sizes: zeros shaped as the layer's one-position cache.
-            template = layer.initial_cache(1, 1)
-            return {
-                name: ops.zeros(
-                    (batch_size, max_length) + tuple(entry.shape[2:]),
-                    dtype=entry.dtype,
-                )
-                for name, entry in template.items()
-            }
+            return layer.initial_cache(batch_size, max_length)
         shape = (batch_size, 2, max_length, layer.num_heads, layer.key_dim)
         return ops.zeros(shape, dtype=self.compute_dtype)  # (B, 2, S, N, H)
 
