@@ -111,7 +111,8 @@ def main(argv=None):
     if args.command == "demo":
         from collab_keras.training import demo as demo_module
 
-        return demo_module.main(args.rest)
+        demo_module.main(args.rest)
+        return None
     try:
         config = config_from_args(args)
     except ValueError as error:
@@ -124,7 +125,7 @@ def main(argv=None):
         print(f"collab-keras: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(run.summary(metrics))
-    return metrics
+    return None  # console scripts exit with main()'s value
 
 
 if __name__ == "__main__":
