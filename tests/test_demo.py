@@ -1,10 +1,33 @@
+"""The README's demo command, shrunk: both models train, the table prints, the
+export translates in a fresh process."""
+
+import os
+
+import pytest
+
 from collab_keras.training import demo
 
 
-def test_demo_prints_parameters_and_exact_reparametrization(capsys):
-    demo.main(["--heads", "2", "--key-dim", "8"])
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split()[-2:] == ["16,688", "273,714"]  # MultiHeadAttention
-    full_width = next(line for line in lines if line.startswith("Dk=16"))
-    assert float(full_width.split()[-2]) < 1e-6  # error of T
-    assert float(full_width.split()[-1]) < 1e-5  # output difference
+@pytest.mark.slow
+def test_demo_trains_both_attentions_and_translates_through_the_export(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLLAB_KERAS_VERBOSE", "0")
+    results, translated = demo.main([
+        "--output-dir", str(tmp_path), "--steps", "3", "--batch-size", "8",
+        "--sequence-length", "16", "--vocabulary-size", "300",
+        "--vocabulary-examples", "200", "--eval-examples", "4",
+    ])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()
+            if line.startswith(("concatenate ", "collaborative "))]
+    assert [row[0] for row in rows] == ["concatenate", "collaborative"]
+    params = {row[0]: int(row[1].replace(",", "")) for row in rows}
+    assert params["collaborative"] < params["concatenate"]  # D̃_k = 32 < 64
+    assert params == {a: m["parameters"] for a, m in results.items()}
+    assert "nrefs:1|case:mixed" in out  # the sacrebleu signature
+    assert len(translated) == len(demo.SENTENCES)
+    assert os.path.isdir(results["collaborative"]["export"])
+    assert "export" not in results["concatenate"]
+    for attention in ("concatenate", "collaborative"):
+        assert os.path.exists(tmp_path / attention / "learning_curves.png")

@@ -275,3 +275,24 @@ def test_jax_data_parallel_on_two_host_devices_matches_one_device(tmp_path):
                            str(tmp_path / "m"), env=env)
     assert code == 2 and "needs the TensorFlow backend" in output
     shutil.rmtree(tmp_path)
+
+
+def test_model_parallel_layout_splits_attention_and_feedforward_widths():
+    import keras
+
+    from collab_keras import models
+    from collab_keras.training import distribution
+
+    backbone = models.BertBackbone.from_architecture(
+        "bert_tiny", vocabulary_size=100, attention="collaborative", shared_key_dim=64
+    )
+    mesh = keras.distribution.DeviceMesh((1, 2), ["batch", "model"], ["cpu:0", "cpu:1"])
+    layouts = distribution.layout_map(backbone, mesh)
+    by_path = {v.path: layouts[v.path] for v in backbone.weights}
+    sharded = {p: tuple(l.axes) for p, l in by_path.items() if l is not None}
+    query = [p for p in sharded if p.endswith("query/kernel")]
+    assert query and all(sharded[p] == (None, "model") for p in query)  # (hidden, D̃k)
+    assert any(p.endswith("mixing") and sharded[p] == (None, "model") for p in sharded)
+    assert any(p.endswith("attention_output/kernel") and sharded[p][0] == "model" for p in sharded)
+    assert any("intermediate_dense/kernel" in p and sharded[p] == (None, "model") for p in sharded)
+    assert all(l is None for p, l in by_path.items() if "layer_norm" in p)  # replicated

@@ -2,6 +2,7 @@
 
     collab-keras train TASK --output-dir DIR [options]   train, or resume DIR
     collab-keras train --config DIR/config.json          repeat / resume a run
+    collab-keras translate --model DIR | --server HOST:PORT ...   text in, text out
     collab-keras demo                                    the README's comparison
 
 TASK is nmt, bert-mlm, bert-classify or vit. See docs/training.md.
@@ -38,6 +39,8 @@ def _train_parser(subparsers):
     p.add_argument("--source", help="bible.db source version (default k, English KJV)")
     p.add_argument("--target", help="bible.db target version (default s, German Schlachter)")
     p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--vocabulary-file",
+                   help="use this vocabulary (one token a line) instead of training one")
     p.add_argument("--vocabulary-size", type=int, default=defaults.vocabulary_size)
     p.add_argument("--sequence-length", type=int, default=defaults.sequence_length)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size,
@@ -91,16 +94,25 @@ def config_from_args(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["translate"]:
+        from collab_keras.training.serving import translate_main
+
+        sys.exit(translate_main(argv[1:]))
     parser = argparse.ArgumentParser(prog="collab-keras", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     _train_parser(subparsers)
+    subparsers.add_parser(
+        "translate", help="translate with an exported model (see --help of it)"
+    )
     demo = subparsers.add_parser("demo", help="the README's NMT comparison", add_help=False)
     demo.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from collab_keras.training import demo as demo_module
 
-        return demo_module.main(args.rest)
+        demo_module.main(args.rest)
+        return None
     try:
         config = config_from_args(args)
     except ValueError as error:
@@ -113,7 +125,7 @@ def main(argv=None):
         print(f"collab-keras: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(run.summary(metrics))
-    return metrics
+    return None  # console scripts exit with main()'s value
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ it, in the same output directory).
 
 import dataclasses
 import json
+import os
 
 from collab_keras.training import data
 
@@ -28,6 +29,8 @@ class RunConfig:
         data_dir: tensorflow-datasets' data folder.
         source, target: bible.db version codes (translation and MLM on `bible`).
         max_train_examples: use only the first N training examples.
+        vocabulary_file: an existing vocabulary (one token a line) to use
+            instead of training one; copied into the run folder.
         vocabulary_size: WordPiece vocabulary size (architecture presets).
         sequence_length: token length of every text input.
         batch_size: global batch size (divided across replicas).
@@ -63,6 +66,7 @@ class RunConfig:
     source: str = None
     target: str = None
     max_train_examples: int = None
+    vocabulary_file: str = None
     vocabulary_size: int = 8000
     sequence_length: int = 64
     batch_size: int = 32
@@ -117,6 +121,11 @@ class RunConfig:
             positive("cpu_devices")
         if self.max_train_examples is not None:
             positive("max_train_examples")
+        if self.vocabulary_file is not None and not os.path.isfile(self.vocabulary_file):
+            raise ValueError(
+                "`vocabulary_file` must be an existing file. "
+                f"Received: vocabulary_file={self.vocabulary_file!r}"
+            )
         if self.steps % self.checkpoint_every:
             raise ValueError(
                 "`steps` must be a multiple of `checkpoint_every`. Received: "

@@ -174,7 +174,9 @@ def train(config):
     if config.task != "vit" and tasks.is_architecture(config.task, config.preset):
         vocabulary = vocabularies.load_or_train(
             os.path.join(own_dir, "vocabulary.txt"),
-            lambda: tasks.train_vocabulary(
+            lambda: vocabularies.read(config.vocabulary_file)
+            if config.vocabulary_file
+            else tasks.train_vocabulary(
                 config.task,
                 data.text_sample(config.task, train_examples),
                 config.vocabulary_size,
