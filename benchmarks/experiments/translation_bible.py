@@ -109,6 +109,8 @@ def main():
             shared_key_dim=size,
         )
 
+    suffix = "_quick" if args.quick else ""
+    output_dir = args.output_dir or _common.default_output_dir()
     records = []
     for kind in ("concatenate", "collaborative"):
         for size in sizes:
@@ -169,6 +171,8 @@ def main():
                     flush=True,
                 )
             keras.backend.clear_session()
+            # Raw records so far, so that an interrupted run keeps them.
+            _common.save(output_dir, f"translation_bible{suffix}", {"environment": env, "records": records})
     metrics = ["bleu", "chrf", "final_train_loss", "parameters", "query_key_parameters", "train_seconds"]
     rows = _common.summarize(records, metrics)
     print(f"\n### Bible En->De test split ({len(sources)} verses), {args.steps} steps, {args.seeds} seeds\n")
@@ -190,7 +194,6 @@ def main():
     example = records[-1]["example"]
     print(f"example (last run): {example['source']!r} -> {example['translation']!r} (reference {example['reference']!r})")
     print(f"total time {total() / 60:.1f} min\n")
-    suffix = "_quick" if args.quick else ""
     for metric in ("bleu", "chrf"):
         _common.plot(
             rows,
@@ -201,7 +204,7 @@ def main():
         )
     env["total_seconds"] = total()
     _common.save(
-        args.output_dir or _common.default_output_dir(),
+        output_dir,
         f"translation_bible{suffix}",
         {"environment": env, "records": records, "summary": rows},
     )
