@@ -37,7 +37,7 @@ class CachedCollaborativeAttention(CollaborativeAttention):
       (decoder self-attention, one new position per step).
 
     Args:
-        Those of `CollaborativeAttention`.
+        **kwargs: The arguments of `CollaborativeAttention`.
 
     Call arguments:
         query: Query tensor of shape `(B, T, dim)`.
