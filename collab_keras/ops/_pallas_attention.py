@@ -40,6 +40,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from collab_keras.ops._attention_utils import round_up
+
 _LOG2E = math.log2(math.e)
 _DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 MAX_KEY_WIDTH = 512
@@ -196,7 +198,7 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
             num_heads, batch, max(length, keys), config.block_k_bwd))
     pad_t = max(config.block_q, config.block_q_bwd)
     pad_s = max(config.block_k, config.block_k_bwd)
-    t_pad, s_pad = _round_up(length, pad_t), _round_up(keys, pad_s)
+    t_pad, s_pad = round_up(length, pad_t), round_up(keys, pad_s)
     k_pad, v_pad = _pow2(key_width), _pow2(value_width)
     dtype = query.dtype
     q = _pad(query, (0, t_pad - length, k_pad - key_width))
@@ -240,10 +242,6 @@ class _Static(NamedTuple):
 
 def _pow2(n):
     return max(16, 1 << (int(n) - 1).bit_length())
-
-
-def _round_up(n, multiple):
-    return -(-n // multiple) * multiple
 
 
 def _pad(x, extra):
