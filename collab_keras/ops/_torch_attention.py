@@ -1,4 +1,10 @@
-"""PyTorch kernel of collaborative attention: `scaled_dot_product_attention`.
+"""PyTorch kernels of collaborative attention.
+
+On CUDA GPUs, float16 and bfloat16 inputs go to the Triton kernel
+(`_triton_attention.py`: the shared key read once per block for every head,
+values at their own width, mixing, content term and masks inside) when it
+takes them (`_triton_attention.applies`). Everything else (float32, CPUs, no
+Triton) runs `scaled_dot_product_attention`, as follows.
 
 The shared key is ONE key head that every query head reads
 (`enable_gqa=True`), so it is neither copied nor broadcast; the values keep
@@ -28,13 +34,39 @@ def key_width(width):
     return CUDNN_MAX_WIDTH if 128 < width < CUDNN_MAX_WIDTH else width
 
 
+def triton_kernel(query, key, value, mask=None):
+    """The Triton kernel module if it runs these inputs, else `None`."""
+    if not query.is_cuda:
+        return None
+    try:
+        from collab_keras.ops import _triton_attention
+    except ImportError:  # no Triton installed
+        return None
+    if not _triton_attention.applies(query, key, value, mask):
+        return None
+    return _triton_attention
+
+
 def attention(query, key, value, mixing, content, mask, scale, is_causal):
     """query (B, T, K), key (B, S, K), value (B, S, N, V), mixing (N, K),
     content (B, S, N) unscaled or None, mask (B, 1|N, T, S) bool or None,
     is_causal -> (B, T, N, V). Rows with no key give 0.
 
-    PyTorch chooses the kernel.
+    The Triton kernel where it applies (`triton_kernel`), else
+    `scaled_dot_product_attention` (PyTorch chooses its kernel).
     """
+    kernel = triton_kernel(query, key, value, mask)
+    if kernel is not None:
+        return kernel.attention(
+            query, key, value, mixing, content, mask, scale, is_causal
+        )
+    return sdpa_attention(
+        query, key, value, mixing, content, mask, scale, is_causal
+    )
+
+
+def sdpa_attention(query, key, value, mixing, content, mask, scale, is_causal):
+    """The kernel contract on `scaled_dot_product_attention`."""
     num_heads, value_dim = value.shape[-2], value.shape[-1]
     width = round_up(value_dim, 8)
     mixed = torch.einsum("btk,nk->bntk", query, mixing)  # (B, N, T, K)
