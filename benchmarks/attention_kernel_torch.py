@@ -23,8 +23,8 @@ against `mha`.
     KERAS_BACKEND=torch python3 benchmarks/attention_kernel_torch.py \\
         [--sweep] [--lengths 128,512,2048,8192] [--key-widths 128,256,384]
 
-`--sweep` first times several tile configurations at 32 x 512 (to choose
-`_triton_attention.default_config`).
+`--sweep` first times the tile configurations of `SWEEP` at 32 x 512 (to
+choose `_triton_attention.default_config`).
 """
 
 import argparse
@@ -128,14 +128,21 @@ def flops(batch, length, width, causal):
     return f / 2 if causal else f
 
 
-def sweep():
-    fwd_configs = [(64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3),
-                   (128, 32, 4, 2), (64, 32, 4, 2)]
-    bwd_configs = [(64, 32, 4), (64, 64, 8), (32, 64, 4), (128, 32, 8),
-                   (32, 32, 4), (64, 64, 4)]
-    length = 512
+SWEEP = {  # key width: (forward (bq, bk, warps, stages), backward (bq, bk, warps))
+    128: ([(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 2)],
+          [(64, 64, 4), (32, 64, 4), (64, 128, 8), (32, 128, 4)]),
+    256: ([(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
+          [(32, 64, 4), (32, 128, 8), (16, 64, 4), (32, 64, 8), (64, 64, 4)]),
+    384: ([(64, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 2),
+           (128, 32, 8, 2), (32, 64, 4, 2)],
+          [(32, 32, 8), (32, 32, 4), (16, 32, 4), (32, 64, 8), (16, 64, 4),
+           (64, 32, 8)]),
+}
+
+
+def sweep(length=512):
     batch = BATCH_FOR[length]
-    for key_width in (128, 256, 384):
+    for key_width, (fwd_configs, bwd_configs) in SWEEP.items():
         args, g = make(batch, length, key_width)
         base = ta.default_config(key_width)
         print(f"## sweep Dk {key_width}, B{batch} T{length}, default {base}")

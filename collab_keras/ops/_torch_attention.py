@@ -16,6 +16,8 @@ the kernel (cuDNN attention on Hopper GPUs when it takes the sizes, else the
 memory-efficient or the math kernel).
 """
 
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 
@@ -28,10 +30,39 @@ from collab_keras.ops._attention_utils import round_up
 CUDNN_MAX_WIDTH = 256
 
 
+# The Triton kernel is the automatic choice up to this shared key width:
+# wider keys run 512-wide tiles whose forward+backward was slower than the
+# explicit path's on an H200 (docs/performance.md).
+TRITON_MAX_KEY_WIDTH = 256
+
+
 def key_width(width):
     """Head size given to the kernel for a shared key of `width`."""
     width = round_up(width, 8)
     return CUDNN_MAX_WIDTH if 128 < width < CUDNN_MAX_WIDTH else width
+
+
+def fused_preferred(query, shared_width, value_width, num_heads, use_bias):
+    """Whether the fused core beats the explicit path on torch (measured on
+    an H200, `benchmarks/attention_kernel_torch.py`).
+
+    On CUDA: the Triton kernel for float16/bfloat16 while the shared key is
+    at most 256 wide (wider keys run 512-wide tiles, slower forward+backward
+    than the explicit einsums); otherwise SDPA (cuDNN) while the key with
+    its `N` content columns fits 256 wide (wider ones fall to PyTorch's math
+    kernel). On CPUs the explicit path.
+    """
+    if not getattr(query, "is_cuda", False):
+        return False
+    half = query.dtype in (torch.float16, torch.bfloat16)
+    if half and shared_width <= TRITON_MAX_KEY_WIDTH and value_width <= 256:
+        if importlib.util.find_spec("triton") is not None:
+            return True
+    content_columns = num_heads if use_bias else 0
+    return (
+        key_width(shared_width + content_columns) <= CUDNN_MAX_WIDTH
+        and value_width <= CUDNN_MAX_WIDTH
+    )
 
 
 def triton_kernel(query, key, value, mask=None):
