@@ -19,7 +19,8 @@ every operand in place through its strides (no padding, no copy):
   and from the L2 cache for the other heads; the backward key kernel loads
   a key tile once and loops over the heads, summing the key's gradient;
 - scores are `K` wide and values `V` wide: tiles are rounded up to a power
-  of two and loaded with masks, nothing is padded in memory;
+  of two (keys wider than 256 as two tiles, 256 + the rest: 384 runs
+  256 + 128) and loaded with masks, nothing is padded in memory;
 - the content term `scale * c_h(j)` is added to the scores inside the
   kernel; the causal mask is computed there; a boolean mask is read tile by
   tile through its strides (broadcast axes have stride 0, so a `(B, 1, 1, S)`
@@ -200,7 +201,27 @@ class _Static(NamedTuple):
 
 
 # ---------------------------------------------------------------------------
-# Shared pieces of the kernels.
+# Shared pieces of the kernels. The key width is covered by tile A (its first
+# min(K, 256) columns, rounded up to a power of two) and, for keys wider than
+# 256, tile B (the columns from 256 on, rounded up): a 384-wide key runs
+# 256 + 128 columns, not 512.
+
+
+@triton.jit
+def _load(ptr, rows, n_rows, stride_r, cols, n_cols, stride_c):
+    """The tile `ptr[rows, cols]`, 0 outside `n_rows` x `n_cols`."""
+    return tl.load(ptr + rows[:, None] * stride_r + cols[None, :] * stride_c,
+                   mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols),
+                   other=0.0)
+
+
+@triton.jit
+def _mix(q, m_ptr, cols, stride, key_width):
+    """`q * m_h` on the columns `cols`, rounded once to the input dtype (as
+    the einsum would), and `m_h` there in float32."""
+    m = tl.load(m_ptr + cols * stride, mask=cols < key_width, other=0.0)
+    m = m.to(tl.float32)
+    return (q.to(tl.float32) * m[None, :]).to(q.dtype), m
 
 
 @triton.jit
@@ -213,8 +234,8 @@ def _masked_scores(s, rows, cols, c, mask_ptr, stride_mt, stride_ms,
     `s` is `(len(rows), len(cols))` from the products; `rows` and `cols`
     come as `[:, None]` / `[None, :]` (or transposed) so that the same code
     serves the transposed tiles of the backward key kernel. `mask_ptr`
-    points at the batch and head of the mask; `c` at the content term's
-    values of `cols` (already broadcast like `cols`).
+    points at the batch and head of the mask; `c` holds the content term's
+    values of `cols` (broadcast like `cols`).
     """
     if HAS_CONTENT:
         s = s + c
@@ -244,8 +265,8 @@ def _forward_kernel(
     sc_b, sc_s, sc_n, smask_b, smask_n, smask_t, smask_s,
     so_b, so_t, so_n, so_v, sl_b, sl_n, sl_t,
     length, keys, key_width, value_width, qk_scale,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_TILE: tl.constexpr,
-    V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_A: tl.constexpr,
+    K_B: tl.constexpr, V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EVEN_S: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -253,13 +274,17 @@ def _forward_kernel(
     i = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     rows = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    dk = tl.arange(0, K_TILE)
-    dv = tl.arange(0, V_TILE)
-    q = tl.load(Q + b * sq_b + rows[:, None] * sq_t + dk[None, :] * sq_k,
-                mask=(rows[:, None] < length) & (dk[None, :] < key_width),
-                other=0.0)  # (BQ, Kt)
-    m = tl.load(M + h * sm_n + dk * sm_k, mask=dk < key_width, other=0.0)
-    qm = (q.to(tl.float32) * m.to(tl.float32)[None, :]).to(q.dtype)
+    ka = tl.arange(0, K_A)
+    if K_B > 0:
+        kb = K_A + tl.arange(0, K_B)
+    vv = tl.arange(0, V_TILE)
+    q_ptr, k_ptr = Q + b * sq_b, K + b * sk_b
+    v_ptr = V + b * sv_b + h * sv_n
+    qm_a, _ = _mix(_load(q_ptr, rows, length, sq_t, ka, key_width, sq_k),
+                   M + h * sm_n, ka, sm_k, key_width)  # (BQ, Ka)
+    if K_B > 0:
+        qm_b, _ = _mix(_load(q_ptr, rows, length, sq_t, kb, key_width, sq_k),
+                       M + h * sm_n, kb, sm_k, key_width)  # (BQ, Kb)
     mask_ptr = MASK + b * smask_b + h * smask_n
     acc = tl.zeros((BLOCK_Q, V_TILE), tl.float32)
     top = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
@@ -269,26 +294,24 @@ def _forward_kernel(
         upper = tl.minimum(keys, (i + 1) * BLOCK_Q)
     for start in range(0, upper, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
-        k = tl.load(K + b * sk_b + cols[:, None] * sk_s + dk[None, :] * sk_k,
-                    mask=(cols[:, None] < keys) & (dk[None, :] < key_width),
-                    other=0.0)  # (BK, Kt)
-        s = tl.dot(qm, tl.trans(k), input_precision=PRECISION)  # (BQ, BK)
+        k = _load(k_ptr, cols, keys, sk_s, ka, key_width, sk_k)  # (BK, Ka)
+        s = tl.dot(qm_a, tl.trans(k), input_precision=PRECISION)  # (BQ, BK)
+        if K_B > 0:
+            k = _load(k_ptr, cols, keys, sk_s, kb, key_width, sk_k)
+            s += tl.dot(qm_b, tl.trans(k), input_precision=PRECISION)
         c = 0.0
         if HAS_CONTENT:
             c = tl.load(C + b * sc_b + cols * sc_s + h * sc_n,
                         mask=cols < keys, other=0.0).to(tl.float32)[None, :]
         s = _masked_scores(s, rows[:, None], cols[None, :], c, mask_ptr,
-                           smask_t, smask_s, length, keys, qk_scale, HAS_CONTENT,
-                           MASK_KIND, CAUSAL, EVEN_S)
+                           smask_t, smask_s, length, keys, qk_scale,
+                           HAS_CONTENT, MASK_KIND, CAUSAL, EVEN_S)
         new_top = tl.maximum(top, tl.max(s, 1))
         safe = tl.where(new_top == float("-inf"), 0.0, new_top)
         alpha = tl.exp2(top - safe)
         p = tl.exp2(s - safe[:, None])
         total = total * alpha + tl.sum(p, 1)
-        v = tl.load(V + b * sv_b + cols[:, None] * sv_s + h * sv_n
-                    + dv[None, :] * sv_v,
-                    mask=(cols[:, None] < keys) & (dv[None, :] < value_width),
-                    other=0.0)  # (BK, Vt)
+        v = _load(v_ptr, cols, keys, sv_s, vv, value_width, sv_v)  # (BK, Vt)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v,
                                             input_precision=PRECISION)
         top = new_top
@@ -296,9 +319,9 @@ def _forward_kernel(
     nan = total != total
     out = acc / tl.where(attends, total, 1.0)[:, None]
     out = tl.where((attends | nan)[:, None], out, 0.0)
-    tl.store(O + b * so_b + rows[:, None] * so_t + h * so_n + dv[None, :] * so_v,
+    tl.store(O + b * so_b + rows[:, None] * so_t + h * so_n + vv[None, :] * so_v,
              out.to(O.dtype.element_ty),
-             mask=(rows[:, None] < length) & (dv[None, :] < value_width))
+             mask=(rows[:, None] < length) & (vv[None, :] < value_width))
     # +inf for rows with no key, so that the backward's exp2(s - lse) is 0.
     lse = tl.where(attends, top + tl.log2(tl.where(attends, total, 1.0)),
                    float("inf"))
@@ -318,8 +341,8 @@ def _key_kernel(
     sdo_b, sdo_t, sdo_n, sdo_v, sl_b, sl_n, sl_t,
     sdk_g, sdk_b, sdk_s, sdv_b, sdv_s, sdv_n, sdv_v, sdc_b, sdc_s, sdc_n,
     length, keys, key_width, value_width, qk_scale, scale, heads_per_group,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_TILE: tl.constexpr,
-    V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_A: tl.constexpr,
+    K_B: tl.constexpr, V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EVEN_S: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -330,22 +353,23 @@ def _key_kernel(
     b = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2)
     cols = j * BLOCK_K + tl.arange(0, BLOCK_K)
-    dk_ = tl.arange(0, K_TILE)
-    dv_ = tl.arange(0, V_TILE)
-    key_rows = cols[:, None] < keys
-    k = tl.load(K + b * sk_b + cols[:, None] * sk_s + dk_[None, :] * sk_k,
-                mask=key_rows & (dk_[None, :] < key_width), other=0.0)
-    dk = tl.zeros((BLOCK_K, K_TILE), tl.float32)
+    ka = tl.arange(0, K_A)
+    if K_B > 0:
+        kb = K_A + tl.arange(0, K_B)
+    vv = tl.arange(0, V_TILE)
+    q_ptr, k_ptr = Q + b * sq_b, K + b * sk_b
+    k_a = _load(k_ptr, cols, keys, sk_s, ka, key_width, sk_k)  # (BK, Ka)
+    dk_a = tl.zeros((BLOCK_K, K_A), tl.float32)
+    if K_B > 0:
+        k_b = _load(k_ptr, cols, keys, sk_s, kb, key_width, sk_k)
+        dk_b = tl.zeros((BLOCK_K, K_B), tl.float32)
     lower = 0
     if CAUSAL:
         lower = (j * BLOCK_K // BLOCK_Q) * BLOCK_Q
     for hh in range(0, heads_per_group):
         h = g * heads_per_group + hh
-        m = tl.load(M + h * sm_n + dk_ * sm_k, mask=dk_ < key_width, other=0.0)
-        m = m.to(tl.float32)
-        v = tl.load(V + b * sv_b + cols[:, None] * sv_s + h * sv_n
-                    + dv_[None, :] * sv_v,
-                    mask=key_rows & (dv_[None, :] < value_width), other=0.0)
+        v = _load(V + b * sv_b + h * sv_n, cols, keys, sv_s, vv, value_width,
+                  sv_v)  # (BK, Vt)
         c = 0.0
         if HAS_CONTENT:
             c = tl.load(C + b * sc_b + cols * sc_s + h * sc_n,
@@ -355,37 +379,45 @@ def _key_kernel(
         dc = tl.zeros((BLOCK_K,), tl.float32)
         for start in range(lower, length, BLOCK_Q):
             rows = start + tl.arange(0, BLOCK_Q)
-            q = tl.load(Q + b * sq_b + rows[:, None] * sq_t + dk_[None, :] * sq_k,
-                        mask=(rows[:, None] < length) & (dk_[None, :] < key_width),
-                        other=0.0)
-            qm = (q.to(tl.float32) * m[None, :]).to(q.dtype)  # (BQ, Kt)
-            s = tl.dot(k, tl.trans(qm), input_precision=PRECISION)  # (BK, BQ)
+            qm_a, _ = _mix(_load(q_ptr, rows, length, sq_t, ka, key_width, sq_k),
+                           M + h * sm_n, ka, sm_k, key_width)  # (BQ, Ka)
+            s = tl.dot(k_a, tl.trans(qm_a), input_precision=PRECISION)  # (BK, BQ)
+            if K_B > 0:
+                qm_b, _ = _mix(
+                    _load(q_ptr, rows, length, sq_t, kb, key_width, sq_k),
+                    M + h * sm_n, kb, sm_k, key_width)
+                s += tl.dot(k_b, tl.trans(qm_b), input_precision=PRECISION)
             s = _masked_scores(s, rows[None, :], cols[:, None], c, mask_ptr,
-                               smask_t, smask_s, length, keys, qk_scale, HAS_CONTENT,
-                               MASK_KIND, CAUSAL, EVEN_S)
+                               smask_t, smask_s, length, keys, qk_scale,
+                               HAS_CONTENT, MASK_KIND, CAUSAL, EVEN_S)
             lse = tl.load(LSE + b * sl_b + h * sl_n + rows * sl_t,
                           mask=rows < length, other=float("inf"))
             p = tl.exp2(s - lse[None, :])  # (BK, BQ)
-            do = tl.load(DO + b * sdo_b + rows[:, None] * sdo_t + h * sdo_n
-                         + dv_[None, :] * sdo_v,
-                         mask=(rows[:, None] < length) & (dv_[None, :] < value_width),
-                         other=0.0)  # (BQ, Vt)
+            do = _load(DO + b * sdo_b + h * sdo_n, rows, length, sdo_t, vv,
+                       value_width, sdo_v)  # (BQ, Vt)
             dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
             dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BK, BQ)
             delta = tl.load(DELTA + b * sl_b + h * sl_n + rows * sl_t,
                             mask=rows < length, other=0.0)
             ds = p * (dp - delta[None, :])  # d loss / d (scale * score)
-            dk += tl.dot(ds.to(qm.dtype), qm, input_precision=PRECISION)
+            dk_a += tl.dot(ds.to(qm_a.dtype), qm_a, input_precision=PRECISION)
+            if K_B > 0:
+                dk_b += tl.dot(ds.to(qm_b.dtype), qm_b,
+                               input_precision=PRECISION)
             if HAS_CONTENT:
                 dc += tl.sum(ds, 1)
         tl.store(DV + b * sdv_b + cols[:, None] * sdv_s + h * sdv_n
-                 + dv_[None, :] * sdv_v, dv.to(DV.dtype.element_ty),
-                 mask=key_rows & (dv_[None, :] < value_width))
+                 + vv[None, :] * sdv_v, dv.to(DV.dtype.element_ty),
+                 mask=(cols[:, None] < keys) & (vv[None, :] < value_width))
         if HAS_CONTENT:
             tl.store(DC + b * sdc_b + cols * sdc_s + h * sdc_n, dc * scale,
                      mask=cols < keys)
-    tl.store(DK + g * sdk_g + b * sdk_b + cols[:, None] * sdk_s + dk_[None, :],
-             dk * scale, mask=key_rows & (dk_[None, :] < key_width))
+    dk_ptr = DK + g * sdk_g + b * sdk_b + cols[:, None] * sdk_s
+    tl.store(dk_ptr + ka[None, :], dk_a * scale,
+             mask=(cols[:, None] < keys) & (ka[None, :] < key_width))
+    if K_B > 0:
+        tl.store(dk_ptr + kb[None, :], dk_b * scale,
+                 mask=(cols[:, None] < keys) & (kb[None, :] < key_width))
 
 
 @triton.jit
@@ -396,77 +428,92 @@ def _query_kernel(
     sdo_b, sdo_t, sdo_n, sdo_v, sl_b, sl_n, sl_t,
     sdq_g, sdq_b, sdq_t, sdm_b, sdm_i, sdm_n,
     length, keys, key_width, value_width, qk_scale, scale, heads_per_group,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_TILE: tl.constexpr,
-    V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_A: tl.constexpr,
+    K_B: tl.constexpr, V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EVEN_S: tl.constexpr,
-    PRECISION: tl.constexpr, DQ_IN_REGISTERS: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Per query block: dQ (summed over the group's heads) and each head's
-    partial dM (summed over the block's queries)."""
+    partial dM (summed over the block's queries). With one tile of keys the
+    sum over heads stays in registers; with two it goes through memory (the
+    program's own dQ rows), which keeps wide keys from spilling."""
     i = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2)
     rows = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    dk_ = tl.arange(0, K_TILE)
-    dv_ = tl.arange(0, V_TILE)
+    ka = tl.arange(0, K_A)
+    if K_B > 0:
+        kb = K_A + tl.arange(0, K_B)
+    vv = tl.arange(0, V_TILE)
+    q_ptr, k_ptr = Q + b * sq_b, K + b * sk_b
+    q_a = _load(q_ptr, rows, length, sq_t, ka, key_width, sq_k)  # (BQ, Ka)
+    if K_B > 0:
+        q_b = _load(q_ptr, rows, length, sq_t, kb, key_width, sq_k)
+    dq_ptr = DQ + g * sdq_g + b * sdq_b + rows[:, None] * sdq_t
+    dm_ptr = DM + b * sdm_b + i * sdm_i
     query_rows = rows[:, None] < length
-    q = tl.load(Q + b * sq_b + rows[:, None] * sq_t + dk_[None, :] * sq_k,
-                mask=query_rows & (dk_[None, :] < key_width), other=0.0)
-    dq_ptr = (DQ + g * sdq_g + b * sdq_b + rows[:, None] * sdq_t
-              + dk_[None, :])
-    dq_mask = query_rows & (dk_[None, :] < key_width)
     upper = keys
     if CAUSAL:
         upper = tl.minimum(keys, (i + 1) * BLOCK_Q)
-    dq = tl.zeros((BLOCK_Q, K_TILE), tl.float32)
+    dq_a = tl.zeros((BLOCK_Q, K_A), tl.float32)
     for hh in range(0, heads_per_group):
         h = g * heads_per_group + hh
-        m = tl.load(M + h * sm_n + dk_ * sm_k, mask=dk_ < key_width, other=0.0)
-        m = m.to(tl.float32)
-        qm = (q.to(tl.float32) * m[None, :]).to(q.dtype)
+        qm_a, m_a = _mix(q_a, M + h * sm_n, ka, sm_k, key_width)
+        if K_B > 0:
+            qm_b, m_b = _mix(q_b, M + h * sm_n, kb, sm_k, key_width)
+            dqm_b = tl.zeros((BLOCK_Q, K_B), tl.float32)
         lse = tl.load(LSE + b * sl_b + h * sl_n + rows * sl_t,
                       mask=rows < length, other=float("inf"))
         delta = tl.load(DELTA + b * sl_b + h * sl_n + rows * sl_t,
                         mask=rows < length, other=0.0)
-        do = tl.load(DO + b * sdo_b + rows[:, None] * sdo_t + h * sdo_n
-                     + dv_[None, :] * sdo_v,
-                     mask=query_rows & (dv_[None, :] < value_width), other=0.0)
+        do = _load(DO + b * sdo_b + h * sdo_n, rows, length, sdo_t, vv,
+                   value_width, sdo_v)  # (BQ, Vt)
+        v_ptr = V + b * sv_b + h * sv_n
         mask_ptr = MASK + b * smask_b + h * smask_n
-        dqm = tl.zeros((BLOCK_Q, K_TILE), tl.float32)
+        dqm_a = tl.zeros((BLOCK_Q, K_A), tl.float32)
         for start in range(0, upper, BLOCK_K):
             cols = start + tl.arange(0, BLOCK_K)
-            k = tl.load(K + b * sk_b + cols[:, None] * sk_s + dk_[None, :] * sk_k,
-                        mask=(cols[:, None] < keys) & (dk_[None, :] < key_width),
-                        other=0.0)
-            v = tl.load(V + b * sv_b + cols[:, None] * sv_s + h * sv_n
-                        + dv_[None, :] * sv_v,
-                        mask=(cols[:, None] < keys) & (dv_[None, :] < value_width),
-                        other=0.0)
+            k_a = _load(k_ptr, cols, keys, sk_s, ka, key_width, sk_k)
+            s = tl.dot(qm_a, tl.trans(k_a), input_precision=PRECISION)
+            if K_B > 0:
+                k_b = _load(k_ptr, cols, keys, sk_s, kb, key_width, sk_k)
+                s += tl.dot(qm_b, tl.trans(k_b), input_precision=PRECISION)
             c = 0.0
             if HAS_CONTENT:
                 c = tl.load(C + b * sc_b + cols * sc_s + h * sc_n,
                             mask=cols < keys, other=0.0).to(tl.float32)[None, :]
-            s = tl.dot(qm, tl.trans(k), input_precision=PRECISION)
             s = _masked_scores(s, rows[:, None], cols[None, :], c, mask_ptr,
-                               smask_t, smask_s, length, keys, qk_scale, HAS_CONTENT,
-                               MASK_KIND, CAUSAL, EVEN_S)
+                               smask_t, smask_s, length, keys, qk_scale,
+                               HAS_CONTENT, MASK_KIND, CAUSAL, EVEN_S)
             p = tl.exp2(s - lse[:, None])
+            v = _load(v_ptr, cols, keys, sv_s, vv, value_width, sv_v)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-            ds = p * (dp - delta[:, None])
-            dqm += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-        dqm = dqm * scale  # d loss / d (q * m_h)
-        tl.store(DM + b * sdm_b + i * sdm_i + h * sdm_n + dk_,
-                 tl.sum(dqm * q.to(tl.float32), 0), mask=dk_ < key_width)
-        if DQ_IN_REGISTERS:
-            dq += dqm * m[None, :]
-        else:  # wide keys: the sum over heads in memory, not in registers
-            if hh == 0:
-                tl.store(dq_ptr, dqm * m[None, :], mask=dq_mask)
-            else:
-                tl.store(dq_ptr, tl.load(dq_ptr, mask=dq_mask, other=0.0)
-                         + dqm * m[None, :], mask=dq_mask)
-    if DQ_IN_REGISTERS:
-        tl.store(dq_ptr, dq, mask=dq_mask)
+            ds = (p * (dp - delta[:, None])).to(k_a.dtype)
+            dqm_a += tl.dot(ds, k_a, input_precision=PRECISION)
+            if K_B > 0:
+                dqm_b += tl.dot(ds, k_b, input_precision=PRECISION)
+        # d loss / d (q * m_h), then d m_h and this head's part of d q.
+        dqm_a = dqm_a * scale
+        tl.store(dm_ptr + h * sdm_n + ka, tl.sum(dqm_a * q_a.to(tl.float32), 0),
+                 mask=ka < key_width)
+        if K_B > 0:
+            dqm_b = dqm_b * scale
+            tl.store(dm_ptr + h * sdm_n + kb,
+                     tl.sum(dqm_b * q_b.to(tl.float32), 0), mask=kb < key_width)
+            mask_a = query_rows & (ka[None, :] < key_width)
+            mask_b = query_rows & (kb[None, :] < key_width)
+            part_a = dqm_a * m_a[None, :]
+            part_b = dqm_b * m_b[None, :]
+            if hh > 0:
+                part_a += tl.load(dq_ptr + ka[None, :], mask=mask_a, other=0.0)
+                part_b += tl.load(dq_ptr + kb[None, :], mask=mask_b, other=0.0)
+            tl.store(dq_ptr + ka[None, :], part_a, mask=mask_a)
+            tl.store(dq_ptr + kb[None, :], part_b, mask=mask_b)
+        else:
+            dq_a += dqm_a * m_a[None, :]
+    if K_B == 0:
+        tl.store(dq_ptr + ka[None, :], dq_a,
+                 mask=query_rows & (ka[None, :] < key_width))
 
 
 # ---------------------------------------------------------------------------
@@ -487,7 +534,9 @@ def _common(q, k, v, m, c, mask):
 def _constants(q, k, v, c, mask, static, block_k):
     keys = k.shape[1]
     return dict(
-        K_TILE=_pow2(q.shape[-1]), V_TILE=_pow2(v.shape[-1]),
+        K_A=_pow2(min(q.shape[-1], 256)),
+        K_B=_pow2(q.shape[-1] - 256) if q.shape[-1] > 256 else 0,
+        V_TILE=_pow2(v.shape[-1]),
         HAS_CONTENT=c is not None, MASK_KIND=_mask_args(mask)[1],
         CAUSAL=static.causal, EVEN_S=keys % block_k == 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
@@ -554,7 +603,6 @@ def _backward(q, k, v, m, c, mask, out, lse, d_out, static):
         *strides, *d_out.stride(), *lse.stride(), *dq.stride()[:3],
         *dm.stride()[:3], *scalars,
         BLOCK_Q=bq, BLOCK_K=bk, **constants,
-        DQ_IN_REGISTERS=_pow2(key_width) <= 256,
         num_warps=cfg.warps_bwd, num_stages=cfg.stages,
     )
     dq = dq.sum(0).to(q.dtype)
