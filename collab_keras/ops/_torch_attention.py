@@ -31,8 +31,9 @@ CUDNN_MAX_WIDTH = 256
 
 
 # The Triton kernel is the automatic choice up to this shared key width:
-# wider keys run 512-wide tiles whose forward+backward was slower than the
-# explicit path's on an H200 (docs/performance.md).
+# wider keys (two key tiles, 256 + the rest) ran forward+backward slower than
+# the explicit path at lengths 2048 and 8192 on an H200
+# (`benchmarks/attention_kernel_torch.py`).
 TRITON_MAX_KEY_WIDTH = 256
 
 
@@ -47,8 +48,7 @@ def fused_preferred(query, shared_width, value_width, num_heads, use_bias):
     an H200, `benchmarks/attention_kernel_torch.py`).
 
     On CUDA: the Triton kernel for float16/bfloat16 while the shared key is
-    at most 256 wide (wider keys run 512-wide tiles, slower forward+backward
-    than the explicit einsums); otherwise SDPA (cuDNN) while the key with
+    at most 256 wide (`TRITON_MAX_KEY_WIDTH`); otherwise SDPA (cuDNN) while the key with
     its `N` content columns fits 256 wide (wider ones fall to PyTorch's math
     kernel). On CPUs the explicit path.
     """

@@ -75,8 +75,8 @@ def default_config(key_width, dtype=torch.bfloat16):
         config = Config(block_q=64, block_k=64, warps=4, block_q_bwd=32,
                         block_k_bwd=64, warps_bwd=4)
     else:
-        config = Config(block_q=64, block_k=32, warps=8, block_q_bwd=32,
-                        block_k_bwd=32, warps_bwd=8)
+        config = Config(block_q=64, block_k=32, warps=4, block_q_bwd=32,
+                        block_k_bwd=64, warps_bwd=8)
     if dtype == torch.float32:  # float32 tiles: half the rows
         config = config._replace(
             block_q=config.block_q // 2, block_k=config.block_k // 2,
