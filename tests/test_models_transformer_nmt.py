@@ -309,7 +309,7 @@ BAD_ARGUMENTS = [
      r"\['num_layer'\]. Received: num_layer=6"),
     (dict(foo=1), ValueError, "Received: foo=1"),
     (dict(num_encoder_layers=0), ValueError,
-     "`num_encoder_layers` must be an integer >= 1. "
+     "`num_encoder_layers` must be a positive integer. "
      "Received: num_encoder_layers=0"),
     (dict(num_decoder_layers=-1), ValueError,
      "Received: num_decoder_layers=-1"),

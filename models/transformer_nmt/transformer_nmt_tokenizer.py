@@ -4,8 +4,9 @@ import keras
 from keras_hub.tokenizers import WordPieceTokenizer
 from keras_hub.tokenizers import compute_word_piece_vocabulary
 
+from collab_keras.argument_checks import check_integer
+
 from .transformer_nmt_backbone import TransformerNMTBackbone
-from ..input_checks import check_size
 
 # Reserved tokens, first in every trained vocabulary: padding is id 0.
 PAD, START, END, UNK = "[PAD]", "[START]", "[END]", "[UNK]"
@@ -92,7 +93,7 @@ class TransformerNMTTokenizer(WordPieceTokenizer):
         """
         import tensorflow as tf
 
-        vocabulary_size = check_size(
+        vocabulary_size = check_integer(
             "vocabulary_size", vocabulary_size, len(RESERVED_TOKENS) + 1
         )
         if isinstance(texts, str) or not isinstance(
