@@ -38,18 +38,29 @@ def check_integer(name, value, minimum=1, allow_none=False):
     return int(value)
 
 
-def check_rate(name, value, allow_none=False):
-    """`value` as a Python float in `[0, 1)`, or a ValueError naming `name`."""
+def check_float(name, value, minimum=0.0, below=None, allow_none=False):
+    """`value` as a Python float in `[minimum, below)` (no upper bound when
+    `below` is None), or a ValueError naming `name`. NaN is refused."""
     if value is None and allow_none:
         return None
     if (
         isinstance(value, (bool, np.bool_))
         or not isinstance(value, numbers.Real)
-        or not 0 <= value < 1
+        or not minimum <= value
+        or (below is not None and not value < below)
     ):
-        expected = "a float in [0, 1)" + (" or None" if allow_none else "")
-        _fail(name, value, expected)
+        if below is None:
+            expected = f"a number >= {minimum:g}"
+        else:
+            expected = f"a float in [{minimum:g}, {below:g})"
+        _fail(name, value, expected + (" or None" if allow_none else ""))
     return float(value)
+
+
+def check_rate(name, value, allow_none=False):
+    """`value` as a Python float in `[0, 1)` (a dropout rate), or a
+    ValueError naming `name`."""
+    return check_float(name, value, 0.0, 1.0, allow_none)
 
 
 def check_bool(name, value, allow_none=False):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from collab_keras.argument_checks import check_bool
+from collab_keras.argument_checks import check_float
 from collab_keras.argument_checks import check_integer
 from collab_keras.argument_checks import check_rate
 
@@ -21,6 +22,8 @@ from collab_keras.argument_checks import check_rate
         (lambda v: check_rate("p", v), np.float32(0.5), 0.5),
         (lambda v: check_rate("p", v), 0, 0.0),
         (lambda v: check_rate("p", v, allow_none=True), None, None),
+        (lambda v: check_float("x", v), 0, 0.0),
+        (lambda v: check_float("x", v, minimum=-1.0), np.float64(1e9), 1e9),
         (lambda v: check_bool("b", v), np.bool_(True), True),
         (lambda v: check_bool("b", v, allow_none=True), None, None),
     ],
@@ -57,6 +60,12 @@ def test_valid_values_come_back_as_python_types(check, value, expected):
          "Argument `p` must be a float in [0, 1). Received: p=False"),
         (lambda v: check_rate("p", v, allow_none=True), float("nan"),
          "Argument `p` must be a float in [0, 1) or None. Received: p=nan"),
+        (lambda v: check_float("x", v), -0.5,
+         "Argument `x` must be a number >= 0. Received: x=-0.5"),
+        (lambda v: check_float("x", v), "small",
+         "Argument `x` must be a number >= 0. Received: x='small'"),
+        (lambda v: check_float("x", v, 0.5, 2.0), 2.0,
+         "Argument `x` must be a float in [0.5, 2). Received: x=2.0"),
         (lambda v: check_bool("b", v), 1,
          "Argument `b` must be True or False. Received: b=1"),
         (lambda v: check_bool("b", v, allow_none=True), "false",

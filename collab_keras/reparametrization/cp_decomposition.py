@@ -14,6 +14,7 @@ residual norm follows from Gram matrices. One sweep costs
 
 import numpy as np
 
+from collab_keras.argument_checks import check_float
 from collab_keras.argument_checks import check_integer
 
 
@@ -82,10 +83,7 @@ def cp_decompose_heads(
             f"`method` must be 'als' or 'parafac'. Received: method={method!r}"
         )
     max_iterations = check_integer("max_iterations", max_iterations)
-    if not tolerance >= 0:
-        raise ValueError(
-            f"`tolerance` must be >= 0. Received: tolerance={tolerance!r}"
-        )
+    tolerance = check_float("tolerance", tolerance)
     heads, key_dim = wq.shape[1:]
     if rank >= heads * key_dim:
         a, m, b = _concatenated_solution(wq, wk, rank)

@@ -1,13 +1,13 @@
 """Convert `keras.layers.MultiHeadAttention` into `CollaborativeAttention`."""
 
 import inspect
-import numbers
 import time
 
 import keras
 import numpy as np
 
 from collab_keras.argument_checks import check_bool
+from collab_keras.argument_checks import check_float
 from collab_keras.argument_checks import check_integer
 from collab_keras.layers import CollaborativeAttention
 from collab_keras.reparametrization.calibration import LogitStatistics
@@ -104,15 +104,7 @@ def reparametrize(
     """
     shared_key_dim = check_integer("shared_key_dim", shared_key_dim)
     max_iterations = check_integer("max_iterations", max_iterations)
-    if (
-        isinstance(tolerance, (bool, np.bool_))
-        or not isinstance(tolerance, numbers.Real)
-        or not tolerance >= 0
-    ):
-        raise ValueError(
-            "`tolerance` must be a number >= 0. "
-            f"Received: tolerance={tolerance!r}"
-        )
+    tolerance = check_float("tolerance", tolerance)
     seed = check_integer("seed", seed, minimum=None, allow_none=True)
     verbose = check_bool("verbose", verbose)
     if method not in ("als", "parafac"):
@@ -123,7 +115,7 @@ def reparametrize(
         "rank": shared_key_dim,
         "method": method,
         "max_iterations": max_iterations,
-        "tolerance": float(tolerance),
+        "tolerance": tolerance,
         "seed": seed,
     }
     if isinstance(obj, keras.Model):
