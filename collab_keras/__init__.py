@@ -15,6 +15,13 @@ if os.path.isfile(os.path.join(_checkout, "setup.cfg")) and os.path.isdir(
     __path__.append(_checkout)
 del _checkout
 
+# The `collab-keras` command imports this package before its own module, and
+# Keras (imported below) loads TensorFlow: quiet its start-up here.
+from collab_keras.training.start_up import quiet_command_start_up  # noqa: E402
+
+quiet_command_start_up()
+del quiet_command_start_up
+
 from collab_keras import analysis  # noqa: E402
 from collab_keras import initializers  # noqa: E402
 from collab_keras import layers  # noqa: E402

@@ -8,12 +8,13 @@ from keras import ops
 # `approximate=` only as an argument).
 from keras_hub.src.utils.keras_utils import gelu_approximate
 
+from collab_keras.argument_checks import check_integer
+from collab_keras.argument_checks import check_rate
+
 from .attention_factory import check_attention
 from .attention_factory import check_attention_kwargs
 from .attention_factory import clone_initializer
 from .attention_factory import serialize_attention
-from .input_checks import check_rate
-from .input_checks import check_size
 
 
 def get_activation(name):
@@ -95,12 +96,14 @@ class BlockBase(keras.layers.Layer):
         super().__init__(**kwargs)
         self.attention = check_attention(attention, shared_key_dim)
         get_activation(activation)
-        self.num_heads = check_size("num_heads", num_heads)
-        self.intermediate_dim = check_size("intermediate_dim", intermediate_dim)
-        self.shared_key_dim = check_size(
+        self.num_heads = check_integer("num_heads", num_heads)
+        self.intermediate_dim = check_integer(
+            "intermediate_dim", intermediate_dim
+        )
+        self.shared_key_dim = check_integer(
             "shared_key_dim", shared_key_dim, allow_none=True
         )
-        self.key_dim = check_size("key_dim", key_dim, allow_none=True)
+        self.key_dim = check_integer("key_dim", key_dim, allow_none=True)
         self.dropout = check_rate("dropout", dropout)
         self.attention_dropout = check_rate(
             "attention_dropout", attention_dropout, allow_none=True

@@ -1,58 +1,17 @@
-"""Argument and input checks shared by the zoo: clear errors early.
+"""Input checks shared by the zoo: clear errors early.
 
-Constructor sizes accept Python and numpy integers (`np.int64(2)`) and are
-stored as Python `int`s so configs stay JSON. Model inputs are checked for
-rank and length whenever shapes are known; values (integer dtype, token ids
-inside `[0, vocabulary_size)`) only in eager calls on concrete tensors.
+Model inputs are checked for rank and length whenever shapes are known;
+values (integer dtype, token ids inside `[0, vocabulary_size)`) only in eager
+calls on concrete tensors.
 Inside compiled graphs (`fit`, `predict`, `tf.function`, `jit_compile`)
 Keras has already cast the inputs to the dtype of the `keras.Input`s (under
 `tf.distribute` it builds the model from a float64 batch), so a dtype
 check there would reject valid training, and values are not known.
+Constructor arguments are checked by `collab_keras.argument_checks`.
 """
-
-import numbers
 
 import numpy as np
 from keras import backend
-
-
-def check_size(name, value, minimum=1, allow_none=False):
-    """`value` as a Python int, or a ValueError naming `name`.
-
-    Args:
-        name: Argument name for the message.
-        value: Python or numpy integer (bools are refused).
-        minimum: Smallest accepted value.
-        allow_none: Whether `None` passes through.
-    """
-    if value is None and allow_none:
-        return None
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Integral)
-        or value < minimum
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be an integer >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def check_rate(name, value, allow_none=False):
-    """`value` as a Python float in `[0, 1)`, or a ValueError naming `name`."""
-    if value is None and allow_none:
-        return None
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Real)
-        or not 0 <= value < 1
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a float in [0, 1). "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
 
 
 def concrete_value(x):

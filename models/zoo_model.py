@@ -26,12 +26,12 @@ import keras
 import keras_hub
 from keras_hub.src.utils.preset_utils import get_preset_loader
 
+from collab_keras.argument_checks import check_integer
 from collab_keras.reparametrization import reparametrize
 
 from .attention_factory import check_attention
 from .attention_factory import check_attention_kwargs
 from .attention_factory import serialize_attention
-from .input_checks import check_size
 from .presets import get_architecture
 from .presets import resolve_preset
 
@@ -73,7 +73,7 @@ class ZooBackbone(keras_hub.models.Backbone):
         """Validates the switch; returns `(attention, shared_key_dim,
         attention_kwargs)` as stored."""
         attention = check_attention(attention, shared_key_dim)
-        shared_key_dim = check_size(
+        shared_key_dim = check_integer(
             "shared_key_dim", shared_key_dim, allow_none=True
         )
         return attention, shared_key_dim, check_attention_kwargs(
@@ -353,7 +353,7 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
             "Argument `attention` must be None, 'concatenate' or "
             f"'collaborative'. Received: attention={attention!r}"
         )
-    shared_key_dim = check_size(
+    shared_key_dim = check_integer(
         "shared_key_dim", shared_key_dim, allow_none=True
     )
     if attention == backbone.attention:

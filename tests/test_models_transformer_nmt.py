@@ -309,7 +309,7 @@ BAD_ARGUMENTS = [
      r"\['num_layer'\]. Received: num_layer=6"),
     (dict(foo=1), ValueError, "Received: foo=1"),
     (dict(num_encoder_layers=0), ValueError,
-     "`num_encoder_layers` must be an integer >= 1. "
+     "`num_encoder_layers` must be a positive integer. "
      "Received: num_encoder_layers=0"),
     (dict(num_decoder_layers=-1), ValueError,
      "Received: num_decoder_layers=-1"),
@@ -348,6 +348,61 @@ def test_tokenizer_trains_one_joint_vocabulary(tokenizer):
     ids = tokenizer("die katze läuft")
     assert tokenizer.detokenize(ids) == "die katze läuft"
     assert isinstance(tokenizer, keras_hub.tokenizers.WordPieceTokenizer)
+
+
+# Normal text that WordPiece splits at every punctuation mark, and (for the
+# texts normal text cannot be told from) what detokenization gives back.
+PUNCTUATED = [
+    ("Und Gott sprach: Es werde Licht! Und es ward Licht.", None),
+    ("Am I my brother's keeper? the battle is the LORD'S, thy sons' wives;",
+     None),
+    ("Ist's nicht (22:8) Tubal-Kain, Ahas' Sohn [und] {so}...", None),
+    ("Er sprach: »Es werde Licht!« und „ja“, “no” or \"x\"; don't.", None),
+    ("»Ada und Zilla, hört!", None),  # an unpaired mark opens the text
+    ("siebenundsiebzigfach!«", None),  # ... or closes it
+    ("geschrieben steht: »Dieses Volk ehrt mich", None),  # after a colon
+    # An unpaired mark inside the text keeps its spaces.
+    ("zürnen?« Siehe", "zürnen? « Siehe"),
+]
+
+
+@pytest.fixture(scope="module")
+def punctuated_tokenizer():
+    texts = [text for text, _ in PUNCTUATED]
+    return TransformerNMTTokenizer.train(texts * 2, vocabulary_size=300)
+
+
+def test_detokenize_gives_normal_text_eager_and_in_a_tf_function(
+    punctuated_tokenizer,
+):
+    tokenizer = punctuated_tokenizer
+    texts = [text for text, _ in PUNCTUATED]
+    expected = [text if out is None else out for text, out in PUNCTUATED]
+    ids = tokenizer(texts)
+    spaced = keras_hub.tokenizers.WordPieceTokenizer.detokenize(tokenizer, ids)
+    assert spaced[0] == "Und Gott sprach : Es werde Licht ! Und es ward Licht ."
+    assert tokenizer.detokenize(ids) == expected  # Python strings
+    assert [tokenizer.detokenize(i) for i in ids] == expected
+    # Graph mode (tf.data, exported functions): the same rules through RE2.
+    graph = tf.function(tokenizer.detokenize)(tf.ragged.constant(ids))
+    assert [t.decode("utf-8") for t in graph.numpy()] == expected
+    unbatched = tf.function(tokenizer.detokenize)(tf.constant(ids[0]))
+    assert unbatched.numpy().decode("utf-8") == expected[0]
+    # WordPiece splits punctuation whatever the spaces: the same ids again.
+    assert tokenizer(tokenizer.detokenize(ids)) == ids
+
+
+def test_generate_returns_normal_text(punctuated_tokenizer):
+    tokenizer = punctuated_tokenizer
+    preprocessor = TransformerNMTSeq2SeqLMPreprocessor(tokenizer, 16, 24)
+    ids = tokenizer("Es werde Licht!")
+    padded = np.zeros((1, 24), "int32")
+    padded[0, : len(ids) + 2] = [tokenizer.start_token_id, *ids,
+                                 tokenizer.end_token_id]
+    text = preprocessor.generate_postprocess(
+        {"decoder_token_ids": padded, "decoder_padding_mask": padded != 0}
+    )
+    assert text == ["Es werde Licht!"]
 
 
 def test_preprocessor_packs_text_pairs(tokenizer):

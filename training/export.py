@@ -37,6 +37,8 @@ import tempfile
 
 import keras
 
+from collab_keras.argument_checks import check_integer
+
 INFO_DIR = "assets.extra"
 PREPROCESSOR_DIR = "preprocessor"
 EXPORT_FILE = "export.json"
@@ -88,20 +90,8 @@ def export_saved_model(task, export_dir, version=None, *, num_beams=4):
             "`task` must be a built functional task (call it or build it "
             f"first). Received: task={task.name!r} (built={task.built})"
         )
-    if version is not None and (
-        isinstance(version, bool) or not isinstance(version, int) or version < 1
-    ):
-        raise ValueError(
-            f"`version` must be a positive int or None. Received: version={version!r}"
-        )
-    if (
-        isinstance(num_beams, bool)
-        or not isinstance(num_beams, int)
-        or num_beams < 1
-    ):
-        raise ValueError(
-            f"`num_beams` must be a positive int. Received: num_beams={num_beams!r}"
-        )
+    version = check_integer("version", version, allow_none=True)
+    num_beams = check_integer("num_beams", num_beams)
     is_seq2seq = isinstance(task, keras_hub.models.Seq2SeqLM)
     if is_seq2seq and task.preprocessor is None:
         raise ValueError(

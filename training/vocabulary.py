@@ -3,6 +3,7 @@
 import hashlib
 import os
 
+from collab_keras.argument_checks import check_integer
 from collab_keras.training import checkpoint
 
 
@@ -15,14 +16,9 @@ def train(texts, vocabulary_size, reserved_tokens, lowercase=False):
     import keras_hub
     import tensorflow as tf
 
-    if not isinstance(vocabulary_size, int) or vocabulary_size < len(
-        reserved_tokens
-    ) + 1:
-        raise ValueError(
-            "`vocabulary_size` must be an integer larger than the number of "
-            f"reserved tokens ({len(reserved_tokens)}). "
-            f"Received: vocabulary_size={vocabulary_size!r}"
-        )
+    # At least one token besides the reserved ones.
+    minimum = len(reserved_tokens) + 1
+    vocabulary_size = check_integer("vocabulary_size", vocabulary_size, minimum)
     if not texts:
         raise ValueError("Cannot train a vocabulary on no text. Received: texts=[]")
     return keras_hub.tokenizers.compute_word_piece_vocabulary(

@@ -7,6 +7,7 @@ from keras import backend
 from keras import ops
 from keras.saving import register_keras_serializable
 
+from collab_keras.argument_checks import check_integer
 from collab_keras.layers.collaborative_attention import CollaborativeAttention
 
 
@@ -204,21 +205,11 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         Returns:
             A dict of zero tensors, shaped as `compute_cache` returns.
         """
-        for name, value, least in (
-            ("batch_size", batch_size, 0),
-            ("max_length", max_length, 1),
-        ):
-            if ops.is_tensor(value):
-                continue  # A traced size (e.g. a served variable batch).
-            if (
-                isinstance(value, (bool, np.bool_))
-                or not isinstance(value, numbers.Integral)
-                or value < least
-            ):
-                raise ValueError(
-                    f"`{name}` must be an integer >= {least}. "
-                    f"Received: {name}={value!r}"
-                )
+        # A tensor size is traced (e.g. a served variable batch): unchecked.
+        if not ops.is_tensor(batch_size):
+            check_integer("batch_size", batch_size, minimum=0)
+        if not ops.is_tensor(max_length):
+            check_integer("max_length", max_length)
         dtype = dtype or self.compute_dtype
         cache = {
             "key": ops.zeros(

@@ -5,7 +5,6 @@ import numbers
 import string
 
 import keras
-import numpy as np
 from keras import backend
 from keras import config
 from keras import constraints
@@ -18,6 +17,9 @@ from keras.layers import Layer
 from keras.saving import register_keras_serializable
 from keras.src.backend import set_keras_mask
 
+from collab_keras.argument_checks import check_bool
+from collab_keras.argument_checks import check_integer
+from collab_keras.argument_checks import check_rate
 from collab_keras.initializers.concatenate_mixing import ConcatenateMixing
 from collab_keras.ops.collaborative_dot_product_attention import (
     collaborative_dot_product_attention,
@@ -194,39 +196,21 @@ class CollaborativeAttention(Layer):
             )
         super().__init__(**kwargs)
         self.supports_masking = True
-        self.num_heads = _positive_int("num_heads", num_heads)
-        self.key_dim = _positive_int("key_dim", key_dim)
-        self.shared_key_dim = _positive_int(
-            "shared_key_dim",
-            shared_key_dim,
-            default=self.num_heads * self.key_dim,
+        self.num_heads = check_integer("num_heads", num_heads)
+        self.key_dim = check_integer("key_dim", key_dim)
+        if shared_key_dim is None:
+            shared_key_dim = self.num_heads * self.key_dim
+        self.shared_key_dim = check_integer("shared_key_dim", shared_key_dim)
+        self.value_dim = check_integer(
+            "value_dim", self.key_dim if value_dim is None else value_dim
         )
-        self.value_dim = _positive_int("value_dim", value_dim, default=key_dim)
-        if (
-            isinstance(dropout, (bool, np.bool_))
-            or not isinstance(dropout, numbers.Real)
-            or not 0 <= dropout < 1
-        ):
-            raise ValueError(
-                "Argument `dropout` must be a float in [0, 1). "
-                f"Received: dropout={dropout!r}"
-            )
-        self.dropout = float(dropout)
-        self.use_bias = _bool("use_bias", use_bias)
-        self.use_gate = _bool("use_gate", use_gate)
-        self.sliding_window = (
-            None
-            if sliding_window is None
-            else _positive_int("sliding_window", sliding_window)
+        self.dropout = check_rate("dropout", dropout)
+        self.use_bias = check_bool("use_bias", use_bias)
+        self.use_gate = check_bool("use_gate", use_gate)
+        self.sliding_window = check_integer(
+            "sliding_window", sliding_window, allow_none=True
         )
-        if seed is not None and (
-            isinstance(seed, (bool, np.bool_))
-            or not isinstance(seed, numbers.Integral)
-        ):
-            raise ValueError(
-                "Argument `seed` must be an integer or None. "
-                f"Received: seed={seed!r}"
-            )
+        self.seed = check_integer("seed", seed, minimum=None, allow_none=True)
         if isinstance(output_shape, numbers.Integral):
             output_shape = (output_shape,)
         if output_shape is not None:
@@ -262,17 +246,11 @@ class CollaborativeAttention(Layer):
                 "shared_key_dim or another mixing_initializer. Received: "
                 f"shared_key_dim={shared_key_dim!r}"
             )
-        if flash_attention is not None and not isinstance(
-            flash_attention, (bool, np.bool_)
-        ):
-            raise ValueError(
-                "Argument `flash_attention` must be None, True or False. "
-                f"Received: flash_attention={flash_attention!r}"
-            )
+        flash_attention = check_bool(
+            "flash_attention", flash_attention, allow_none=True
+        )
         if flash_attention is None:
             flash_attention = config.is_flash_attention_enabled()
-        if flash_attention is not None:
-            flash_attention = bool(flash_attention)
         if flash_attention and self.dropout > 0:
             raise ValueError(
                 "The fused attention path does not support dropout on the "
@@ -287,7 +265,6 @@ class CollaborativeAttention(Layer):
         self._activity_regularizer = regularizers.get(activity_regularizer)
         self._kernel_constraint = constraints.get(kernel_constraint)
         self._bias_constraint = constraints.get(bias_constraint)
-        self.seed = None if seed is None else int(seed)
         self._scale = 1.0 / math.sqrt(self.key_dim)
 
     def build(self, query_shape, value_shape, key_shape=None):
@@ -464,8 +441,8 @@ class CollaborativeAttention(Layer):
         if key is None:
             key = value
         self._check_inputs(query, value, key)
-        _check_flag("return_attention_scores", return_attention_scores)
-        _check_flag("use_causal_mask", use_causal_mask)
+        check_bool("return_attention_scores", return_attention_scores)
+        check_bool("use_causal_mask", use_causal_mask)
         # Keras fills `query_mask`, `value_mask` and `key_mask` from the
         # inputs' Keras masks and gives the output the query's mask; the masks
         # are applied here, so take them off the inputs of the projections.
@@ -865,32 +842,6 @@ class CollaborativeAttention(Layer):
         return config
 
 
-def _positive_int(name, value, default=None):
-    if value is None and default is not None:
-        return default
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, numbers.Integral
-    ):
-        valid = False
-    else:
-        valid = value > 0
-    if not valid:
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer. "
-            f"Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def _bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(
-            f"Argument `{name}` must be True or False. "
-            f"Received: {name}={value!r}"
-        )
-    return bool(value)
-
-
 def _mixing_initializer(identifier):
     if identifier is None:
         raise ValueError(
@@ -936,14 +887,6 @@ def _check_shapes(query_shape, value_shape, key_shape):
             "All dimensions of `value` and `key`, except the last one, must "
             f"be equal. Received: value.shape={tuple(value_shape)}, "
             f"key.shape={tuple(key_shape)}"
-        )
-
-
-def _check_flag(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(
-            f"Argument `{name}` must be True or False. "
-            f"Received: {name}={value!r}"
         )
 
 

@@ -14,6 +14,9 @@ residual norm follows from Gram matrices. One sweep costs
 
 import numpy as np
 
+from collab_keras.argument_checks import check_float
+from collab_keras.argument_checks import check_integer
+
 
 def cp_decompose_heads(
     query_kernel,
@@ -74,31 +77,13 @@ def cp_decompose_heads(
             "(d_q, heads, key_dim) and (d_k, heads, key_dim). Received: "
             f"query_kernel.shape={wq.shape}, key_kernel.shape={wk.shape}"
         )
-    if (
-        isinstance(rank, bool)
-        or not isinstance(rank, (int, np.integer))
-        or rank < 1
-    ):
-        raise ValueError(
-            f"`rank` must be a positive integer. Received: rank={rank!r}"
-        )
+    rank = check_integer("rank", rank)
     if method not in ("als", "parafac"):
         raise ValueError(
             f"`method` must be 'als' or 'parafac'. Received: method={method!r}"
         )
-    if (
-        isinstance(max_iterations, bool)
-        or not isinstance(max_iterations, (int, np.integer))
-        or max_iterations < 1
-    ):
-        raise ValueError(
-            "`max_iterations` must be a positive integer. "
-            f"Received: max_iterations={max_iterations!r}"
-        )
-    if not tolerance >= 0:
-        raise ValueError(
-            f"`tolerance` must be >= 0. Received: tolerance={tolerance!r}"
-        )
+    max_iterations = check_integer("max_iterations", max_iterations)
+    tolerance = check_float("tolerance", tolerance)
     heads, key_dim = wq.shape[1:]
     if rank >= heads * key_dim:
         a, m, b = _concatenated_solution(wq, wk, rank)

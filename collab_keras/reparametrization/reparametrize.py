@@ -1,12 +1,14 @@
 """Convert `keras.layers.MultiHeadAttention` into `CollaborativeAttention`."""
 
 import inspect
-import numbers
 import time
 
 import keras
 import numpy as np
 
+from collab_keras.argument_checks import check_bool
+from collab_keras.argument_checks import check_float
+from collab_keras.argument_checks import check_integer
 from collab_keras.layers import CollaborativeAttention
 from collab_keras.reparametrization.calibration import LogitStatistics
 from collab_keras.reparametrization.cp_decomposition import cp_decompose_heads
@@ -100,54 +102,21 @@ def reparametrize(
     layer, report = reparametrize(mha, shared_key_dim=128)
     ```
     """
-    if (
-        isinstance(shared_key_dim, bool)
-        or not isinstance(shared_key_dim, numbers.Integral)
-        or shared_key_dim < 1
-    ):
-        raise ValueError(
-            "`shared_key_dim` must be a positive integer. "
-            f"Received: shared_key_dim={shared_key_dim!r}"
-        )
-    if (
-        isinstance(max_iterations, (bool, np.bool_))
-        or not isinstance(max_iterations, numbers.Integral)
-        or max_iterations < 1
-    ):
-        raise ValueError(
-            "`max_iterations` must be a positive integer. "
-            f"Received: max_iterations={max_iterations!r}"
-        )
-    if (
-        isinstance(tolerance, (bool, np.bool_))
-        or not isinstance(tolerance, numbers.Real)
-        or not tolerance >= 0
-    ):
-        raise ValueError(
-            "`tolerance` must be a number >= 0. "
-            f"Received: tolerance={tolerance!r}"
-        )
-    if seed is not None and (
-        isinstance(seed, (bool, np.bool_))
-        or not isinstance(seed, numbers.Integral)
-    ):
-        raise ValueError(
-            f"`seed` must be an integer or None. Received: seed={seed!r}"
-        )
-    if not isinstance(verbose, (bool, np.bool_)):
-        raise ValueError(
-            f"`verbose` must be True or False. Received: verbose={verbose!r}"
-        )
+    shared_key_dim = check_integer("shared_key_dim", shared_key_dim)
+    max_iterations = check_integer("max_iterations", max_iterations)
+    tolerance = check_float("tolerance", tolerance)
+    seed = check_integer("seed", seed, minimum=None, allow_none=True)
+    verbose = check_bool("verbose", verbose)
     if method not in ("als", "parafac"):
         raise ValueError(
             f"`method` must be 'als' or 'parafac'. Received: method={method!r}"
         )
     options = {
-        "rank": int(shared_key_dim),
+        "rank": shared_key_dim,
         "method": method,
-        "max_iterations": int(max_iterations),
-        "tolerance": float(tolerance),
-        "seed": None if seed is None else int(seed),
+        "max_iterations": max_iterations,
+        "tolerance": tolerance,
+        "seed": seed,
     }
     if isinstance(obj, keras.Model):
         obj = _zoo_counterpart(obj)

@@ -5,9 +5,10 @@ import keras_hub
 from keras import ops
 from keras_hub.layers import PositionEmbedding
 
+from collab_keras.argument_checks import check_integer
+from collab_keras.argument_checks import check_rate
+
 from ..input_checks import check_inputs
-from ..input_checks import check_rate
-from ..input_checks import check_size
 from ..presets import BERT_ARCHITECTURES
 from ..transformer_encoder_block import TransformerEncoderBlock
 from ..zoo_model import ZooBackbone
@@ -97,16 +98,16 @@ class BertBackbone(ZooBackbone):
         dtype=None,
         **kwargs,
     ):
-        vocabulary_size = check_size("vocabulary_size", vocabulary_size)
-        num_layers = check_size("num_layers", num_layers)
-        num_heads = check_size("num_heads", num_heads)
-        hidden_dim = check_size("hidden_dim", hidden_dim)
-        intermediate_dim = check_size("intermediate_dim", intermediate_dim)
+        vocabulary_size = check_integer("vocabulary_size", vocabulary_size)
+        num_layers = check_integer("num_layers", num_layers)
+        num_heads = check_integer("num_heads", num_heads)
+        hidden_dim = check_integer("hidden_dim", hidden_dim)
+        intermediate_dim = check_integer("intermediate_dim", intermediate_dim)
         dropout = check_rate("dropout", dropout)
-        max_sequence_length = check_size(
+        max_sequence_length = check_integer(
             "max_sequence_length", max_sequence_length
         )
-        num_segments = check_size("num_segments", num_segments)
+        num_segments = check_integer("num_segments", num_segments)
         attention, shared_key_dim, attention_kwargs = self._init_switch(
             attention, shared_key_dim, attention_kwargs
         )

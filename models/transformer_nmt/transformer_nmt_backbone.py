@@ -4,10 +4,11 @@ import keras
 from keras import ops
 from keras_hub.layers import PositionEmbedding
 
+from collab_keras.argument_checks import check_integer
+from collab_keras.argument_checks import check_rate
+
 from ..attention_factory import serialize_attention
 from ..input_checks import check_inputs
-from ..input_checks import check_rate
-from ..input_checks import check_size
 from ..presets import TRANSFORMER_ARCHITECTURES
 from ..transformer_decoder_block import TransformerDecoderBlock
 from ..transformer_encoder_block import TransformerEncoderBlock
@@ -129,18 +130,18 @@ class TransformerNMTBackbone(ZooBackbone):
         dtype=None,
         **kwargs,
     ):
-        vocabulary_size = check_size("vocabulary_size", vocabulary_size)
-        num_encoder_layers = check_size(
+        vocabulary_size = check_integer("vocabulary_size", vocabulary_size)
+        num_encoder_layers = check_integer(
             "num_encoder_layers", num_encoder_layers
         )
-        num_decoder_layers = check_size(
+        num_decoder_layers = check_integer(
             "num_decoder_layers", num_decoder_layers
         )
-        num_heads = check_size("num_heads", num_heads)
-        hidden_dim = check_size("hidden_dim", hidden_dim)
-        intermediate_dim = check_size("intermediate_dim", intermediate_dim)
+        num_heads = check_integer("num_heads", num_heads)
+        hidden_dim = check_integer("hidden_dim", hidden_dim)
+        intermediate_dim = check_integer("intermediate_dim", intermediate_dim)
         dropout = check_rate("dropout", dropout)
-        max_sequence_length = check_size(
+        max_sequence_length = check_integer(
             "max_sequence_length", max_sequence_length
         )
         attention, shared_key_dim, attention_kwargs = self._init_switch(

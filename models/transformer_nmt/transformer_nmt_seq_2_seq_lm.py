@@ -5,7 +5,8 @@ import keras_hub
 from keras import ops
 from keras_hub.models import Seq2SeqLM
 
-from ..input_checks import check_size
+from collab_keras.argument_checks import check_integer
+
 from ..zoo_model import ZooTask
 from .transformer_nmt_backbone import TransformerNMTBackbone
 from .transformer_nmt_seq_2_seq_lm_preprocessor import (
@@ -80,9 +81,9 @@ class TransformerNMTSeq2SeqLM(ZooTask, Seq2SeqLM):
     def compile(self, *args, sampler="top_k", **kwargs):
         super().compile(*args, sampler=sampler, **kwargs)
         if isinstance(self.sampler, keras_hub.samplers.BeamSampler):
-            check_size("num_beams", self.sampler.num_beams)
+            check_integer("num_beams", self.sampler.num_beams)
         if isinstance(self.sampler, keras_hub.samplers.TopKSampler):
-            check_size("k", self.sampler.k)
+            check_integer("k", self.sampler.k)
 
     # --- Generation (keras-hub's `generate_step` contract). ---
 
@@ -193,7 +194,7 @@ class TransformerNMTSeq2SeqLM(ZooTask, Seq2SeqLM):
             Strings with a preprocessor, else a dict of token ids and mask.
         """
         if max_length is not None:
-            max_length = check_size("max_length", max_length)
+            max_length = check_integer("max_length", max_length)
             if max_length > self.backbone.max_sequence_length:
                 raise ValueError(
                     "`max_length` must be at most the backbone's "
@@ -208,7 +209,7 @@ class TransformerNMTSeq2SeqLM(ZooTask, Seq2SeqLM):
                     f"token ids. Received: stop_token_ids={stop_token_ids!r}"
                 )
             stop_token_ids = tuple(
-                check_size("stop_token_ids", i, 0) for i in stop_token_ids
+                check_integer("stop_token_ids", i, 0) for i in stop_token_ids
             )
         if self.preprocessor is None and isinstance(inputs, dict):
             self.backbone._check_inputs(inputs)

@@ -3,7 +3,8 @@
 import keras
 from keras_hub.models import Seq2SeqLMPreprocessor
 
-from ..input_checks import check_size
+from collab_keras.argument_checks import check_integer
+
 from ..zoo_model import IntegerMasks
 from .transformer_nmt_backbone import TransformerNMTBackbone
 from .transformer_nmt_tokenizer import TransformerNMTTokenizer
@@ -63,10 +64,10 @@ class TransformerNMTSeq2SeqLMPreprocessor(IntegerMasks, Seq2SeqLMPreprocessor):
             )
         super().__init__(
             tokenizer=tokenizer,
-            encoder_sequence_length=check_size(
+            encoder_sequence_length=check_integer(
                 "encoder_sequence_length", encoder_sequence_length, 2
             ),
-            decoder_sequence_length=check_size(
+            decoder_sequence_length=check_integer(
                 "decoder_sequence_length", decoder_sequence_length, 2
             ),
             **kwargs,

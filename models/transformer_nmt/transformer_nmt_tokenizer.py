@@ -1,15 +1,47 @@
 """WordPiece tokenizer over one joint source+target vocabulary."""
 
+import re
+
 import keras
 from keras_hub.tokenizers import WordPieceTokenizer
 from keras_hub.tokenizers import compute_word_piece_vocabulary
 
+from collab_keras.argument_checks import check_integer
+
 from .transformer_nmt_backbone import TransformerNMTBackbone
-from ..input_checks import check_size
 
 # Reserved tokens, first in every trained vocabulary: padding is id 0.
 PAD, START, END, UNK = "[PAD]", "[START]", "[END]", "[UNK]"
 RESERVED_TOKENS = (PAD, START, END, UNK)
+
+# WordPiece splits punctuation off words and its detokenization joins all
+# tokens with spaces ("Es werde Licht !"). These rules remove the spaces that
+# normal text does not have, in this order; each is a regular expression
+# that means the same to Python's `re` and to TensorFlow's RE2 (ASCII only,
+# no look-around), so eager and graph detokenization agree. Like Hugging
+# Face's `clean_up_tokenization`, they undo the split of the vocabulary's
+# punctuation; unlike it, they know quotation marks, brackets and hyphens.
+_QUOTES = '»«„“”"'
+CLEAN_UP_RULES = (
+    # Two consecutive quotation marks pair up (»…«, «…», „…“, “…”, "…"):
+    # the words between them lose the spaces next to the marks.
+    (f"([{_QUOTES}]) ([^{_QUOTES}]*) ([{_QUOTES}])", r"\1\2\3"),
+    # An unpaired mark opening or closing the text, or after a colon (which
+    # opens a quotation), does the same.
+    (f"^([{_QUOTES}]) ", r"\1"),
+    (f" ([{_QUOTES}])$", r"\1"),
+    (f"(: [{_QUOTES}]) ", r"\1"),
+    # An apostrophe joins a clitic (ist's, don't, we're, LORD'S) ...
+    (r" ' ((?i:s|t|m|d|ll|re|ve))( |$)", r"'\1\2"),
+    # ... and otherwise the word before it (sons' wives, Ahas' Sohn).
+    (r" '( |$)", r"'\1"),
+    # No space before closing punctuation, none after opening brackets.
+    (r" ([.,;:!?)\]}])", r"\1"),
+    (r"([(\[{]) ", r"\1"),
+    # A hyphen joins its words (Tubal-Kain); a colon joins digits (22:8).
+    (r" - ", "-"),
+    (r"([0-9]): ([0-9])", r"\1:\2"),
+)
 
 
 @keras.saving.register_keras_serializable(package="collab_keras")
@@ -64,6 +96,19 @@ class TransformerNMTTokenizer(WordPieceTokenizer):
             **kwargs,
         )
 
+    def detokenize(self, inputs):
+        """Token ids to text, with the spaces of normal text.
+
+        keras-hub's WordPiece detokenization joins the tokens with spaces,
+        so punctuation comes out spaced ("Es werde Licht !"); the rules of
+        `CLEAN_UP_RULES` then remove the spaces normal text does not have
+        ("Es werde Licht!"). Tokenizing the result gives the same ids again,
+        because WordPiece splits punctuation whatever the spaces. Works in
+        eager calls (Python strings) and inside a `tf.function` or
+        `tf.data` pipeline (string tensors, `tf.strings.regex_replace`).
+        """
+        return _clean_up(super().detokenize(inputs))
+
     def get_config(self):
         config = super().get_config()
         if self.vocabulary is not None:
@@ -92,7 +137,7 @@ class TransformerNMTTokenizer(WordPieceTokenizer):
         """
         import tensorflow as tf
 
-        vocabulary_size = check_size(
+        vocabulary_size = check_integer(
             "vocabulary_size", vocabulary_size, len(RESERVED_TOKENS) + 1
         )
         if isinstance(texts, str) or not isinstance(
@@ -121,3 +166,22 @@ class TransformerNMTTokenizer(WordPieceTokenizer):
             lowercase=lowercase,
             strip_accents=strip_accents,
         )
+
+
+def _clean_up(text):
+    """Applies `CLEAN_UP_RULES` to a string, a nested list of strings or a
+    (ragged) string tensor."""
+    if isinstance(text, str):
+        for pattern, rewrite in CLEAN_UP_RULES:
+            text = re.sub(pattern, rewrite, text)
+        return text
+    if isinstance(text, (list, tuple)):
+        return [_clean_up(t) for t in text]
+    import tensorflow as tf
+
+    def clean_up(strings):
+        for pattern, rewrite in CLEAN_UP_RULES:
+            strings = tf.strings.regex_replace(strings, pattern, rewrite)
+        return strings
+
+    return tf.ragged.map_flat_values(clean_up, text)

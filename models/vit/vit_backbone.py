@@ -3,9 +3,10 @@
 import keras
 import keras_hub
 
+from collab_keras.argument_checks import check_integer
+from collab_keras.argument_checks import check_rate
+
 from ..input_checks import check_inputs
-from ..input_checks import check_rate
-from ..input_checks import check_size
 from ..presets import VIT_ARCHITECTURES
 from ..transformer_encoder_block import TransformerEncoderBlock
 from ..zoo_model import ZooBackbone
@@ -87,11 +88,11 @@ class ViTBackbone(ZooBackbone):
                 f"Received: image_shape={image_shape!r}"
             )
         image_shape = tuple(
-            check_size("image_shape", size) for size in image_shape
+            check_integer("image_shape", size) for size in image_shape
         )
         if not isinstance(patch_size, (tuple, list)):
             patch_size = (patch_size, patch_size)
-        patch_size = tuple(check_size("patch_size", p) for p in patch_size)
+        patch_size = tuple(check_integer("patch_size", p) for p in patch_size)
         if (
             len(patch_size) != 2
             or image_shape[0] % patch_size[0]
@@ -102,10 +103,10 @@ class ViTBackbone(ZooBackbone):
                 f"width. Received: patch_size={patch_size}, "
                 f"image_shape={image_shape}"
             )
-        num_layers = check_size("num_layers", num_layers)
-        num_heads = check_size("num_heads", num_heads)
-        hidden_dim = check_size("hidden_dim", hidden_dim)
-        mlp_dim = check_size("mlp_dim", mlp_dim)
+        num_layers = check_integer("num_layers", num_layers)
+        num_heads = check_integer("num_heads", num_heads)
+        hidden_dim = check_integer("hidden_dim", hidden_dim)
+        mlp_dim = check_integer("mlp_dim", mlp_dim)
         dropout_rate = check_rate("dropout_rate", dropout_rate)
         attention_dropout = check_rate("attention_dropout", attention_dropout)
         attention, shared_key_dim, attention_kwargs = self._init_switch(

@@ -1,0 +1,79 @@
+"""Argument checks shared by the layers, `reparametrize`, the zoo and training.
+
+Each check returns the value as a plain Python `int`, `float` or `bool` (so
+configs stay JSON) or raises a ValueError that names the argument and echoes
+the value, e.g. "Argument `num_heads` must be a positive integer. Received:
+num_heads=0". numpy scalars (`np.int64(2)`, `np.bool_(True)`) are accepted
+wherever Python ones are; `True` and `False` are not numbers here.
+"""
+
+import numbers
+
+import numpy as np
+
+
+def check_integer(name, value, minimum=1, allow_none=False):
+    """`value` as a Python int, or a ValueError naming `name`.
+
+    Args:
+        name: Argument name for the message.
+        value: Python or numpy integer (bools are refused).
+        minimum: Smallest accepted value; `None` accepts any integer.
+        allow_none: Whether `None` passes through (and is returned).
+    """
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral)
+        or (minimum is not None and value < minimum)
+    ):
+        if minimum is None:
+            expected = "an integer"
+        elif minimum == 1:
+            expected = "a positive integer"
+        else:
+            expected = f"an integer >= {minimum}"
+        _fail(name, value, expected + (" or None" if allow_none else ""))
+    return int(value)
+
+
+def check_float(name, value, minimum=0.0, below=None, allow_none=False):
+    """`value` as a Python float in `[minimum, below)` (no upper bound when
+    `below` is None), or a ValueError naming `name`. NaN is refused."""
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not minimum <= value
+        or (below is not None and not value < below)
+    ):
+        if below is None:
+            expected = f"a number >= {minimum:g}"
+        else:
+            expected = f"a float in [{minimum:g}, {below:g})"
+        _fail(name, value, expected + (" or None" if allow_none else ""))
+    return float(value)
+
+
+def check_rate(name, value, allow_none=False):
+    """`value` as a Python float in `[0, 1)` (a dropout rate), or a
+    ValueError naming `name`."""
+    return check_float(name, value, 0.0, 1.0, allow_none)
+
+
+def check_bool(name, value, allow_none=False):
+    """`value` as a Python bool, or a ValueError naming `name`."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        expected = "True, False or None" if allow_none else "True or False"
+        _fail(name, value, expected)
+    return bool(value)
+
+
+def _fail(name, value, expected):
+    raise ValueError(
+        f"Argument `{name}` must be {expected}. Received: {name}={value!r}"
+    )
