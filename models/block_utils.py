@@ -93,9 +93,9 @@ class BlockBase(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.attention = check_attention(attention, shared_key_dim)
-        get_activation(activation)
         self.num_heads = check_size("num_heads", num_heads)
+        self.attention = check_attention(attention, shared_key_dim, num_heads)
+        get_activation(activation)
         self.intermediate_dim = check_size("intermediate_dim", intermediate_dim)
         self.shared_key_dim = check_size(
             "shared_key_dim", shared_key_dim, allow_none=True

@@ -24,7 +24,11 @@ class RunConfig:
         preset: an architecture name (random init) or a pretrained preset.
         overrides: architecture arguments replaced (`--set KEY=VALUE`).
         attention: `concatenate` or `collaborative`.
-        shared_key_dim: D̃_k of collaborative attention (None: the preset's).
+        shared_key_dim: total query/key width D̃_k (None: the preset's): the
+            shared width of collaborative heads, or with `concatenate` the
+            summed query/key width of the heads (the paper's baseline at a
+            reduced key size: `shared_key_dim // num_heads` per head, values
+            unchanged; a multiple of the architecture's `num_heads`).
         dataset: a dataset name of `data.datasets_for(task)`.
         data_dir: tensorflow-datasets' data folder.
         source, target: bible.db version codes (translation and MLM on `bible`).
