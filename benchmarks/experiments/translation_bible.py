@@ -23,9 +23,10 @@ loss, the training loss and the training time are read from the
 (`--beam-width`, 1: greedy).
 
 Each run writes its folder under `<output-dir>/runs/`; a run whose folder
-already holds its `metrics.json` is read instead of trained again, and an
-interrupted one resumes from its last checkpoint, so rerunning the command
-completes an interrupted grid.
+already holds its `metrics.json` is read instead of trained again (the JSON
+counts `runs_trained` and `runs_read`), and an interrupted one resumes from
+its last checkpoint, so rerunning the command completes an interrupted grid,
+or, on a finished one, prints its table and draws its figures again.
 
     python benchmarks/experiments/translation_bible.py                # 8 configurations x 3 seeds: about 1 h on 2 shared CPU cores
     python benchmarks/experiments/translation_bible.py --quick        # 2 key sizes, 1 seed, 20 steps: a few minutes
@@ -183,11 +184,15 @@ def main(argv=None):
     )
 
     records = []
+    env["runs_trained"] = env["runs_read"] = 0  # read: finished earlier
     for kind, size, config in run_configs(args, vocabulary_file, os.path.join(output_dir, f"runs{suffix}")):
         metrics_file = os.path.join(config.output_dir, "metrics.json")
         watch = _common.Stopwatch()
-        if not os.path.exists(metrics_file):
+        if os.path.exists(metrics_file):
+            env["runs_read"] += 1
+        else:
             run.train(config)
+            env["runs_trained"] += 1
             import keras
 
             keras.backend.clear_session()
@@ -209,14 +214,14 @@ def main(argv=None):
     example = records[-1]["example"]
     print(f"example (last run): {example['source']!r} -> {example['translation']!r} (reference {example['reference']!r})")
     print(f"total time {total() / 60:.1f} min\n")
-    for metric in ("bleu", "chrf"):
+    for metric, label in (("bleu", "test BLEU"), ("chrf", "test chrF"), ("test_loss", "test loss (token cross-entropy)")):
         _common.plot(
             rows,
             metric,
             os.path.join(_common.FIGURES, f"results_translation_{metric}{suffix}.png"),
             f"{args.architecture} from scratch, Bible En->De, {args.steps} steps x {args.batch_size}, "
             f"{args.seeds} seeds",
-            ylabel=f"test {metric.upper() if metric == 'bleu' else 'chrF'}",
+            ylabel=label,
         )
     env["total_seconds"] = total()
     _common.save(output_dir, f"translation_bible{suffix}", {"environment": env, "records": records, "summary": rows})
