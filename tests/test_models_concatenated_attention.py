@@ -17,6 +17,7 @@ from collab_keras.models.cached_concatenated_attention import CachedConcatenated
 from collab_keras.models.zoo_model import convert_attention
 from collab_keras.training import cli
 from collab_keras.training import tasks
+from collab_keras.training.config import RunConfig
 
 
 def _random_weights(layer, seed=0):
@@ -159,3 +160,13 @@ def test_cli_trains_the_reduced_key_baseline(tmp_path):
     model = tasks.build(config, vocabulary=["[PAD]", "[START]", "[END]", "[UNK]", "a", "b"])
     layer = model.backbone.decoder_transformer_layers[0].self_attention_layer
     assert type(layer) is CachedConcatenatedAttention and layer.key_dim == 8
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, num_heads", [(None, {}, 4), ("transformer_tiny", {"num_heads": 8}, 8)]
+)
+def test_run_config_checks_the_key_size_before_any_data(tmp_path, preset, overrides, num_heads):
+    with pytest.raises(ValueError, match=f"Received: shared_key_dim=30, num_heads={num_heads}"):
+        RunConfig(task="nmt", output_dir=str(tmp_path), preset=preset, overrides=overrides,
+                  attention="concatenate", shared_key_dim=30)
+    RunConfig(task="nmt", output_dir=str(tmp_path), attention="collaborative", shared_key_dim=30)

@@ -121,6 +121,8 @@ class RunConfig:
         positive("seed", 0)
         if self.shared_key_dim is not None:
             positive("shared_key_dim")
+        if self.attention == "concatenate" and self.shared_key_dim is not None:
+            self._check_key_size_splits()
         if self.cpu_devices is not None:
             positive("cpu_devices")
         if self.max_train_examples is not None:
@@ -138,6 +140,28 @@ class RunConfig:
         if not self.learning_rate > 0:
             raise ValueError(
                 f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}"
+            )
+
+    def _check_key_size_splits(self):
+        """Concatenated heads split `shared_key_dim` across the heads: with an
+        architecture preset, check it is a multiple of `num_heads` now rather
+        than after the data and the vocabulary (a pretrained preset is
+        checked when the model is built)."""
+        from collab_keras.training import tasks
+
+        backbone_cls, _ = tasks._families()[self.task]
+        architecture = backbone_cls.architectures.get(
+            self.preset or tasks.DEFAULT_ARCHITECTURE[self.task]
+        )
+        if architecture is None:
+            return
+        num_heads = self.overrides.get("num_heads", architecture["num_heads"])
+        if isinstance(num_heads, int) and num_heads > 0 and self.shared_key_dim % num_heads:
+            raise ValueError(
+                "With attention='concatenate', `shared_key_dim` (the total "
+                "query/key size of the concatenated heads) must be a multiple "
+                f"of `num_heads`. Received: shared_key_dim={self.shared_key_dim}, "
+                f"num_heads={num_heads}"
             )
 
     def to_json(self):
