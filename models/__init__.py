@@ -13,6 +13,7 @@ from .bert import BertMaskedLMPreprocessor
 from .bert import BertTextClassifier
 from .bert import BertTextClassifierPreprocessor
 from .bert import BertTokenizer
+from .cached_concatenated_attention import CachedConcatenatedAttention
 from .keras_hub_weights import from_keras_hub
 from .parameter_count import cache_bytes_per_token
 from .parameter_count import count_parameters

@@ -7,6 +7,15 @@ with a shared query/key of width `shared_key_dim`. In decoders the cached
 variants are built: `keras_hub.layers.CachedMultiHeadAttention` and
 `collab_keras.layers.CachedCollaborativeAttention`.
 
+`attention="concatenate", shared_key_dim=D` is the paper's concatenated
+baseline at a reduced key size: concatenated heads whose query and key
+projections have `D` dimensions in total, `D // num_heads` per head (`D` must
+be a multiple of `num_heads`), while the values keep `key_dim` per head:
+`keras.layers.MultiHeadAttention(key_dim=D // num_heads, value_dim=key_dim)`,
+and in decoders `CachedConcatenatedAttention` (keras-hub's cached layer stacks
+keys with values, so it needs them of one size). `shared_key_dim=None` is the
+full size, `num_heads * key_dim`, and builds the keras-hub layers above.
+
 `attention` may also be a callable (a layer factory) taking the keyword
 arguments `num_heads, key_dim, shared_key_dim, dropout, cached,
 kernel_initializer, bias_initializer, dtype, name` (plus any
@@ -16,28 +25,34 @@ kernel_initializer, bias_initializer, dtype, name` (plus any
 `keras.saving.register_keras_serializable` so that models using it save.
 """
 
-import numbers
-
 import keras
 from keras_hub.layers import CachedMultiHeadAttention
 
+from collab_keras.argument_checks import check_integer
 from collab_keras.layers import CachedCollaborativeAttention
 from collab_keras.layers import CollaborativeAttention
+
+from .cached_concatenated_attention import CachedConcatenatedAttention
 
 ATTENTIONS = ("concatenate", "collaborative")
 
 
-def check_attention(attention, shared_key_dim=None):
+def check_attention(attention, shared_key_dim=None, num_heads=None):
     """Validates the attention switch; returns `attention` (deserialized).
 
     Args:
         attention: `"concatenate"`, `"collaborative"` or a layer factory
             (or its serialized form).
-        shared_key_dim: Shared query/key width, `None` for the default.
+        shared_key_dim: Total query/key width (shared width of
+            collaborative heads, summed width of concatenated ones), `None`
+            for the default.
+        num_heads: Optional number of heads, to check that a concatenated
+            `shared_key_dim` splits evenly across them.
 
     Raises:
-        ValueError: on an unknown name, or `shared_key_dim` given with
-            `attention="concatenate"`.
+        ValueError: on an unknown name, a `shared_key_dim` that is not a
+            positive integer, or (with `attention="concatenate"` and
+            `num_heads` given) one that is not a multiple of `num_heads`.
     """
     if isinstance(attention, dict):
         attention = keras.saving.deserialize_keras_object(attention)
@@ -51,20 +66,18 @@ def check_attention(attention, shared_key_dim=None):
             f"{ATTENTIONS} or a layer factory. "
             f"Received: attention={attention!r}"
         )
-    if attention == "concatenate" and shared_key_dim is not None:
-        raise ValueError(
-            "Argument `shared_key_dim` applies only to "
-            "attention='collaborative'. Received: "
-            f"attention='concatenate', shared_key_dim={shared_key_dim!r}"
-        )
-    if shared_key_dim is not None and (
-        isinstance(shared_key_dim, bool)
-        or not isinstance(shared_key_dim, numbers.Integral)
-        or shared_key_dim <= 0
+    shared_key_dim = check_integer("shared_key_dim", shared_key_dim, allow_none=True)
+    if (
+        attention == "concatenate"
+        and shared_key_dim is not None
+        and num_heads is not None
+        and shared_key_dim % num_heads
     ):
         raise ValueError(
-            "Argument `shared_key_dim` must be a positive integer. "
-            f"Received: shared_key_dim={shared_key_dim!r}"
+            "With attention='concatenate', `shared_key_dim` (the total "
+            "query/key size of the concatenated heads) must be a multiple of "
+            f"`num_heads`. Received: shared_key_dim={shared_key_dim}, "
+            f"num_heads={num_heads}"
         )
     return attention
 
@@ -108,7 +121,9 @@ def make_attention(
         attention: `"concatenate"`, `"collaborative"` or a layer factory.
         num_heads: Number of heads.
         key_dim: Per-head query/key size (sets the score scale).
-        shared_key_dim: Shared query/key width for collaborative attention;
+        shared_key_dim: Total query/key width: the shared width of
+            collaborative heads, or the summed width of concatenated heads
+            (`shared_key_dim // num_heads` each; values keep `key_dim`);
             `None` means `num_heads * key_dim`.
         dropout: Dropout on the attention weights.
         cached: Whether to build the variant with a decoding cache.
@@ -128,9 +143,12 @@ def make_attention(
     ```python
     layer = make_attention("collaborative", num_heads=8, key_dim=64,
                            shared_key_dim=128)
+    # Concatenated heads of 16 query/key and 64 value dimensions each:
+    baseline = make_attention("concatenate", num_heads=8, key_dim=64,
+                              shared_key_dim=128)
     ```
     """
-    attention = check_attention(attention, shared_key_dim)
+    attention = check_attention(attention, shared_key_dim, num_heads)
     kwargs = dict(
         num_heads=num_heads,
         key_dim=key_dim,
@@ -142,8 +160,15 @@ def make_attention(
         **(attention_kwargs or {}),
     )
     if attention == "concatenate":
+        if shared_key_dim is None:  # keras-hub's layers: its weights load
+            layer_class = (
+                CachedMultiHeadAttention if cached else keras.layers.MultiHeadAttention
+            )
+            return layer_class(**kwargs)
+        # Reduced key size: (B, T, N, D / N) queries and keys, (B, S, N, key_dim) values.
+        kwargs.update(key_dim=int(shared_key_dim) // num_heads, value_dim=key_dim)
         layer_class = (
-            CachedMultiHeadAttention if cached else keras.layers.MultiHeadAttention
+            CachedConcatenatedAttention if cached else keras.layers.MultiHeadAttention
         )
         return layer_class(**kwargs)
     if attention == "collaborative":

@@ -94,9 +94,9 @@ class BlockBase(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.attention = check_attention(attention, shared_key_dim)
-        get_activation(activation)
         self.num_heads = check_integer("num_heads", num_heads)
+        self.attention = check_attention(attention, shared_key_dim, num_heads)
+        get_activation(activation)
         self.intermediate_dim = check_integer(
             "intermediate_dim", intermediate_dim
         )

@@ -25,9 +25,9 @@ def attention_parameters(hidden_dim, num_heads, attention, shared_key_dim=None):
     `hidden_dim`."""
     d = hidden_dim
     values_and_output = 2 * (d * d + d)
-    if attention == "concatenate":
-        return 2 * (d * d + d) + values_and_output
     k = shared_key_dim or d
+    if attention == "concatenate":  # query and key: d -> k, with biases
+        return 2 * (d * k + k) + values_and_output
     return 2 * d * k + num_heads * k + d * num_heads + values_and_output
 
 
@@ -184,7 +184,7 @@ def cache_bytes_per_token(
     per target position (all decoder layers).
 
     Concatenated heads cache a key and a value per head: `2 d` numbers per
-    layer. Collaborative heads cache the shared key, the content term and
+    layer (`K + d` at a reduced key size `K`). Collaborative heads cache the shared key, the content term and
     the values: `K + N + d` numbers per layer (`K + d` without biases).
 
     Args:
@@ -200,8 +200,8 @@ def cache_bytes_per_token(
     config = _architecture(TRANSFORMER_ARCHITECTURES, architecture)
     config.update(kwargs)
     d, heads = config["hidden_dim"], config["num_heads"]
-    if attention == "concatenate":
-        numbers = 2 * d
+    if attention == "concatenate":  # keys (k in all) and values
+        numbers = (shared_key_dim or d) + d
     else:
         numbers = (shared_key_dim or d) + heads + d
     return config["num_decoder_layers"] * numbers * bytes_per_number

@@ -18,14 +18,18 @@ class TransformerDecoderBlock(BlockBase):
     Causal self-attention over the target, cross-attention to the encoder
     output, then a feed-forward network, each with a residual connection.
     Sublayers are named as in `keras_hub.layers.TransformerDecoder`. Both
-    attentions are built cached (`keras_hub.layers.CachedMultiHeadAttention`
-    or `CachedCollaborativeAttention`), so one block serves training (whole
-    sequences) and incremental decoding (one position per step).
+    attentions are built cached (`keras_hub.layers.CachedMultiHeadAttention`,
+    `CachedConcatenatedAttention` for concatenated heads at a reduced
+    `shared_key_dim`, or `CachedCollaborativeAttention`), so one block serves
+    training (whole sequences) and incremental decoding (one position per
+    step).
 
     Caches. `initial_self_attention_cache` gives the zero self-attention
     cache; `compute_cross_attention_cache` projects an encoder output once.
     Concatenated heads cache keys and values per head, `(B, 2, S, N, H)`:
-    `2 * hidden_dim` numbers per position. Collaborative heads cache the
+    `2 * hidden_dim` numbers per position; at a reduced key size a dict of
+    keys `(B, S, N, shared_key_dim / N)` and values `(B, S, N, H)`:
+    `shared_key_dim + hidden_dim` numbers. Collaborative heads cache the
     shared key, the content term and the values (a dict): `shared_key_dim +
     num_heads + hidden_dim` numbers per position.
 
@@ -125,7 +129,7 @@ class TransformerDecoderBlock(BlockBase):
     def initial_self_attention_cache(self, batch_size, max_length):
         """Zero self-attention cache for `max_length` target positions."""
         layer = self._self_attention
-        if hasattr(layer, "initial_cache"):  # collaborative
+        if hasattr(layer, "initial_cache"):  # a dict cache
             return layer.initial_cache(batch_size, max_length)
         shape = (batch_size, 2, max_length, layer.num_heads, layer.key_dim)
         return ops.zeros(shape, dtype=self.compute_dtype)  # (B, 2, S, N, H)
@@ -133,7 +137,7 @@ class TransformerDecoderBlock(BlockBase):
     def compute_cross_attention_cache(self, encoder_sequence):
         """Cross-attention keys and values of an encoder output, once."""
         layer = self._cross_attention
-        if hasattr(layer, "compute_cache"):  # collaborative
+        if hasattr(layer, "compute_cache"):  # a dict cache
             return layer.compute_cache(encoder_sequence)
         key = layer._key_dense(encoder_sequence)  # (B, S, N, H)
         value = layer._value_dense(encoder_sequence)  # (B, S, N, H)
@@ -168,7 +172,7 @@ class TransformerDecoderBlock(BlockBase):
 
         # Causal self-attention.
         if use_cache:
-            if isinstance(self_attention_cache, dict):  # collaborative
+            if isinstance(self_attention_cache, dict):  # {"key": (B, S, ...), ...}
                 key_length = ops.shape(self_attention_cache["key"])[1]
             else:  # (B, 2, S, N, H)
                 key_length = ops.shape(self_attention_cache)[2]

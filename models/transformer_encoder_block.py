@@ -23,9 +23,11 @@ class TransformerEncoderBlock(BlockBase):
         attention: `"concatenate"` (`keras.layers.MultiHeadAttention`),
             `"collaborative"` (`CollaborativeAttention`) or a layer factory;
             see `attention_factory`.
-        shared_key_dim: Shared query/key width of collaborative attention;
-            `None` means `hidden_dim` (no compression). Must be `None` for
-            `"concatenate"`.
+        shared_key_dim: Total query/key width; `None` means `hidden_dim` (no
+            compression). The shared width of collaborative heads, or with
+            `"concatenate"` the summed width of the heads (`shared_key_dim //
+            num_heads` each, values keep `key_dim`; a multiple of
+            `num_heads`).
         key_dim: Per-head key size; defaults to `hidden_dim // num_heads`.
         dropout: Dropout after the attention and the feed-forward network.
         attention_dropout: Dropout on the attention weights; defaults to

@@ -357,14 +357,13 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
         "shared_key_dim", shared_key_dim, allow_none=True
     )
     if attention == backbone.attention:
-        if attention == "collaborative" and shared_key_dim not in (
-            None,
-            backbone.shared_key_dim,
-        ):
+        if shared_key_dim not in (None, backbone.shared_key_dim):
             raise ValueError(
-                "The preset is already collaborative with shared_key_dim="
-                f"{backbone.shared_key_dim}. Received: "
-                f"shared_key_dim={shared_key_dim}"
+                f"The preset already has attention={attention!r} with "
+                f"shared_key_dim={backbone.shared_key_dim}; changing the key "
+                "size of a preset is not supported (build the model with "
+                "`from_architecture(..., shared_key_dim=...)` and train it). "
+                f"Received: shared_key_dim={shared_key_dim}"
             )
         return model
     if attention == "concatenate":
@@ -372,6 +371,13 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
             "A collaborative preset cannot be loaded as concatenated heads. "
             "Received: attention='concatenate' for a preset with "
             f"attention={backbone.attention!r}"
+        )
+    if backbone.shared_key_dim is not None:
+        raise ValueError(
+            "Only full-size concatenated heads convert to collaborative ones; "
+            "this preset has concatenated heads at a reduced key size. "
+            f"Received: attention='collaborative' for a preset with "
+            f"attention='concatenate', shared_key_dim={backbone.shared_key_dim}"
         )
     rank = shared_key_dim or backbone.hidden_dim
     converted, _ = reparametrize(

@@ -129,8 +129,8 @@ def test_make_attention_factory():
     [
         ({"attention": "talking_heads"}, "Received: attention='talking_heads'"),
         (
-            {"attention": "concatenate", "shared_key_dim": 8},
-            "Received: attention='concatenate', shared_key_dim=8",
+            {"attention": "concatenate", "shared_key_dim": 6},
+            "multiple of `num_heads`. Received: shared_key_dim=6, num_heads=4",
         ),
         (
             {"attention": "collaborative", "shared_key_dim": 0},

@@ -82,7 +82,8 @@ def test_architectures():
         (lambda: ViTBackbone(**{**TINY, "num_heads": 0}),
          "Received: num_heads=0"),
         (lambda: ViTBackbone(**TINY, dropout=0.1), "Received: dropout=0.1"),
-        (lambda: ViTBackbone(**TINY, shared_key_dim=16), "shared_key_dim=16"),
+        (lambda: ViTBackbone(**TINY, shared_key_dim=15),
+         "Received: shared_key_dim=15, num_heads=2"),
     ],
 )
 def test_bad_arguments(call, match):

@@ -33,7 +33,9 @@ def _train_parser(subparsers):
                    help="override an architecture argument, e.g. --set num_layers=2")
     p.add_argument("--attention", choices=("concatenate", "collaborative"),
                    default=defaults.attention)
-    p.add_argument("--shared-key-dim", type=int, help="shared query/key width D̃_k")
+    p.add_argument("--shared-key-dim", type=int,
+                   help="total query/key width D̃_k: shared by collaborative heads, "
+                        "or split across concatenated heads (reduced-key baseline)")
     p.add_argument("--dataset", help="a dataset name (default: the offline one)")
     p.add_argument("--data-dir", help="tensorflow-datasets data folder")
     p.add_argument("--source", help="bible.db source version (default k, English KJV)")

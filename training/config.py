@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 
+from collab_keras.argument_checks import check_integer
 from collab_keras.training import data
 
 ATTENTIONS = ("concatenate", "collaborative")
@@ -24,7 +25,11 @@ class RunConfig:
         preset: an architecture name (random init) or a pretrained preset.
         overrides: architecture arguments replaced (`--set KEY=VALUE`).
         attention: `concatenate` or `collaborative`.
-        shared_key_dim: D̃_k of collaborative attention (None: the preset's).
+        shared_key_dim: total query/key width D̃_k (None: the preset's): the
+            shared width of collaborative heads, or with `concatenate` the
+            summed query/key width of the heads (the paper's baseline at a
+            reduced key size: `shared_key_dim // num_heads` per head, values
+            unchanged; a multiple of the architecture's `num_heads`).
         dataset: a dataset name of `data.datasets_for(task)`.
         data_dir: tensorflow-datasets' data folder.
         source, target: bible.db version codes (translation and MLM on `bible`).
@@ -88,12 +93,8 @@ class RunConfig:
     export: bool = True
 
     def __post_init__(self):
-        def positive(name, minimum=1):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(
-                    f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
-                )
+        def positive(name, minimum=1, allow_none=False):
+            setattr(self, name, check_integer(name, getattr(self, name), minimum, allow_none))
 
         if self.task not in data.TASKS:
             raise ValueError(f"`task` must be one of {data.TASKS}. Received: task={self.task!r}")
@@ -115,12 +116,11 @@ class RunConfig:
             positive(name)
         positive("warmup_steps", 0)
         positive("seed", 0)
-        if self.shared_key_dim is not None:
-            positive("shared_key_dim")
-        if self.cpu_devices is not None:
-            positive("cpu_devices")
-        if self.max_train_examples is not None:
-            positive("max_train_examples")
+        positive("shared_key_dim", allow_none=True)
+        if self.attention == "concatenate" and self.shared_key_dim is not None:
+            self._check_key_size_splits()
+        positive("cpu_devices", allow_none=True)
+        positive("max_train_examples", allow_none=True)
         if self.vocabulary_file is not None and not os.path.isfile(self.vocabulary_file):
             raise ValueError(
                 "`vocabulary_file` must be an existing file. "
@@ -134,6 +134,28 @@ class RunConfig:
         if not self.learning_rate > 0:
             raise ValueError(
                 f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}"
+            )
+
+    def _check_key_size_splits(self):
+        """Concatenated heads split `shared_key_dim` across the heads: with an
+        architecture preset, check it is a multiple of `num_heads` now rather
+        than after the data and the vocabulary (a pretrained preset is
+        checked when the model is built)."""
+        from collab_keras.training import tasks
+
+        backbone_cls, _ = tasks._families()[self.task]
+        architecture = backbone_cls.architectures.get(
+            self.preset or tasks.DEFAULT_ARCHITECTURE[self.task]
+        )
+        if architecture is None:
+            return
+        num_heads = self.overrides.get("num_heads", architecture["num_heads"])
+        if isinstance(num_heads, int) and num_heads > 0 and self.shared_key_dim % num_heads:
+            raise ValueError(
+                "With attention='concatenate', `shared_key_dim` (the total "
+                "query/key size of the concatenated heads) must be a multiple "
+                f"of `num_heads`. Received: shared_key_dim={self.shared_key_dim}, "
+                f"num_heads={num_heads}"
             )
 
     def to_json(self):

@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 
 REPOSITORY = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 sys.path.insert(0, REPOSITORY)
-from collab_keras.layers import CachedCollaborativeAttention  # noqa: E402
 FIGURES = os.path.join(REPOSITORY, "docs", "figures")
 
 
@@ -98,54 +97,14 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
 
-@keras.saving.register_keras_serializable(package="collab_keras_experiments")
-class CachedConcatenatedHeads(CachedCollaborativeAttention):
-    """Concatenated heads written as collaborative attention, for decoders.
-
-    With block one-hot mixing (`mixing_initializer="concatenate"`) at
-    `shared_key_dim = num_heads * key_dim` a collaborative layer computes
-    what `MultiHeadAttention(num_heads, key_dim, value_dim)` computes (its
-    content bias standing for the query bias); the mixing is not trained
-    here, so the heads stay concatenated. keras-hub's
-    `CachedMultiHeadAttention` cannot be used at a reduced key size: its cache
-    stacks keys and values, which must then have the same size.
-    """
-
-    def build(self, *args, **kwargs):
-        super().build(*args, **kwargs)
-        self.mixing.trainable = False
-
-
-@keras.saving.register_keras_serializable(package="collab_keras_experiments")
-def reduced_key_attention(num_heads, key_dim, shared_key_dim, cached=False, **kwargs):
-    """The concatenated baseline at a reduced key size, as a zoo layer factory.
-
-    `keras.layers.MultiHeadAttention` whose heads have
-    `shared_key_dim // num_heads` query/key dimensions each
-    (`num_heads * key_dim` in total at `shared_key_dim=None`); values keep
-    `key_dim` per head. Decoder layers (`cached=True`) are the same heads as a
-    `CachedConcatenatedHeads`. Pass it as a backbone's `attention=` with
-    `shared_key_dim` = the total key size.
-    """
-    total = num_heads * key_dim if shared_key_dim is None else shared_key_dim
-    if total % num_heads:
-        raise ValueError(
-            "The total key size must be a multiple of `num_heads`. "
-            f"Received: shared_key_dim={shared_key_dim}, num_heads={num_heads}"
-        )
-    if cached:
-        return CachedConcatenatedHeads(
-            num_heads, key_dim=total // num_heads, value_dim=key_dim, shared_key_dim=total, **kwargs
-        )
-    return keras.layers.MultiHeadAttention(num_heads, key_dim=total // num_heads, value_dim=key_dim, **kwargs)
-
-
 def query_key_parameters(model):
-    """Parameters of the attention layers' query/key parts: the query and key
-    projections (kernels and biases), and for collaborative attention the
-    mixing matrix and the content bias."""
+    """Trainable parameters of the attention layers' query/key parts: the
+    query and key projections (kernels and biases), and for collaborative
+    attention the mixing matrix and the content bias (the frozen block
+    one-hot mixing of cached concatenated heads is not counted)."""
     parts = {"query", "key", "mixing", "content_bias"}
-    return int(sum(np.prod(w.shape) for w in model.weights if parts & set(w.path.split("/"))))
+    weights = model.trainable_weights
+    return int(sum(np.prod(w.shape) for w in weights if parts & set(w.path.split("/"))))
 
 
 class Restarter:

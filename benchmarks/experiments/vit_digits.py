@@ -13,9 +13,10 @@ network access `--dataset cifar10` trains on CIFAR-10 through tfds instead
 
 The model is the zoo's `ViTImageClassifier` on a `ViTBackbone` with
 `attention="collaborative"` and `shared_key_dim`, or, for the concatenated
-baseline, `attention=` a layer factory building `keras.layers.MultiHeadAttention`
-with key size `shared_key_dim // num_heads` (at `shared_key_dim ==
-hidden_dim` that is the standard layer). Every run trains the same number of
+baseline, `attention="concatenate"` and `shared_key_dim`: the library's
+reduced-key concatenated heads, `keras.layers.MultiHeadAttention` with key
+size `shared_key_dim // num_heads` (at `shared_key_dim == hidden_dim` that is
+the standard layer). Every run trains the same number of
 steps with the same optimizer; the seed sets the initialization and the
 order of the batches (a model is compiled once per configuration and
 restarted from each seed's initialization).
@@ -91,7 +92,7 @@ def main():
             hidden_dim=args.hidden_dim,
             mlp_dim=2 * args.hidden_dim,
             dropout_rate=0.1,
-            attention=kind if kind == "collaborative" else _common.reduced_key_attention,
+            attention=kind,
             shared_key_dim=size,
         )
         return ViTImageClassifier(backbone, 10, preprocessor=None)

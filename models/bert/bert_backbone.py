@@ -44,8 +44,10 @@ class BertBackbone(ZooBackbone):
         attention: `"concatenate"` (`keras.layers.MultiHeadAttention`),
             `"collaborative"` (`collab_keras.layers.CollaborativeAttention`)
             or a registered layer factory (see `attention_factory`).
-        shared_key_dim: Shared query/key width of collaborative attention
-            (`None`: `hidden_dim`). Must be `None` for `"concatenate"`.
+        shared_key_dim: Total query/key width (`None`: `hidden_dim`): the
+            shared width of collaborative heads, or with `"concatenate"` the
+            summed width of the heads (`shared_key_dim // num_heads` each,
+            values unchanged; a multiple of `num_heads`).
         attention_kwargs: Extra keyword arguments for the attention layers.
         dtype: Dtype policy of the model.
         **kwargs: `keras.Model` keyword arguments (`name`, `trainable`);

@@ -70,9 +70,11 @@ class TransformerNMTBackbone(ZooBackbone):
         attention: `"concatenate"` (`keras.layers.MultiHeadAttention`),
             `"collaborative"` (`collab_keras.layers.CollaborativeAttention`)
             or a layer factory (see `collab_keras.models.make_attention`).
-        shared_key_dim: int or `None`. Shared query/key width of
-            collaborative attention (`None`: `hidden_dim`). Must be `None`
-            with `"concatenate"`.
+        shared_key_dim: int or `None`. Total query/key width (`None`:
+            `hidden_dim`): the shared width of collaborative heads, or with
+            `"concatenate"` the summed width of the heads (`shared_key_dim //
+            num_heads` each, values unchanged: the reduced-key baseline; a
+            multiple of `num_heads`).
         cross_attention: `None` (cross-attention follows `attention`) or an
             attention of its own, e.g. `"concatenate"` to keep ordinary heads
             there while the self-attentions are collaborative.

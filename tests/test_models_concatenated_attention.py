@@ -1,0 +1,172 @@
+"""Concatenated heads at a reduced key size: `attention="concatenate",
+shared_key_dim=D` (the paper's baseline), and `CachedConcatenatedAttention`."""
+
+import argparse
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras_hub.layers import CachedMultiHeadAttention
+
+from collab_keras.models import TransformerDecoderBlock
+from collab_keras.models import TransformerNMTBackbone
+from collab_keras.models import count_parameters
+from collab_keras.models import make_attention
+from collab_keras.models.cached_concatenated_attention import CachedConcatenatedAttention
+from collab_keras.models.zoo_model import convert_attention
+from collab_keras.training import cli
+from collab_keras.training import tasks
+from collab_keras.training.config import RunConfig
+
+
+def _random_weights(layer, seed=0):
+    """Non-zero biases too, so that every term is exercised."""
+    rng = np.random.default_rng(seed)
+    for weight in layer.weights:
+        weight.assign(rng.normal(0, 0.3, weight.shape).astype("float32"))
+
+
+def test_make_attention_builds_multi_head_attention_with_reduced_keys():
+    layer = make_attention("concatenate", num_heads=4, key_dim=16, shared_key_dim=8)
+    assert type(layer) is keras.layers.MultiHeadAttention
+    assert (layer.num_heads, layer.key_dim, layer.value_dim) == (4, 2, 16)
+    cached = make_attention("concatenate", num_heads=4, key_dim=16, shared_key_dim=8, cached=True)
+    assert type(cached) is CachedConcatenatedAttention
+    assert (cached.key_dim, cached.value_dim) == (2, 16)
+    # shared_key_dim=None: exactly today's keras-hub layers.
+    assert type(make_attention("concatenate", 4, 16)) is keras.layers.MultiHeadAttention
+    full = make_attention("concatenate", 4, 16, cached=True)
+    assert type(full) is CachedMultiHeadAttention and full.value_dim == 16
+
+
+@pytest.mark.parametrize("shared_key_dim", [6, 2])
+def test_shared_key_dim_must_be_a_multiple_of_num_heads(shared_key_dim):
+    message = f"multiple of `num_heads`. Received: shared_key_dim={shared_key_dim}, num_heads=4"
+    with pytest.raises(ValueError, match=message):
+        make_attention("concatenate", num_heads=4, key_dim=16, shared_key_dim=shared_key_dim)
+    with pytest.raises(ValueError, match=message):
+        TransformerNMTBackbone.from_architecture(
+            "transformer_tiny", vocabulary_size=50, attention="concatenate", shared_key_dim=shared_key_dim
+        )
+
+
+def test_cached_layer_equals_multi_head_attention_on_every_path():
+    """Same weights, same outputs: no cache, an updated cache, a static one."""
+    x = np.random.default_rng(1).normal(size=(2, 6, 32)).astype("float32")
+    memory = np.random.default_rng(2).normal(size=(2, 5, 32)).astype("float32")
+    reference = keras.layers.MultiHeadAttention(num_heads=4, key_dim=2, value_dim=8)
+    layer = CachedConcatenatedAttention(num_heads=4, key_dim=2, value_dim=8)
+    reference.build((2, 6, 32), (2, 6, 32))
+    layer.build((2, 6, 32), (2, 6, 32))
+    _random_weights(reference)
+    layer.set_weights(reference.get_weights())
+    assert tuple(layer._query_dense.kernel.shape) == (32, 4, 2)
+    assert tuple(layer._value_dense.kernel.shape) == (32, 4, 8)
+
+    causal = np.tril(np.ones((6, 6), bool))[None]  # (1, T, S)
+    expected = reference(x, x, attention_mask=causal)
+    np.testing.assert_allclose(layer(x, x, attention_mask=causal), expected, atol=1e-5)
+
+    # Self-attention one position at a time through the cache.
+    cache = layer.initial_cache(batch_size=2, max_length=6)
+    assert tuple(cache["key"].shape) == (2, 6, 4, 2)
+    assert tuple(cache["value"].shape) == (2, 6, 4, 8)
+    for i in range(6):
+        step, cache = layer(
+            x[:, i : i + 1], x[:, i : i + 1], attention_mask=causal[:, i : i + 1],
+            cache=cache, cache_update_index=i,
+        )
+        np.testing.assert_allclose(step[:, 0], expected[:, i], atol=1e-5)
+
+    # Cross-attention from a static cache: the value input is ignored.
+    expected = reference(x, memory)
+    static = layer.compute_cache(memory)
+    output, unchanged = layer(x, x, cache=static)
+    np.testing.assert_allclose(output, expected, atol=1e-5)
+    for name in ("key", "value"):
+        np.testing.assert_array_equal(unchanged[name], static[name])
+    output, scores, _ = layer(x, x, cache=static, return_attention_scores=True)
+    assert tuple(scores.shape) == (2, 4, 6, 5)
+
+    with pytest.raises(ValueError, match="Received: cache_update_index=0"):
+        layer(x, x, cache_update_index=0)
+
+
+def test_backbone_decodes_with_the_cache_as_without_and_saves(tmp_path):
+    backbone = TransformerNMTBackbone.from_architecture(
+        "transformer_tiny", vocabulary_size=50, max_sequence_length=8,
+        attention="concatenate", shared_key_dim=16, dropout=0.0,
+    )
+    block = backbone.decoder_transformer_layers[0]
+    assert isinstance(block, TransformerDecoderBlock)
+    for layer in (block.self_attention_layer, block.cross_attention_layer):
+        assert type(layer) is CachedConcatenatedAttention
+        assert (layer.key_dim, layer.value_dim) == (4, 16)
+    encoder_layer = backbone.encoder_transformer_layers[0].self_attention_layer
+    assert type(encoder_layer) is keras.layers.MultiHeadAttention and encoder_layer.key_dim == 4
+    assert backbone.count_params() == count_parameters(
+        "transformer", "transformer_tiny", vocabulary_size=50, max_sequence_length=8,
+        attention="concatenate", shared_key_dim=16,
+    )
+
+    rng = np.random.default_rng(0)
+    inputs = {
+        "encoder_token_ids": rng.integers(1, 50, (2, 5)).astype("int32"),
+        "encoder_padding_mask": np.ones((2, 5), "int32"),
+        "decoder_token_ids": rng.integers(1, 50, (2, 6)).astype("int32"),
+        "decoder_padding_mask": np.ones((2, 6), "int32"),
+    }
+    full = np.asarray(backbone(inputs)["decoder_sequence_output"])
+    encoder_output = backbone.call_encoder(inputs["encoder_token_ids"], inputs["encoder_padding_mask"])
+    self_cache, cross_cache = backbone.initialize_decoder_cache(encoder_output, 6)
+    for i in range(6):
+        step, self_cache = backbone.call_decoder_with_cache(
+            inputs["decoder_token_ids"][:, i : i + 1], inputs["encoder_padding_mask"], self_cache, i, cross_cache
+        )
+        np.testing.assert_allclose(np.asarray(step)[:, 0], full[:, i], atol=2e-5)
+
+    # `.keras` round trip: same class, same outputs.
+    path = os.path.join(tmp_path, "backbone.keras")
+    backbone.save(path)
+    restored = keras.saving.load_model(path)
+    layer = restored.decoder_transformer_layers[0].self_attention_layer
+    assert type(layer) is CachedConcatenatedAttention
+    np.testing.assert_allclose(restored(inputs)["decoder_sequence_output"], full, atol=1e-6)
+
+
+def test_presets_do_not_change_key_size():
+    backbone = TransformerNMTBackbone.from_architecture("transformer_tiny", vocabulary_size=50)
+    with pytest.raises(ValueError, match=r"changing the key size of a preset is not "
+                                         r"supported .* Received: shared_key_dim=32"):
+        convert_attention(backbone, "concatenate", 32, None)
+    reduced = TransformerNMTBackbone.from_architecture(
+        "transformer_tiny", vocabulary_size=50, attention="concatenate", shared_key_dim=32
+    )
+    assert convert_attention(reduced, "concatenate", None, None) is reduced
+    with pytest.raises(ValueError, match="Only full-size concatenated heads convert"):
+        convert_attention(reduced, "collaborative", 32, None)
+
+
+def test_cli_trains_the_reduced_key_baseline(tmp_path):
+    parser = argparse.ArgumentParser()
+    cli._train_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["train", "nmt", "--attention", "concatenate", "--shared-key-dim", "32",
+         "--output-dir", str(tmp_path / "run")]
+    )
+    config = cli.config_from_args(args)
+    assert (config.attention, config.shared_key_dim) == ("concatenate", 32)
+    model = tasks.build(config, vocabulary=["[PAD]", "[START]", "[END]", "[UNK]", "a", "b"])
+    layer = model.backbone.decoder_transformer_layers[0].self_attention_layer
+    assert type(layer) is CachedConcatenatedAttention and layer.key_dim == 8
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, num_heads", [(None, {}, 4), ("transformer_tiny", {"num_heads": 8}, 8)]
+)
+def test_run_config_checks_the_key_size_before_any_data(tmp_path, preset, overrides, num_heads):
+    with pytest.raises(ValueError, match=f"Received: shared_key_dim=30, num_heads={num_heads}"):
+        RunConfig(task="nmt", output_dir=str(tmp_path), preset=preset, overrides=overrides,
+                  attention="concatenate", shared_key_dim=30)
+    RunConfig(task="nmt", output_dir=str(tmp_path), attention="collaborative", shared_key_dim=30)
