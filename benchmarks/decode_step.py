@@ -41,7 +41,7 @@ class Decoder(keras.layers.Layer):
     """`num_layers` pre-LN blocks whose self-attention reads a cache."""
 
     def __init__(self, kind, num_layers, d_model, heads, shared_key_dim,
-                 flash_attention=None, **kwargs):
+                 flash_attention=None, decode_core=True, **kwargs):
         super().__init__(**kwargs)
         self.kind = kind
         head_dim = d_model // heads
@@ -61,6 +61,8 @@ class Decoder(keras.layers.Layer):
                     flash_attention=flash_attention,
                     name=f"attention_{i}",
                 )
+                if not decode_core:  # the einsum core of the layer
+                    attention._DECODE_MAX_ROWS = 0
             self.blocks.append(
                 (
                     keras.layers.LayerNormalization(name=f"ln1_{i}"),
@@ -157,7 +159,13 @@ def make_step(decoder, x, caches, index, mask):
 
         jitted = jax.jit(fn, donate_argnums=(1,))
         jindex = jax.numpy.asarray(index, "int32")
-        return lambda caches: jitted(tv, caches, jindex)
+
+        def step(caches):
+            return jitted(tv, caches, jindex)
+
+        step.compiled_text = lambda caches: (
+            jitted.lower(tv, caches, jindex).compile().as_text())
+        return step
     if BACKEND == "torch":
         import torch
 
@@ -172,6 +180,35 @@ def make_step(decoder, x, caches, index, mask):
         lambda caches: decoder(x, caches=caches, index=index, mask=mask),
                      jit_compile=True)
     return fn
+
+
+def big_operations(hlo, min_mb=4.0):
+    """The operations of an optimized HLO module's entry computation whose
+    result is at least `min_mb` MB, as `count x opcode shape (MB)` lines:
+    where a step writes a cache-sized tensor (a copy or transpose of a
+    cache) beside the in-place cache updates."""
+    import re
+
+    sizes = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "pred": 1, "s8": 1}
+    entry = hlo[hlo.index("\nENTRY"):]
+    entry = entry[:entry.index("\n}")]
+    pattern = re.compile(r"= (\w+)\[([\d,]*)\]\{[^}]*\} ([\w-]+)\(.*?"
+                         r"(?:kind=(\w+))?(?:, calls=(%?[\w.-]+))?")
+    counts = {}
+    for line in entry.splitlines():
+        match = pattern.search(line)
+        if not match or match.group(1) not in sizes:
+            continue
+        dims = [int(d) for d in match.group(2).split(",") if d]
+        mb = sizes[match.group(1)] * int(np.prod(dims)) / 1e6
+        if mb < min_mb:
+            continue
+        what = match.group(3)
+        if match.group(4):
+            what += f" {match.group(4)} {match.group(5) or ''}"
+        key = f"{what} {match.group(1)}{dims} ({mb:.0f} MB)"
+        counts[key] = counts.get(key, 0) + 1
+    return "\n".join(f"  {n} x {k}" for k, n in sorted(counts.items()))
 
 
 def sync(y):
@@ -200,6 +237,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--inner", type=int, default=10)
     parser.add_argument("--log", default=None)
+    parser.add_argument("--hlo", action="store_true",
+                        help="JAX: list the compiled steps' largest operations")
     args = parser.parse_args(argv)
     keras.config.set_dtype_policy(args.dtype)
     dtype = keras.config.dtype_policy().compute_dtype
@@ -207,19 +246,24 @@ def main(argv=None):
     index = s - 1
     mask = ops.convert_to_tensor(np.arange(s)[None, None, :] <= index)
     x = ops.cast(keras.random.normal((b, 1, d), seed=0), dtype)
-    variants = [("mha", None, None)]
+    variants = [("mha", None, None, True)]
     for k in (int(v) for v in args.shared_key_dims.split(",")):
-        variants += [(f"collab K{k} auto", k, None),
-                     (f"collab K{k} fused", k, True)]
+        variants += [(f"collab K{k} auto", k, None, True),
+                     (f"collab K{k} einsum core", k, None, False),
+                     (f"collab K{k} fused", k, True, True)]
     steps, caches, sizes, weights = {}, {}, {}, {}
-    for name, k, flash in variants:
+    for name, k, flash, core in variants:
         kind = "mha" if k is None else "collab"
-        decoder = Decoder(kind, args.layers, d, h, k, flash_attention=flash)
+        decoder = Decoder(kind, args.layers, d, h, k, flash_attention=flash,
+                          decode_core=core)
         caches[name] = initial_caches(kind, args.layers, b, s, d, h, k,
                                       dtype, seed=1)
         sizes[name] = cache_bytes(caches[name])
         steps[name] = make_step(decoder, x, caches[name], index, mask)
         weights[name] = weight_bytes(decoder)
+        if args.hlo and BACKEND == "jax":
+            print(f"\n{name}: the compiled step's largest operations")
+            print(big_operations(steps[name].compiled_text(caches[name])))
     for name, step in steps.items():  # compile (twice for JAX) and warm up
         for _ in range(6):
             y, caches[name] = step(caches[name])
@@ -270,7 +314,7 @@ def main(argv=None):
           "| cache vs MHA | (K+d)/(2d) | bytes read / time, GB/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     base_t = statistics.median(samples["mha"])
-    for name, k, flash in variants:
+    for name, k, flash, _ in variants:
         t = statistics.median(samples[name])
         row = dict(info, variant=name, step_ms=t * 1e3, ratio=t / base_t,
                    cache_mb=sizes[name] / 1e6,

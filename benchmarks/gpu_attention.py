@@ -142,6 +142,115 @@ print("| broadcast key | " + " | ".join(cells) + " |")
 """
 
 
+def bert_step(args):
+    """One training step of bert_base (12 layers) on JAX, to stdout.
+
+    `collab_keras.models.BertBackbone.from_architecture("bert_base_uncased")`
+    at length `--bert-length`, batch `--bert-batch`, mixed_bfloat16, dropout
+    0 (the fused paths take no attention dropout), all tokens real. The step
+    is the whole update under one `jax.jit` (buffers donated): the backbone
+    forward, a masked-LM loss on 15% of the positions (logits through the
+    tied token embedding, float32 softmax cross-entropy), the backward pass
+    and AdamW. Variants: concatenated heads (`MultiHeadAttention`, flash),
+    and collaborative heads at `--bert-key-dims` on the automatic path
+    (`flash_attention=None`), plus `--bert-fused` widths with
+    `flash_attention=True`.
+    """
+    import jax
+    import jax.numpy as jnp
+    import keras
+    import keras_hub  # noqa: F401 (the zoo needs it; no TensorFlow here)
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(HERE, os.pardir))
+    from collab_keras.models import BertBackbone
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    batch, length = args.bert_batch, args.bert_length
+    picks = max(1, int(0.15 * length))
+    rng = np.random.default_rng(0)
+    vocabulary = 30522
+    inputs = {
+        "token_ids": rng.integers(1, vocabulary, (batch, length)).astype("int32"),
+        "segment_ids": np.zeros((batch, length), "int32"),
+        "padding_mask": np.ones((batch, length), "int32"),
+    }
+    positions = jnp.asarray(rng.integers(0, length, (batch, picks, 1)), "int32")
+    labels = jnp.asarray(rng.integers(0, vocabulary, (batch, picks)), "int32")
+    variants = [("concatenated", "concatenate", None, None)]
+    variants += [(f"collaborative {k} auto", "collaborative", int(k), None)
+                 for k in args.bert_key_dims.split(",") if k]
+    variants += [(f"collaborative {k} flash=True", "collaborative", int(k), True)
+                 for k in args.bert_fused.split(",") if k]
+    print(f"## {args.bert_architecture} training step, JAX {jax.__version__} on "
+          f"{jax.devices()[0].device_kind}, keras-hub {keras_hub.__version__}, "
+          f"batch {batch}, length {length}, mixed_bfloat16, AdamW, "
+          f"masked-LM loss on {picks} positions", flush=True)
+    rows = []
+    for name, attention, key_dim, flash in variants:
+        keras.utils.set_random_seed(0)
+        kwargs = None if flash is None else {"flash_attention": flash}
+        backbone = BertBackbone.from_architecture(
+            args.bert_architecture, attention=attention, shared_key_dim=key_dim,
+            dropout=0.0, max_sequence_length=max(512, length),
+            attention_kwargs=kwargs,
+        )
+        optimizer = keras.optimizers.AdamW(1e-4)
+        optimizer.build(backbone.trainable_variables)
+        embedding = [i for i, v in enumerate(backbone.trainable_variables)
+                     if v is backbone.token_embedding.embeddings][0]
+
+        def loss_fn(tv, ntv, x):
+            out, ntv = backbone.stateless_call(tv, ntv, x, training=True)
+            seq = out["sequence_output"]  # (B, T, D)
+            picked = jnp.take_along_axis(seq, positions, axis=1)  # (B, P, D)
+            logits = jnp.einsum("bpd,vd->bpv", picked,
+                                tv[embedding].astype(picked.dtype),
+                                preferred_element_type=jnp.float32)
+            true = jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]
+            loss = jnp.mean(jax.nn.logsumexp(logits, -1) - true)
+            return loss, ntv
+
+        def step(tv, ntv, ov, x):
+            (loss, ntv), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                tv, ntv, x)
+            tv, ov = optimizer.stateless_apply(ov, grads, tv)
+            return tv, ntv, ov, loss
+
+        step = jax.jit(step, donate_argnums=(0, 1, 2))
+        state = ([v.value for v in backbone.trainable_variables],
+                 [v.value for v in backbone.non_trainable_variables],
+                 [v.value for v in optimizer.variables])
+        x = {k: jnp.asarray(v) for k, v in inputs.items()}
+        start = time.perf_counter()
+        *state, loss = step(*state, x)
+        jax.block_until_ready(loss)
+        compile_s = time.perf_counter() - start
+        for _ in range(3):
+            *state, loss = step(*state, x)
+        jax.block_until_ready(loss)
+        samples = []
+        for _ in range(args.bert_repeats):
+            start = time.perf_counter()
+            for _ in range(5):
+                *state, loss = step(*state, x)
+            jax.block_until_ready(loss)
+            samples.append((time.perf_counter() - start) / 5)
+        samples.sort()
+        ms = samples[len(samples) // 2] * 1e3
+        params = backbone.count_params()
+        rows.append((name, params, ms, float(loss), compile_s))
+        print(f"  {name}: {ms:.2f} ms/step, loss {float(loss):.3f}, "
+              f"{params:,} parameters, first call {compile_s:.0f} s", flush=True)
+        del state, backbone, optimizer
+    base = rows[0][2]
+    print("| attention | parameters | ms/step | vs concatenated | tokens/s |")
+    print("|---|---|---|---|---|")
+    for name, params, ms, _, _ in rows:
+        print(f"| {name} | {params / 1e6:.1f} M | {ms:.2f} | {ms / base:.3f} | "
+              f"{batch * length / ms * 1e3:,.0f} |")
+
+
 def run(cmd, out, name, env=None, timeout=400):
     """Runs `cmd`, tees its output to `<out>/<name>.txt`, returns it."""
     start = time.time()
@@ -187,7 +296,24 @@ def main():
                         help="layer part: only the fused/explicit checks")
     parser.add_argument("--breakdown", action="store_true",
                         help="torch kernel list at batch 32, length 512, Dk 256")
+    parser.add_argument("--modes", default="fwd,fwd+bwd")
+    parser.add_argument("--decode-backends", default="jax,torch")
+    parser.add_argument("--decode-args", default="",
+                        help="extra arguments of decode_step.py")
+    parser.add_argument("--bert-batch", type=int, default=32)
+    parser.add_argument("--bert-length", type=int, default=512)
+    parser.add_argument("--bert-key-dims", default="256,384")
+    parser.add_argument("--bert-fused", default="",
+                        help="bert: widths also run with flash_attention=True")
+    parser.add_argument("--bert-repeats", type=int, default=5)
+    parser.add_argument("--bert-architecture", default="bert_base_uncased")
+    parser.add_argument("--bert-timeout", type=int, default=300)
+    parser.add_argument("--bert-only", action="store_true",
+                        help=argparse.SUPPRESS)  # the bert part's process
     args = parser.parse_args()
+    if args.bert_only:
+        bert_step(args)
+        return
     os.makedirs(args.out, exist_ok=True)
     batch_for = {128: 64, 512: 32, 2048: 8, 8192: 2}
     sizes = ";".join(
@@ -218,16 +344,31 @@ def main():
         text = run(
             [sys.executable, script, "--sizes", sizes, "--dtype",
              "mixed_bfloat16", "--variants", args.variants, "--repeats",
-             str(args.repeats), "--check", "--check-sizes", args.check_sizes,
-             "--log", log] + (["--no-bench"] if args.check_only else []),
+             str(args.repeats), "--modes", args.modes, "--check",
+             "--check-sizes", args.check_sizes, "--log", log]
+            + (["--no-bench"] if args.check_only else []),
             args.out, f"layer_{backend}", env=env, timeout=args.layer_timeout,
         )
         summary.append(tables(text))
-        if "decode" not in parts:
-            continue
+    if "decode" in parts:
+        for backend in args.decode_backends.split(","):
+            text = run(
+                [sys.executable, decode, "--dtype", "bfloat16", "--log", log]
+                + args.decode_args.split(),
+                args.out, f"decode_{backend}", env={"KERAS_BACKEND": backend},
+                timeout=240,
+            )
+            summary.append(tables(text))
+    if "bert" in parts:
         text = run(
-            [sys.executable, decode, "--dtype", "bfloat16", "--log", log],
-            args.out, f"decode_{backend}", env=env, timeout=180,
+            [sys.executable, os.path.abspath(__file__), "--bert-only",
+             "--bert-batch", str(args.bert_batch), "--bert-length",
+             str(args.bert_length), "--bert-key-dims", args.bert_key_dims,
+             "--bert-fused", args.bert_fused, "--bert-repeats",
+             str(args.bert_repeats), "--bert-architecture",
+             args.bert_architecture],
+            args.out, "bert", env={"KERAS_BACKEND": "jax"},
+            timeout=args.bert_timeout,
         )
         summary.append(tables(text))
     if args.breakdown:
