@@ -298,6 +298,7 @@ def main():
                         help="torch kernel list at batch 32, length 512, Dk 256")
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--decode-backends", default="jax,torch")
+    parser.add_argument("--decode-timeout", type=int, default=240)
     parser.add_argument("--decode-args", default="",
                         help="extra arguments of decode_step.py")
     parser.add_argument("--bert-batch", type=int, default=32)
@@ -356,7 +357,7 @@ def main():
                 [sys.executable, decode, "--dtype", "bfloat16", "--log", log]
                 + args.decode_args.split(),
                 args.out, f"decode_{backend}", env={"KERAS_BACKEND": backend},
-                timeout=240,
+                timeout=args.decode_timeout,
             )
             summary.append(tables(text))
     if "bert" in parts:
