@@ -1,4 +1,10 @@
-"""PyTorch kernel of collaborative attention: `scaled_dot_product_attention`.
+"""PyTorch kernels of collaborative attention.
+
+On CUDA GPUs, float16 and bfloat16 inputs go to the Triton kernel
+(`_triton_attention.py`: the shared key read once per block for every head,
+values at their own width, mixing, content term and masks inside) when it
+takes them (`_triton_attention.applies`). Everything else (float32, CPUs, no
+Triton) runs `scaled_dot_product_attention`, as follows.
 
 The shared key is ONE key head that every query head reads
 (`enable_gqa=True`), so it is neither copied nor broadcast; the values keep
@@ -9,6 +15,8 @@ query `[q * m_h, e_h / scale]` (`e_h` the h-th unit vector) and the one key
 the kernel (cuDNN attention on Hopper GPUs when it takes the sizes, else the
 memory-efficient or the math kernel).
 """
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +30,52 @@ from collab_keras.ops._attention_utils import round_up
 CUDNN_MAX_WIDTH = 256
 
 
+# The Triton kernel is the automatic choice up to this shared key width:
+# wider keys (two key tiles, 256 + the rest) ran forward+backward slower than
+# the explicit path at lengths 2048 and 8192 on an H200
+# (`benchmarks/attention_kernel_torch.py`).
+TRITON_MAX_KEY_WIDTH = 256
+
+
 def key_width(width):
     """Head size given to the kernel for a shared key of `width`."""
     width = round_up(width, 8)
     return CUDNN_MAX_WIDTH if 128 < width < CUDNN_MAX_WIDTH else width
+
+
+def fused_preferred(query, shared_width, value_width, num_heads, use_bias):
+    """Whether the fused core beats the explicit path on torch (measured on
+    an H200, `benchmarks/attention_kernel_torch.py`).
+
+    On CUDA: the Triton kernel for float16/bfloat16 while the shared key is
+    at most 256 wide (`TRITON_MAX_KEY_WIDTH`); otherwise SDPA (cuDNN) while the key with
+    its `N` content columns fits 256 wide (wider ones fall to PyTorch's math
+    kernel). On CPUs the explicit path.
+    """
+    if not getattr(query, "is_cuda", False):
+        return False
+    half = query.dtype in (torch.float16, torch.bfloat16)
+    if half and shared_width <= TRITON_MAX_KEY_WIDTH and value_width <= 256:
+        if importlib.util.find_spec("triton") is not None:
+            return True
+    content_columns = num_heads if use_bias else 0
+    return (
+        key_width(shared_width + content_columns) <= CUDNN_MAX_WIDTH
+        and value_width <= CUDNN_MAX_WIDTH
+    )
+
+
+def triton_kernel(query, key, value, mask=None):
+    """The Triton kernel module if it runs these inputs, else `None`."""
+    if not query.is_cuda:
+        return None
+    try:
+        from collab_keras.ops import _triton_attention
+    except ImportError:  # no Triton installed
+        return None
+    if not _triton_attention.applies(query, key, value, mask):
+        return None
+    return _triton_attention
 
 
 def attention(query, key, value, mixing, content, mask, scale, is_causal):
@@ -33,8 +83,21 @@ def attention(query, key, value, mixing, content, mask, scale, is_causal):
     content (B, S, N) unscaled or None, mask (B, 1|N, T, S) bool or None,
     is_causal -> (B, T, N, V). Rows with no key give 0.
 
-    PyTorch chooses the kernel.
+    The Triton kernel where it applies (`triton_kernel`), else
+    `scaled_dot_product_attention` (PyTorch chooses its kernel).
     """
+    kernel = triton_kernel(query, key, value, mask)
+    if kernel is not None:
+        return kernel.attention(
+            query, key, value, mixing, content, mask, scale, is_causal
+        )
+    return sdpa_attention(
+        query, key, value, mixing, content, mask, scale, is_causal
+    )
+
+
+def sdpa_attention(query, key, value, mixing, content, mask, scale, is_causal):
+    """The kernel contract on `scaled_dot_product_attention`."""
     num_heads, value_dim = value.shape[-2], value.shape[-1]
     width = round_up(value_dim, 8)
     mixed = torch.einsum("btk,nk->bntk", query, mixing)  # (B, N, T, K)

@@ -129,9 +129,10 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
       allows (counting the content column) from length 256 on
       (`_jax_attention.cudnn_preferred`), else the explicit path (Dk 256
       with the content term, and wider); on CPUs the explicit path.
-    - torch: SDPA (cuDNN) on CUDA devices while the key (with its `N`
-      content columns) fits 256 wide (wider ones fall to PyTorch's math
-      kernel, slower than the explicit path); on CPUs the explicit path.
+    - torch: on CUDA devices the Triton kernel (float16/bfloat16, keys up
+      to 256 wide), else SDPA (cuDNN) while the key with its `N` content
+      columns fits 256 wide (`_torch_attention.fused_preferred`); on CPUs
+      the explicit path.
     - TensorFlow: `keras.ops.dot_product_attention` on the broadcast key
       (XLA-compiled, faster than the explicit einsums on CPUs).
     Decoding steps (query length below `MIN_FUSED_QUERY_LENGTH`) always take
@@ -161,11 +162,7 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
     if name == "torch":
         from collab_keras.ops import _torch_attention
 
-        content_columns = num_heads if use_bias else 0
-        return (
-            bool(getattr(query, "is_cuda", False))
-            and _torch_attention.key_width(key_width + content_columns)
-            <= _torch_attention.CUDNN_MAX_WIDTH
-            and value_width <= _torch_attention.CUDNN_MAX_WIDTH
+        return _torch_attention.fused_preferred(
+            query, key_width, value_width, num_heads, use_bias
         )
     return name == "tensorflow"

@@ -1,0 +1,222 @@
+"""The collaborative attention core on a GPU, torch: Triton kernel vs the rest.
+
+The torch part of `benchmarks/attention_kernel.py` (same shapes, same FLOP
+model). Times, in one process on one card, forward and forward+backward of
+the attention core alone (bf16, 12 heads, value width 64, content term on):
+
+- `triton`: `collab_keras.ops._triton_attention.attention` (this repo's
+  kernel: shared key read once per block, mixing, content and masks inside,
+  values at their own width);
+- `sdpa`: the path before it (`_torch_attention.sdpa_attention`):
+  `scaled_dot_product_attention` with one shared key head
+  (`enable_gqa=True`), the content term as `N` more key columns, widths
+  padded (cuDNN up to 256 wide, PyTorch's math kernel beyond);
+- `explicit`: the einsum path (bf16 products, float32 softmax);
+- `mha`: `scaled_dot_product_attention` with 12 heads of width 64 on the
+  flash kernel (what `keras.layers.MultiHeadAttention` runs).
+
+FLOP model (matrix products only, as the JAX rows): forward
+`2 B N T S (K + V)` for collaborative and `2 B N T S (64 + 64)` for MHA,
+forward+backward 3.5x the forward; TFLOP/s columns use it. Ratios are times
+against `mha`.
+
+    KERAS_BACKEND=torch python3 benchmarks/attention_kernel_torch.py \\
+        [--sweep] [--lengths 128,512,2048,8192] [--key-widths 128,256,384]
+
+`--sweep` first times the tile configurations of `SWEEP` at 32 x 512 (to
+choose `_triton_attention.default_config`).
+"""
+
+import argparse
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from collab_keras.ops import _torch_attention  # noqa: E402
+from collab_keras.ops import _triton_attention as ta  # noqa: E402
+
+BATCH_FOR = {128: 64, 512: 32, 2048: 8, 8192: 2}
+HEADS, VALUE = 12, 64
+
+
+def timed(fn, repeats=7, calls=3):
+    """Median of `repeats` timings (ms, CUDA events) of `calls` calls."""
+    fn()
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def make(batch, length, key_width, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    rand = lambda *s: torch.randn(*s, generator=gen, device="cuda",
+                                  dtype=torch.bfloat16).requires_grad_()
+    q, k = rand(batch, length, key_width), rand(batch, length, key_width)
+    v, m = rand(batch, length, HEADS, VALUE), rand(HEADS, key_width)
+    c = rand(batch, length, HEADS)
+    g = torch.randn(batch, length, HEADS, VALUE, generator=gen, device="cuda",
+                    dtype=torch.bfloat16)
+    return (q, k, v, m, c), g
+
+
+def explicit(q, k, v, m, c, scale, causal):
+    mixed = torch.einsum("btk,nk->bntk", q, m)
+    s = torch.matmul(mixed, k.unsqueeze(1).transpose(-1, -2)).float()
+    s = (s + c.float().permute(0, 2, 1)[:, :, None, :]) * scale
+    if causal:
+        t = q.shape[1]
+        s = s.masked_fill(~torch.ones(t, t, dtype=torch.bool,
+                                      device=q.device).tril(), float("-inf"))
+    p = torch.softmax(s, dim=-1).to(v.dtype)
+    return torch.einsum("bnts,bsnv->btnv", p, v)
+
+
+def core(kind, key_width, causal, config=None):
+    scale = key_width**-0.5
+    if kind == "triton":
+        return lambda q, k, v, m, c: ta.attention(
+            q, k, v, m, c, None, scale, causal, config=config)
+    if kind == "sdpa":
+        return lambda q, k, v, m, c: _torch_attention.sdpa_attention(
+            q, k, v, m, c, None, scale, causal)
+    return lambda q, k, v, m, c: explicit(q, k, v, m, c, scale, causal)
+
+
+def fwd_and_both(fn, args, g):
+    def fwd():
+        with torch.no_grad():
+            fn(*args)
+
+    def both():
+        out = fn(*args)
+        torch.autograd.grad(out, args, g)
+
+    return timed(fwd), timed(both)
+
+
+def mha(batch, length, causal):
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    rand = lambda: torch.randn(batch, HEADS, length, 64, generator=gen,
+                               device="cuda", dtype=torch.bfloat16).requires_grad_()
+    q, k, v = rand(), rand(), rand()
+    g = torch.randn_like(q)
+    flash = torch.nn.attention.SDPBackend.FLASH_ATTENTION
+
+    def fn(q, k, v):
+        with torch.nn.attention.sdpa_kernel(flash):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return fwd_and_both(fn, (q, k, v), g)
+
+
+def flops(batch, length, width, causal):
+    f = 2 * batch * HEADS * length * length * width
+    return f / 2 if causal else f
+
+
+SWEEP = {  # key width: (forward (bq, bk, warps, stages), backward (bq, bk, warps))
+    128: ([(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 2)],
+          [(64, 64, 4), (32, 64, 4), (64, 128, 8), (32, 128, 4)]),
+    256: ([(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
+          [(32, 64, 4), (32, 128, 8), (16, 64, 4), (32, 64, 8), (64, 64, 4)]),
+    384: ([(64, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 2),
+           (128, 32, 8, 2), (32, 64, 4, 2)],
+          [(32, 32, 8), (32, 32, 4), (16, 32, 4), (32, 64, 8), (16, 64, 4),
+           (64, 32, 8)]),
+}
+
+
+def sweep(length=512):
+    batch = BATCH_FOR[length]
+    for key_width, (fwd_configs, bwd_configs) in SWEEP.items():
+        args, g = make(batch, length, key_width)
+        base = ta.default_config(key_width)
+        print(f"## sweep Dk {key_width}, B{batch} T{length}, default {base}")
+        for bq, bk, w, st in fwd_configs:
+            cfg = base._replace(block_q=bq, block_k=bk, warps=w, stages=st)
+            try:
+                fn = core("triton", key_width, False, cfg)
+                print(f"fwd bq{bq} bk{bk} w{w} s{st}: "
+                      f"{fwd_and_both(fn, args, g)[0]:.3f} ms", flush=True)
+            except Exception as e:  # noqa: BLE001 (report and go on)
+                print(f"fwd bq{bq} bk{bk} w{w} s{st}: fails {str(e)[:200]}")
+        for bq, bk, w in bwd_configs:
+            cfg = base._replace(block_q_bwd=bq, block_k_bwd=bk, warps_bwd=w)
+            try:
+                fn = core("triton", key_width, False, cfg)
+                print(f"fwd+bwd, bwd bq{bq} bk{bk} w{w}: "
+                      f"{fwd_and_both(fn, args, g)[1]:.3f} ms", flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"fwd+bwd, bwd bq{bq} bk{bk} w{w}: fails {str(e)[:200]}")
+
+
+def table(lengths, key_widths, causal):
+    print(f"\n## attention core (torch), bf16, N{HEADS} V{VALUE}, content on, "
+          f"causal={causal}, card: {torch.cuda.get_device_name()}, "
+          f"torch {torch.__version__}")
+    print("| T | B | Dk | mode | triton ms | sdpa ms | explicit ms | mha ms "
+          "| triton/mha | best-other/mha | FLOP ratio | triton TFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cell = lambda x: "-" if x is None else f"{x:.3f}"
+    for length in lengths:
+        batch = BATCH_FOR[length]
+        base = mha(batch, length, causal)
+        for key_width in key_widths:
+            args, g = make(batch, length, key_width)
+            res = {}
+            for kind in ("triton", "sdpa", "explicit"):
+                if kind != "triton" and batch * length * length > 2**27:
+                    res[kind] = (None, None)  # (B, N, T, S) scores: minutes
+                    continue
+                try:
+                    res[kind] = fwd_and_both(core(kind, key_width, causal),
+                                             args, g)
+                except Exception as e:  # noqa: BLE001
+                    print(f"{kind} T{length} Dk{key_width} fails: {str(e)[:300]}")
+                    res[kind] = (None, None)
+                torch.cuda.empty_cache()
+            ratio = (key_width + VALUE) / 128
+            for mode, idx, factor in (("fwd", 0, 1), ("fwd+bwd", 1, 3.5)):
+                t = res["triton"][idx]
+                others = [res[x][idx] for x in ("sdpa", "explicit")
+                          if res[x][idx] is not None]
+                fl = factor * flops(batch, length, key_width + VALUE, causal)
+                print(f"| {length} | {batch} | {key_width} | {mode} | {cell(t)} "
+                      f"| {cell(res['sdpa'][idx])} | {cell(res['explicit'][idx])} "
+                      f"| {base[idx]:.3f} | "
+                      + ("-" if t is None else f"{t / base[idx]:.2f}")
+                      + " | " + (f"{min(others) / base[idx]:.2f}" if others else "-")
+                      + f" | {ratio:.2f} | "
+                      + ("-" if t is None else f"{fl / t / 1e9:.0f}") + " |",
+                      flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--lengths", default="128,512,2048,8192")
+    parser.add_argument("--key-widths", default="128,256,384")
+    parser.add_argument("--causal", action="store_true")
+    args = parser.parse_args()
+    ints = lambda s: [int(x) for x in s.split(",") if x]
+    if args.sweep:
+        sweep()
+    table(ints(args.lengths), ints(args.key_widths), args.causal)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,629 @@
+"""Fused collaborative attention for PyTorch on CUDA GPUs: a Triton kernel.
+
+For every head `h` it computes, exactly,
+
+    softmax_j(scale * ((q_i * m_h) . k_j + c_h(j)) + mask) @ v_h
+
+from the shared query `q` (B, T, K), the shared key `k` (B, S, K), the
+per-head values `v` (B, S, N, V), the mixing `m` (N, K) and the optional
+content term `c` (B, S, N), in float32 accumulation, with a FlashAttention-2
+online softmax and backward pass (Dao, 2023), wrapped in a
+`torch.autograd.Function`. The maths and the design are those of the JAX
+kernel (`_pallas_attention.py`); what this one does differently is to read
+every operand in place through its strides (no padding, no copy):
+
+- the mixing `m_h` is applied to the query tile inside the kernel: no
+  `(B, T, N, K)` tensor is written, and the key is never broadcast. The
+  forward grid runs the heads of one query block side by side (head is the
+  fastest program index), so each shared key tile comes from memory once
+  and from the L2 cache for the other heads; the backward key kernel loads
+  a key tile once and loops over the heads, summing the key's gradient;
+- scores are `K` wide and values `V` wide: tiles are rounded up to a power
+  of two (keys wider than 256 as two tiles, 256 + the rest: 384 runs
+  256 + 128) and loaded with masks, nothing is padded in memory;
+- the content term `scale * c_h(j)` is added to the scores inside the
+  kernel; the causal mask is computed there; a boolean mask is read tile by
+  tile through its strides (broadcast axes have stride 0, so a `(B, 1, 1, S)`
+  key-padding mask reads `S` values per batch row), no `(B, T, S)` tensor is
+  made; query rows with no key to attend to give 0; NaN and Inf propagate as
+  in the explicit softmax;
+- float16 and bfloat16 inputs (float32 runs too, with exact IEEE products,
+  for tests; the dispatch sends float32 to `scaled_dot_product_attention`);
+  any lengths.
+
+`applies` says when the kernel runs; `attention` is the kernel contract of
+every backend (see `collaborative_dot_product_attention.py`). The kernels run
+in Triton's interpreter on CPUs when `TRITON_INTERPRET=1` is set before this
+module is imported (the CPU tests do).
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_KEY_WIDTH = 512
+MAX_VALUE_WIDTH = 256
+_LOG2E = math.log2(math.e)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+class Config(NamedTuple):
+    """Tile sizes and warps of the three kernels (powers of two)."""
+
+    block_q: int = 64  # forward
+    block_k: int = 64
+    warps: int = 4
+    stages: int = 2
+    block_q_bwd: int = 64  # backward (both kernels)
+    block_k_bwd: int = 32
+    warps_bwd: int = 4
+    head_groups: int = 0  # backward: heads split over this many programs
+    # (0: the fewest that fill the card, `head_groups`)
+
+
+def default_config(key_width, dtype=torch.bfloat16):
+    """Tile sizes by the key width's tile (a power of two) and dtype,
+    measured on an H200 (`benchmarks/attention_kernel_torch.py --sweep`)."""
+    width = _pow2(key_width)
+    if width <= 128:
+        config = Config(block_q=128, block_k=64, warps=8, block_q_bwd=64,
+                        block_k_bwd=64, warps_bwd=4)
+    elif width <= 256:
+        config = Config(block_q=64, block_k=64, warps=4, block_q_bwd=32,
+                        block_k_bwd=64, warps_bwd=4)
+    else:
+        config = Config(block_q=64, block_k=32, warps=4, block_q_bwd=32,
+                        block_k_bwd=64, warps_bwd=8)
+    if dtype == torch.float32:  # float32 tiles: half the rows
+        config = config._replace(
+            block_q=config.block_q // 2, block_k=config.block_k // 2,
+            block_q_bwd=config.block_q_bwd // 2,
+            block_k_bwd=config.block_k_bwd // 2,
+        )
+    return config
+
+
+def head_groups(num_heads, programs):
+    """Groups of heads in the backward kernels: the fewest (a divisor of
+    `num_heads`) that give at least 2 programs per multiprocessor of an
+    H200 (132), so that short sequences and small batches fill the card."""
+    for groups in range(1, num_heads + 1):
+        if num_heads % groups == 0 and programs * groups >= 264:
+            return groups
+    return num_heads
+
+
+def applies(query, key, value, mask=None):
+    """Whether the compiled kernel runs these inputs.
+
+    CUDA tensors of compute capability 8.0 or more, float16 or bfloat16 (one
+    dtype for query, key and values), shared key width up to 512, value
+    width up to 256, a mask (if any) of rank 4 that broadcasts to
+    `(B, N, T, S)`.
+    """
+    if not (query.is_cuda and key.is_cuda and value.is_cuda):
+        return False
+    if query.dtype not in _HALF or key.dtype != query.dtype:
+        return False
+    if value.dtype != query.dtype:
+        return False
+    if torch.cuda.get_device_capability(query.device) < (8, 0):
+        return False
+    return _unsupported(query, key, value, mask) is None
+
+
+def _unsupported(query, key, value, mask):
+    """`None` when the kernel takes these shapes, else the reason."""
+    if query.dim() != 3 or key.dim() != 3 or value.dim() != 4:
+        return "ranks"
+    if query.dtype not in _HALF + (torch.float32,):
+        return f"dtype {query.dtype}"
+    if key.dtype != query.dtype or value.dtype != query.dtype:
+        return "mixed dtypes"
+    if query.shape[-1] > MAX_KEY_WIDTH or value.shape[-1] > MAX_VALUE_WIDTH:
+        return "width"
+    if mask is not None:
+        batch, length = query.shape[:2]
+        heads, keys = value.shape[2], key.shape[1]
+        if mask.dim() != 4 or any(
+            d not in (1, full)
+            for d, full in zip(mask.shape, (batch, heads, length, keys))
+        ):
+            return "mask shape"
+    return None
+
+
+def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
+              is_causal=False, config=None):
+    """Collaborative attention, fused. Differentiable (autograd).
+
+    Args:
+        query: Shared query, `(B, T, K)`.
+        key: Shared key, `(B, S, K)`.
+        value: Per-head values, `(B, S, N, V)`.
+        mixing: Mixing, `(N, K)`, cast to the query's dtype.
+        content: Optional unscaled content term `y C`, `(B, S, N)`.
+        mask: Optional boolean mask of rank 4 broadcastable to
+            `(B, N, T, S)`; `True` where a query may attend to a key.
+        scale: Score scale.
+        is_causal: Whether query `i` attends only to keys `j <= i`.
+        config: Optional `Config` of tile sizes.
+
+    Returns:
+        `(B, T, N, V)` in the query's dtype.
+    """
+    reason = _unsupported(query, key, value, mask)
+    if reason is not None:
+        raise ValueError(
+            "The Triton collaborative attention kernel does not take these "
+            f"inputs ({reason}). Received: query.shape={tuple(query.shape)}, "
+            f"key.shape={tuple(key.shape)}, value.shape={tuple(value.shape)}, "
+            f"mask.shape={None if mask is None else tuple(mask.shape)}, "
+            f"dtype={query.dtype}"
+        )
+    if config is None:
+        config = default_config(query.shape[-1], query.dtype)
+    mixing = mixing.to(query.dtype)
+    if mask is not None:
+        mask = mask.to(torch.bool)
+    return _Attention.apply(query, key, value, mixing, content, mask,
+                            float(scale), bool(is_causal), config)
+
+
+def _pow2(n):
+    return max(16, triton.next_power_of_2(int(n)))
+
+
+def _strides(x, dims):
+    """Strides of `x` (`dims` of them), 0 where the size is 1 or `x` is
+    None (broadcast)."""
+    if x is None:
+        return (0,) * dims
+    return tuple(0 if n == 1 else s for n, s in zip(x.shape, x.stride()))
+
+
+def _mask_args(mask):
+    """The mask as a uint8 view (no copy), its kind and strides: kind 0 none,
+    1 key padding (only the batch and key axes vary), 2 any other."""
+    if mask is None:
+        return None, 0, (0, 0, 0, 0)
+    kind = 1 if mask.shape[1] == 1 and mask.shape[2] == 1 else 2
+    return mask.view(torch.uint8), kind, _strides(mask, 4)
+
+
+class _Static(NamedTuple):
+    scale: float
+    causal: bool
+    config: Config
+
+
+# ---------------------------------------------------------------------------
+# Shared pieces of the kernels. The key width is covered by tile A (its first
+# min(K, 256) columns, rounded up to a power of two) and, for keys wider than
+# 256, tile B (the columns from 256 on, rounded up): a 384-wide key runs
+# 256 + 128 columns, not 512.
+
+
+@triton.jit
+def _load(ptr, rows, n_rows, stride_r, cols, n_cols, stride_c):
+    """The tile `ptr[rows, cols]`, 0 outside `n_rows` x `n_cols`."""
+    return tl.load(ptr + rows[:, None] * stride_r + cols[None, :] * stride_c,
+                   mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols),
+                   other=0.0)
+
+
+@triton.jit
+def _mix(q, m_ptr, cols, stride, key_width):
+    """`q * m_h` on the columns `cols`, rounded once to the input dtype (as
+    the einsum would), and `m_h` there in float32."""
+    m = tl.load(m_ptr + cols * stride, mask=cols < key_width, other=0.0)
+    m = m.to(tl.float32)
+    return (q.to(tl.float32) * m[None, :]).to(q.dtype), m
+
+
+@triton.jit
+def _masked_scores(s, rows, cols, c, mask_ptr, stride_mt, stride_ms,
+                   length, keys, qk_scale, HAS_CONTENT: tl.constexpr,
+                   MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+                   EVEN_S: tl.constexpr):
+    """Base-2 scores `scale * log2(e) * (s + c)`, -inf where masked.
+
+    `s` is `(len(rows), len(cols))` from the products; `rows` and `cols`
+    come as `[:, None]` / `[None, :]` (or transposed) so that the same code
+    serves the transposed tiles of the backward key kernel. `mask_ptr`
+    points at the batch and head of the mask; `c` holds the content term's
+    values of `cols` (broadcast like `cols`).
+    """
+    if HAS_CONTENT:
+        s = s + c
+    s = s * qk_scale
+    if not EVEN_S:
+        s = tl.where(cols < keys, s, float("-inf"))
+    if CAUSAL:
+        s = tl.where(rows >= cols, s, float("-inf"))
+    if MASK_KIND == 1:
+        keep = tl.load(mask_ptr + cols * stride_ms, mask=cols < keys, other=0)
+        s = tl.where(keep != 0, s, float("-inf"))
+    if MASK_KIND == 2:
+        keep = tl.load(mask_ptr + rows * stride_mt + cols * stride_ms,
+                       mask=(rows < length) & (cols < keys), other=0)
+        s = tl.where(keep != 0, s, float("-inf"))
+    return s
+
+
+# ---------------------------------------------------------------------------
+# Forward.
+
+
+@triton.jit
+def _forward_kernel(
+    Q, K, V, M, C, MASK, O, LSE,
+    sq_b, sq_t, sq_k, sk_b, sk_s, sk_k, sv_b, sv_s, sv_n, sv_v, sm_n, sm_k,
+    sc_b, sc_s, sc_n, smask_b, smask_n, smask_t, smask_s,
+    so_b, so_t, so_n, so_v, sl_b, sl_n, sl_t,
+    length, keys, key_width, value_width, qk_scale,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_A: tl.constexpr,
+    K_B: tl.constexpr, V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EVEN_S: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    h = tl.program_id(0)
+    i = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    rows = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    ka = tl.arange(0, K_A)
+    if K_B > 0:
+        kb = K_A + tl.arange(0, K_B)
+    vv = tl.arange(0, V_TILE)
+    q_ptr, k_ptr = Q + b * sq_b, K + b * sk_b
+    v_ptr = V + b * sv_b + h * sv_n
+    qm_a, _ = _mix(_load(q_ptr, rows, length, sq_t, ka, key_width, sq_k),
+                   M + h * sm_n, ka, sm_k, key_width)  # (BQ, Ka)
+    if K_B > 0:
+        qm_b, _ = _mix(_load(q_ptr, rows, length, sq_t, kb, key_width, sq_k),
+                       M + h * sm_n, kb, sm_k, key_width)  # (BQ, Kb)
+    mask_ptr = MASK + b * smask_b + h * smask_n
+    acc = tl.zeros((BLOCK_Q, V_TILE), tl.float32)
+    top = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+    total = tl.zeros((BLOCK_Q,), tl.float32)
+    upper = keys
+    if CAUSAL:
+        upper = tl.minimum(keys, (i + 1) * BLOCK_Q)
+    for start in range(0, upper, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        k = _load(k_ptr, cols, keys, sk_s, ka, key_width, sk_k)  # (BK, Ka)
+        s = tl.dot(qm_a, tl.trans(k), input_precision=PRECISION)  # (BQ, BK)
+        if K_B > 0:
+            k = _load(k_ptr, cols, keys, sk_s, kb, key_width, sk_k)
+            s += tl.dot(qm_b, tl.trans(k), input_precision=PRECISION)
+        c = 0.0
+        if HAS_CONTENT:
+            c = tl.load(C + b * sc_b + cols * sc_s + h * sc_n,
+                        mask=cols < keys, other=0.0).to(tl.float32)[None, :]
+        s = _masked_scores(s, rows[:, None], cols[None, :], c, mask_ptr,
+                           smask_t, smask_s, length, keys, qk_scale,
+                           HAS_CONTENT, MASK_KIND, CAUSAL, EVEN_S)
+        new_top = tl.maximum(top, tl.max(s, 1))
+        safe = tl.where(new_top == float("-inf"), 0.0, new_top)
+        alpha = tl.exp2(top - safe)
+        p = tl.exp2(s - safe[:, None])
+        total = total * alpha + tl.sum(p, 1)
+        v = _load(v_ptr, cols, keys, sv_s, vv, value_width, sv_v)  # (BK, Vt)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v,
+                                            input_precision=PRECISION)
+        top = new_top
+    attends = total > 0  # False for rows with every key masked (and NaN)
+    nan = total != total
+    out = acc / tl.where(attends, total, 1.0)[:, None]
+    out = tl.where((attends | nan)[:, None], out, 0.0)
+    tl.store(O + b * so_b + rows[:, None] * so_t + h * so_n + vv[None, :] * so_v,
+             out.to(O.dtype.element_ty),
+             mask=(rows[:, None] < length) & (vv[None, :] < value_width))
+    # +inf for rows with no key, so that the backward's exp2(s - lse) is 0.
+    lse = tl.where(attends, top + tl.log2(tl.where(attends, total, 1.0)),
+                   float("inf"))
+    lse = tl.where(nan, total, lse)
+    tl.store(LSE + b * sl_b + h * sl_n + rows * sl_t, lse, mask=rows < length)
+
+
+# ---------------------------------------------------------------------------
+# Backward.
+
+
+@triton.jit
+def _key_kernel(
+    Q, K, V, M, C, MASK, DO, LSE, DELTA, DK, DV, DC,
+    sq_b, sq_t, sq_k, sk_b, sk_s, sk_k, sv_b, sv_s, sv_n, sv_v, sm_n, sm_k,
+    sc_b, sc_s, sc_n, smask_b, smask_n, smask_t, smask_s,
+    sdo_b, sdo_t, sdo_n, sdo_v, sl_b, sl_n, sl_t,
+    sdk_g, sdk_b, sdk_s, sdv_b, sdv_s, sdv_n, sdv_v, sdc_b, sdc_s, sdc_n,
+    length, keys, key_width, value_width, qk_scale, scale, heads_per_group,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_A: tl.constexpr,
+    K_B: tl.constexpr, V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EVEN_S: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Per key block: dK (summed over heads), dV_h and dC_h for every head
+    of the group, the key tile loaded once. Tiles are transposed (key rows,
+    query columns), as in Triton's fused-attention tutorial."""
+    j = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2)
+    cols = j * BLOCK_K + tl.arange(0, BLOCK_K)
+    ka = tl.arange(0, K_A)
+    if K_B > 0:
+        kb = K_A + tl.arange(0, K_B)
+    vv = tl.arange(0, V_TILE)
+    q_ptr, k_ptr = Q + b * sq_b, K + b * sk_b
+    k_a = _load(k_ptr, cols, keys, sk_s, ka, key_width, sk_k)  # (BK, Ka)
+    dk_a = tl.zeros((BLOCK_K, K_A), tl.float32)
+    if K_B > 0:
+        k_b = _load(k_ptr, cols, keys, sk_s, kb, key_width, sk_k)
+        dk_b = tl.zeros((BLOCK_K, K_B), tl.float32)
+    lower = 0
+    if CAUSAL:
+        lower = (j * BLOCK_K // BLOCK_Q) * BLOCK_Q
+    for hh in range(0, heads_per_group):
+        h = g * heads_per_group + hh
+        v = _load(V + b * sv_b + h * sv_n, cols, keys, sv_s, vv, value_width,
+                  sv_v)  # (BK, Vt)
+        c = 0.0
+        if HAS_CONTENT:
+            c = tl.load(C + b * sc_b + cols * sc_s + h * sc_n,
+                        mask=cols < keys, other=0.0).to(tl.float32)[:, None]
+        mask_ptr = MASK + b * smask_b + h * smask_n
+        dv = tl.zeros((BLOCK_K, V_TILE), tl.float32)
+        dc = tl.zeros((BLOCK_K,), tl.float32)
+        for start in range(lower, length, BLOCK_Q):
+            rows = start + tl.arange(0, BLOCK_Q)
+            qm_a, _ = _mix(_load(q_ptr, rows, length, sq_t, ka, key_width, sq_k),
+                           M + h * sm_n, ka, sm_k, key_width)  # (BQ, Ka)
+            s = tl.dot(k_a, tl.trans(qm_a), input_precision=PRECISION)  # (BK, BQ)
+            if K_B > 0:
+                qm_b, _ = _mix(
+                    _load(q_ptr, rows, length, sq_t, kb, key_width, sq_k),
+                    M + h * sm_n, kb, sm_k, key_width)
+                s += tl.dot(k_b, tl.trans(qm_b), input_precision=PRECISION)
+            s = _masked_scores(s, rows[None, :], cols[:, None], c, mask_ptr,
+                               smask_t, smask_s, length, keys, qk_scale,
+                               HAS_CONTENT, MASK_KIND, CAUSAL, EVEN_S)
+            lse = tl.load(LSE + b * sl_b + h * sl_n + rows * sl_t,
+                          mask=rows < length, other=float("inf"))
+            p = tl.exp2(s - lse[None, :])  # (BK, BQ)
+            do = _load(DO + b * sdo_b + h * sdo_n, rows, length, sdo_t, vv,
+                       value_width, sdo_v)  # (BQ, Vt)
+            dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
+            dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BK, BQ)
+            delta = tl.load(DELTA + b * sl_b + h * sl_n + rows * sl_t,
+                            mask=rows < length, other=0.0)
+            ds = p * (dp - delta[None, :])  # d loss / d (scale * score)
+            dk_a += tl.dot(ds.to(qm_a.dtype), qm_a, input_precision=PRECISION)
+            if K_B > 0:
+                dk_b += tl.dot(ds.to(qm_b.dtype), qm_b,
+                               input_precision=PRECISION)
+            if HAS_CONTENT:
+                dc += tl.sum(ds, 1)
+        tl.store(DV + b * sdv_b + cols[:, None] * sdv_s + h * sdv_n
+                 + vv[None, :] * sdv_v, dv.to(DV.dtype.element_ty),
+                 mask=(cols[:, None] < keys) & (vv[None, :] < value_width))
+        if HAS_CONTENT:
+            tl.store(DC + b * sdc_b + cols * sdc_s + h * sdc_n, dc * scale,
+                     mask=cols < keys)
+    dk_ptr = DK + g * sdk_g + b * sdk_b + cols[:, None] * sdk_s
+    tl.store(dk_ptr + ka[None, :], dk_a * scale,
+             mask=(cols[:, None] < keys) & (ka[None, :] < key_width))
+    if K_B > 0:
+        tl.store(dk_ptr + kb[None, :], dk_b * scale,
+                 mask=(cols[:, None] < keys) & (kb[None, :] < key_width))
+
+
+@triton.jit
+def _query_kernel(
+    Q, K, V, M, C, MASK, DO, LSE, DELTA, DQ, DM,
+    sq_b, sq_t, sq_k, sk_b, sk_s, sk_k, sv_b, sv_s, sv_n, sv_v, sm_n, sm_k,
+    sc_b, sc_s, sc_n, smask_b, smask_n, smask_t, smask_s,
+    sdo_b, sdo_t, sdo_n, sdo_v, sl_b, sl_n, sl_t,
+    sdq_g, sdq_b, sdq_t, sdm_b, sdm_i, sdm_n,
+    length, keys, key_width, value_width, qk_scale, scale, heads_per_group,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_A: tl.constexpr,
+    K_B: tl.constexpr, V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EVEN_S: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Per query block: dQ (summed over the group's heads) and each head's
+    partial dM (summed over the block's queries). With one tile of keys the
+    sum over heads stays in registers; with two it goes through memory (the
+    program's own dQ rows), which keeps wide keys from spilling."""
+    i = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2)
+    rows = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    ka = tl.arange(0, K_A)
+    if K_B > 0:
+        kb = K_A + tl.arange(0, K_B)
+    vv = tl.arange(0, V_TILE)
+    q_ptr, k_ptr = Q + b * sq_b, K + b * sk_b
+    q_a = _load(q_ptr, rows, length, sq_t, ka, key_width, sq_k)  # (BQ, Ka)
+    if K_B > 0:
+        q_b = _load(q_ptr, rows, length, sq_t, kb, key_width, sq_k)
+    dq_ptr = DQ + g * sdq_g + b * sdq_b + rows[:, None] * sdq_t
+    dm_ptr = DM + b * sdm_b + i * sdm_i
+    query_rows = rows[:, None] < length
+    upper = keys
+    if CAUSAL:
+        upper = tl.minimum(keys, (i + 1) * BLOCK_Q)
+    dq_a = tl.zeros((BLOCK_Q, K_A), tl.float32)
+    for hh in range(0, heads_per_group):
+        h = g * heads_per_group + hh
+        qm_a, m_a = _mix(q_a, M + h * sm_n, ka, sm_k, key_width)
+        if K_B > 0:
+            qm_b, m_b = _mix(q_b, M + h * sm_n, kb, sm_k, key_width)
+            dqm_b = tl.zeros((BLOCK_Q, K_B), tl.float32)
+        lse = tl.load(LSE + b * sl_b + h * sl_n + rows * sl_t,
+                      mask=rows < length, other=float("inf"))
+        delta = tl.load(DELTA + b * sl_b + h * sl_n + rows * sl_t,
+                        mask=rows < length, other=0.0)
+        do = _load(DO + b * sdo_b + h * sdo_n, rows, length, sdo_t, vv,
+                   value_width, sdo_v)  # (BQ, Vt)
+        v_ptr = V + b * sv_b + h * sv_n
+        mask_ptr = MASK + b * smask_b + h * smask_n
+        dqm_a = tl.zeros((BLOCK_Q, K_A), tl.float32)
+        for start in range(0, upper, BLOCK_K):
+            cols = start + tl.arange(0, BLOCK_K)
+            k_a = _load(k_ptr, cols, keys, sk_s, ka, key_width, sk_k)
+            s = tl.dot(qm_a, tl.trans(k_a), input_precision=PRECISION)
+            if K_B > 0:
+                k_b = _load(k_ptr, cols, keys, sk_s, kb, key_width, sk_k)
+                s += tl.dot(qm_b, tl.trans(k_b), input_precision=PRECISION)
+            c = 0.0
+            if HAS_CONTENT:
+                c = tl.load(C + b * sc_b + cols * sc_s + h * sc_n,
+                            mask=cols < keys, other=0.0).to(tl.float32)[None, :]
+            s = _masked_scores(s, rows[:, None], cols[None, :], c, mask_ptr,
+                               smask_t, smask_s, length, keys, qk_scale,
+                               HAS_CONTENT, MASK_KIND, CAUSAL, EVEN_S)
+            p = tl.exp2(s - lse[:, None])
+            v = _load(v_ptr, cols, keys, sv_s, vv, value_width, sv_v)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = (p * (dp - delta[:, None])).to(k_a.dtype)
+            dqm_a += tl.dot(ds, k_a, input_precision=PRECISION)
+            if K_B > 0:
+                dqm_b += tl.dot(ds, k_b, input_precision=PRECISION)
+        # d loss / d (q * m_h), then d m_h and this head's part of d q.
+        dqm_a = dqm_a * scale
+        tl.store(dm_ptr + h * sdm_n + ka, tl.sum(dqm_a * q_a.to(tl.float32), 0),
+                 mask=ka < key_width)
+        if K_B > 0:
+            dqm_b = dqm_b * scale
+            tl.store(dm_ptr + h * sdm_n + kb,
+                     tl.sum(dqm_b * q_b.to(tl.float32), 0), mask=kb < key_width)
+            mask_a = query_rows & (ka[None, :] < key_width)
+            mask_b = query_rows & (kb[None, :] < key_width)
+            part_a = dqm_a * m_a[None, :]
+            part_b = dqm_b * m_b[None, :]
+            if hh > 0:
+                part_a += tl.load(dq_ptr + ka[None, :], mask=mask_a, other=0.0)
+                part_b += tl.load(dq_ptr + kb[None, :], mask=mask_b, other=0.0)
+            tl.store(dq_ptr + ka[None, :], part_a, mask=mask_a)
+            tl.store(dq_ptr + kb[None, :], part_b, mask=mask_b)
+        else:
+            dq_a += dqm_a * m_a[None, :]
+    if K_B == 0:
+        tl.store(dq_ptr + ka[None, :], dq_a,
+                 mask=query_rows & (ka[None, :] < key_width))
+
+
+# ---------------------------------------------------------------------------
+# The autograd function.
+
+
+def _common(q, k, v, m, c, mask):
+    """Pointers-and-strides arguments shared by the three kernels."""
+    mask_arr, _, mask_strides = _mask_args(mask)
+    return (
+        [q, k, v, m, c if c is not None else q,
+         mask_arr if mask_arr is not None else q],
+        [*q.stride(), *k.stride(), *v.stride(), *m.stride(),
+         *_strides(c, 3), *mask_strides],
+    )
+
+
+def _constants(q, k, v, c, mask, static, block_k):
+    keys = k.shape[1]
+    return dict(
+        K_A=_pow2(min(q.shape[-1], 256)),
+        K_B=_pow2(q.shape[-1] - 256) if q.shape[-1] > 256 else 0,
+        V_TILE=_pow2(v.shape[-1]),
+        HAS_CONTENT=c is not None, MASK_KIND=_mask_args(mask)[1],
+        CAUSAL=static.causal, EVEN_S=keys % block_k == 0,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+
+
+def _forward(q, k, v, m, c, mask, static):
+    cfg = static.config
+    batch, length, _ = q.shape
+    keys, num_heads, value_width = v.shape[1:]
+    out = torch.empty((batch, length, num_heads, value_width), dtype=q.dtype,
+                      device=q.device)
+    lse = torch.empty((batch, num_heads, length), dtype=torch.float32,
+                      device=q.device)
+    tensors, strides = _common(q, k, v, m, c, mask)
+    grid = (num_heads, triton.cdiv(length, cfg.block_q), batch)
+    _forward_kernel[grid](
+        *tensors, out, lse, *strides, *out.stride(), *lse.stride(),
+        length, keys, q.shape[-1], value_width, static.scale * _LOG2E,
+        BLOCK_Q=cfg.block_q, BLOCK_K=cfg.block_k,
+        **_constants(q, k, v, c, mask, static, cfg.block_k),
+        num_warps=cfg.warps, num_stages=cfg.stages,
+    )
+    return out, lse
+
+
+def _backward(q, k, v, m, c, mask, out, lse, d_out, static):
+    cfg = static.config
+    batch, length, key_width = q.shape
+    keys, num_heads, value_width = v.shape[1:]
+    bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
+    d_out = d_out.to(q.dtype)
+    delta = torch.einsum("btnv,btnv->bnt", out.float(), d_out.float())
+    delta = delta.contiguous()  # (B, N, T), lse's layout
+    n_qblocks, n_kblocks = triton.cdiv(length, bq), triton.cdiv(keys, bk)
+    groups = cfg.head_groups or head_groups(
+        num_heads, batch * max(n_qblocks, n_kblocks))
+    per_group = num_heads // groups
+    tensors, strides = _common(q, k, v, m, c, mask)
+    constants = _constants(q, k, v, c, mask, static, bk)
+    scalars = (length, keys, key_width, value_width, static.scale * _LOG2E,
+               static.scale, per_group)
+    device = q.device
+    dk = torch.empty((groups, batch, keys, key_width), dtype=torch.float32,
+                     device=device)
+    dv = torch.empty_like(v)
+    dc = None
+    if c is not None:
+        dc = torch.empty((batch, keys, num_heads), dtype=torch.float32,
+                         device=device)
+    _key_kernel[(n_kblocks, batch, groups)](
+        *tensors, d_out, lse, delta, dk, dv, dc if dc is not None else dk,
+        *strides, *d_out.stride(), *lse.stride(), *dk.stride()[:3],
+        *dv.stride(), *_strides(dc, 3), *scalars,
+        BLOCK_Q=bq, BLOCK_K=bk, **constants,
+        num_warps=cfg.warps_bwd, num_stages=cfg.stages,
+    )
+    dq = torch.empty((groups, batch, length, key_width), dtype=torch.float32,
+                     device=device)
+    dm = torch.empty((batch, n_qblocks, num_heads, key_width),
+                     dtype=torch.float32, device=device)
+    _query_kernel[(n_qblocks, batch, groups)](
+        *tensors, d_out, lse, delta, dq, dm,
+        *strides, *d_out.stride(), *lse.stride(), *dq.stride()[:3],
+        *dm.stride()[:3], *scalars,
+        BLOCK_Q=bq, BLOCK_K=bk, **constants,
+        num_warps=cfg.warps_bwd, num_stages=cfg.stages,
+    )
+    dq = dq.sum(0).to(q.dtype)
+    dk = dk.sum(0).to(k.dtype)
+    dm = dm.sum((0, 1)).to(m.dtype)
+    if dc is not None:
+        dc = dc.to(c.dtype)
+    return dq, dk, dv, dm, dc
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, m, c, mask, scale, causal, config):
+        static = _Static(scale, causal, config)
+        out, lse = _forward(q, k, v, m, c, mask, static)
+        ctx.save_for_backward(q, k, v, m, c, mask, out, lse)
+        ctx.static = static
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, v, m, c, mask, out, lse = ctx.saved_tensors
+        grads = _backward(q, k, v, m, c, mask, out, lse, d_out, ctx.static)
+        return (*grads, None, None, None, None)

@@ -1,0 +1,229 @@
+"""The torch Triton kernel's routing on CPUs, and its kernels in Triton's
+interpreter.
+
+Without a GPU: the torch kernel choice (`_torch_attention.triton_kernel`,
+`fused_preferred`, `collab_keras.ops.fused_attention_preferred`) never takes
+Triton on CPU tensors, shapes the kernel does not take are refused with a
+clear error, and the same kernels as on a GPU run in Triton's interpreter
+(`TRITON_INTERPRET=1`) with small tiles so that ragged tails, several blocks,
+grouped heads, two key tiles (width over 256), every mask kind, fully masked
+rows and NaN are covered; outputs and the gradients of every input are
+compared with the explicit computation in float64. float32 runs the kernels'
+IEEE products; float16 is checked at its rounding (the interpreter's
+bfloat16 is not numpy's, so bfloat16 is left to the GPU check). The compiled
+kernel is checked on a GPU by `tests/gpu_triton_attention.py`.
+"""
+
+import importlib
+import os
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from collab_keras.ops import _torch_attention  # noqa: E402
+
+
+def _interpreted_kernel_module():
+    """`_triton_attention` with its kernels in Triton's interpreter (which
+    reads `TRITON_INTERPRET` when the kernels are defined and when they
+    run)."""
+    pytest.importorskip("triton")
+    from triton.runtime import interpreter
+
+    _index_scalars_of_any_shape(interpreter)
+    name = "collab_keras.ops._triton_attention"
+    if name in sys.modules:
+        return importlib.reload(sys.modules[name])
+    return importlib.import_module(name)
+
+
+def _index_scalars_of_any_shape(interpreter):
+    """Triton 3.6's interpreter turns its scalars (1-element arrays) into
+    loop bounds with `int(array)`, which NumPy 2.4 refuses for arrays of one
+    dimension; take the element instead."""
+    patch = getattr(interpreter, "_patch_lang_tensor")
+    if getattr(patch, "_takes_any_shape", False):
+        return
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__",
+                       lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._takes_any_shape = True
+    interpreter._patch_lang_tensor = patched
+
+
+@pytest.fixture(scope="module")
+def ta():
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield _interpreted_kernel_module()
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+def _inputs(batch=2, length=21, keys=35, heads=3, key_width=24, value_width=8,
+            content=True, mask=None, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *s: torch.randn(*s, generator=gen)
+    q, k = rand(batch, length, key_width), rand(batch, keys, key_width)
+    v, m = rand(batch, keys, heads, value_width), rand(heads, key_width)
+    c = rand(batch, keys, heads) * 3 if content else None
+    if mask == "keys":  # (B, 1, 1, S), one row with a single key
+        lengths = torch.tensor([keys, 1, keys // 2][:batch])
+        mask = (torch.arange(keys)[None, :] < lengths[:, None])[:, None, None, :]
+    elif mask in ("shared", "heads"):  # (B, 1|N, T, S), a fully masked row
+        mask = torch.rand(batch, heads if mask == "heads" else 1, length, keys,
+                          generator=gen) < 0.5
+        mask[:, :, 2, :] = False
+    g = rand(batch, length, heads, value_width)
+    cast = lambda x: None if x is None else x.to(dtype)
+    return [cast(x) for x in (q, k, v, m, c)], mask, g
+
+
+def _explicit(q, k, v, m, c=None, mask=None, scale=1.0, is_causal=False):
+    """The explicit computation in float64."""
+    f = torch.float64
+    scores = torch.einsum("btk,nk,bsk->bnts", q.to(f), m.to(f), k.to(f))
+    if c is not None:
+        scores = scores + c.to(f).permute(0, 2, 1)[:, :, None, :]
+    scores = scores * scale
+    length, keys = q.shape[1], k.shape[1]
+    valid = torch.ones(1, 1, length, keys, dtype=torch.bool)
+    if is_causal:
+        valid = valid & valid.tril()
+    if mask is not None:
+        valid = valid & mask
+    scores = scores.masked_fill(~valid, float("-inf"))
+    top = scores.amax(-1, keepdim=True)
+    top = torch.where(top == float("-inf"), 0.0, top).detach()
+    weights = torch.exp(scores - top)
+    total = weights.sum(-1, keepdim=True)
+    weights = weights / torch.where(total > 0, total, 1.0)
+    return torch.einsum("bnts,bsnv->btnv", weights, v.to(f))
+
+
+def _output_and_grads(fn, args, g, **kwargs):
+    args = [None if a is None else a.detach().requires_grad_() for a in args]
+    out = fn(*args, **kwargs)
+    given = [a for a in args if a is not None]
+    grads = torch.autograd.grad((out.double() * g.double()).sum(), given)
+    return [out] + list(grads)
+
+
+def _assert_close(got, want, rtol):
+    for a, b in zip(got, want):
+        error = float((a.double() - b.double()).abs().max())
+        assert error <= rtol * float(b.abs().max()), error / float(b.abs().max())
+
+
+def _small_tiles(ta, **changes):
+    return ta.Config(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16,
+                     **changes)
+
+
+@pytest.mark.parametrize(
+    "mask,causal,content",
+    [(None, False, True), (None, True, True), ("keys", False, True),
+     ("shared", True, False), ("heads", False, True), ("keys", True, True)],
+)
+def test_interpreted_kernel_matches_explicit(ta, mask, causal, content):
+    args, mask, g = _inputs(mask=mask, content=content)
+    kwargs = dict(mask=mask, scale=0.2, is_causal=causal)
+    got = _output_and_grads(ta.attention, args, g, config=_small_tiles(ta),
+                            **kwargs)
+    want = _output_and_grads(_explicit, args, g, **kwargs)
+    _assert_close(got, want, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape,groups",
+    [
+        # B, T, S, N, K (two tiles past 256), V
+        ((1, 18, 20, 4, 272, 20), 0),
+        ((2, 17, 33, 4, 24, 8), 2),  # heads split over two programs
+    ],
+)
+def test_interpreted_kernel_wide_keys_and_head_groups(ta, shape, groups):
+    batch, length, keys, heads, key_width, value_width = shape
+    args, mask, g = _inputs(batch, length, keys, heads, key_width,
+                            value_width, mask="heads")
+    kwargs = dict(mask=mask, scale=key_width**-0.5, is_causal=True)
+    got = _output_and_grads(ta.attention, args, g,
+                            config=_small_tiles(ta, head_groups=groups),
+                            **kwargs)
+    want = _output_and_grads(_explicit, args, g, **kwargs)
+    _assert_close(got, want, 1e-5)
+
+
+def test_interpreted_kernel_float16(ta):
+    args, mask, g = _inputs(mask="keys", dtype=torch.float16)
+    got = _output_and_grads(ta.attention, args, g, mask=mask, scale=0.2,
+                            config=_small_tiles(ta))
+    want = _output_and_grads(_explicit, args, g, mask=mask, scale=0.2)
+    assert all(x.dtype == torch.float16 for x in got)
+    _assert_close(got, want, 3e-3)
+
+
+def test_interpreted_kernel_empty_rows_and_nan(ta):
+    args, mask, g = _inputs(mask="shared")
+    out = ta.attention(*args, mask=mask, scale=0.2, config=_small_tiles(ta))
+    assert bool((out[:, 2] == 0).all())  # the fully masked row
+    grads = _output_and_grads(ta.attention, args, g, mask=mask, scale=0.2,
+                              config=_small_tiles(ta))[1:]
+    assert all(bool(x.isfinite().all()) for x in grads)
+    args[0][1, 5, 3] = float("nan")
+    out = ta.attention(*args, mask=mask, scale=0.2, config=_small_tiles(ta))
+    assert bool(out[1, 5].isnan().all())
+    assert bool(out[0].isfinite().all())
+
+
+def test_routing_runs_the_kernel_where_it_applies(ta, monkeypatch):
+    """`_torch_attention.attention` takes the Triton kernel when `applies`
+    says so (CUDA inputs; forced here on CPU, the kernel interpreted)."""
+    args, mask, _ = _inputs(mask="keys")
+    config = _small_tiles(ta)
+    monkeypatch.setattr(ta, "default_config", lambda *a, **k: config)
+    monkeypatch.setattr(_torch_attention, "triton_kernel",
+                        lambda *a, **k: ta)
+    routed = _torch_attention.attention(*args, mask, 0.2, False)
+    direct = ta.attention(*args, mask=mask, scale=0.2, config=config)
+    assert torch.equal(routed, direct)
+
+
+def test_no_triton_on_cpu_tensors():
+    args, mask, _ = _inputs(mask="keys", dtype=torch.bfloat16)
+    assert _torch_attention.triton_kernel(args[0], args[1], args[2], mask) is None
+    query = args[0]
+    for key_width in (64, 256, 384):
+        assert not _torch_attention.fused_preferred(query, key_width, 64, 12,
+                                                    True)
+    out = _torch_attention.attention(*args, mask, 0.2, False)  # SDPA path
+    want = _explicit(*args, mask=mask, scale=0.2)
+    assert float((out.double() - want).abs().max()) < 0.05
+
+
+def test_applies_needs_cuda_half_dtypes_and_widths(ta):
+    args, mask, _ = _inputs(mask="keys", dtype=torch.float16)
+    q, k, v = args[:3]
+    assert not ta.applies(q, k, v, mask)  # CPU tensors
+    assert ta._unsupported(q, k, v, mask) is None
+    assert ta._unsupported(q[0], k, v, None) == "ranks"
+    assert ta._unsupported(q.int(), k, v, None).startswith("dtype")
+    assert ta._unsupported(q, k.float(), v, None) == "mixed dtypes"
+    wide = torch.zeros(2, 21, 520, dtype=torch.float16)
+    assert ta._unsupported(wide, wide, v, None) == "width"
+    assert ta._unsupported(q, k, v, mask[:, :, :, :4]) == "mask shape"
+
+
+def test_attention_rejects_what_it_does_not_take(ta):
+    args, mask, _ = _inputs()
+    with pytest.raises(ValueError, match=r"Received: query.shape=\(2, 21, 24\)"):
+        ta.attention(args[0].int(), *args[1:])
