@@ -217,7 +217,29 @@ def build_layers(d_model, heads, shared_key_dim, variants, seed=0):
     return layers
 
 
-def benchmark(sizes, variants, modes, repeats, log):
+def auto_path(layer, length):
+    """Which core the automatic choice runs for `layer` at `length`:
+    "explicit", or the fused kernel ("pallas", "cudnn", "triton", "sdpa",
+    "fused")."""
+    dtype = keras.config.dtype_policy().compute_dtype
+    query = keras.ops.zeros((1, length, layer.shared_key_dim), dtype)
+    if not layer._use_fused_path(False, query):
+        return "explicit"
+    if BACKEND == "jax":
+        from collab_keras.ops import _pallas_attention
+
+        key = query
+        value = keras.ops.zeros((1, length, layer.num_heads, layer.value_dim),
+                                dtype)
+        content = (keras.ops.zeros((1, length, layer.num_heads), dtype)
+                   if layer.use_bias else None)
+        if _pallas_attention.chosen(query, key, value, content):
+            return "pallas"
+        return "cudnn"
+    return "fused"
+
+
+def benchmark(sizes, variants, modes, repeats, log, skip_same=False):
     rows = []
     for batch, length, d_model, heads, shared in sizes:
         head_dim = d_model // heads
@@ -226,6 +248,12 @@ def benchmark(sizes, variants, modes, repeats, log):
         layers = build_layers(d_model, heads, shared, variants)
         for layer in layers.values():
             layer(x, x)  # build
+        path = None
+        if "auto" in variants:
+            path = auto_path(layers["collab_auto"], length)
+            if skip_same and path == "explicit" and "explicit" in variants:
+                del layers["collab_explicit"]  # the same computation
+        size_variants = [v for v in variants if f"collab_{v}" in layers]
         mha_flops = layer_flops(batch, length, d_model, heads, head_dim)
         col_flops = layer_flops(batch, length, d_model, heads, head_dim, shared)
         for mode in modes:
@@ -236,7 +264,7 @@ def benchmark(sizes, variants, modes, repeats, log):
             if BACKEND == "torch" and _cuda():
                 kernel = torch_kernel_ms(steps)
             factor = 3 if backward else 1
-            for variant in variants:
+            for variant in size_variants:
                 name = f"collab_{variant}"
                 row = dict(
                     batch=batch,
@@ -245,7 +273,7 @@ def benchmark(sizes, variants, modes, repeats, log):
                     heads=heads,
                     shared_key_dim=shared,
                     mode=mode,
-                    variant=variant,
+                    variant=f"auto ({path})" if variant == "auto" else variant,
                     mha_ms=times["mha"] * 1e3,
                     collab_ms=times[name] * 1e3,
                     time_ratio=times[name] / times["mha"],
@@ -496,6 +524,8 @@ def main(argv=None):
                         help="only run --check")
     parser.add_argument("--breakdown", action="store_true",
                         help="torch on CUDA: list the costliest kernels")
+    parser.add_argument("--skip-same", action="store_true",
+                        help="time `explicit` only where `auto` is fused")
     args = parser.parse_args(argv)
     keras.config.set_dtype_policy(args.dtype)
     info = machine()
@@ -516,6 +546,7 @@ def main(argv=None):
         args.modes.split(","),
         args.repeats,
         log,
+        skip_same=args.skip_same,
     )
     print_table(rows, info)
     print_kernel_table(rows)

@@ -2,23 +2,29 @@
 
 Runs on the GPU machine (JAX and PyTorch, Keras from wheels, no
 TensorFlow), each part in its own process (Keras picks the backend per
-process); full outputs go to `<out>/*.txt`, the tables are printed again at
-the end. Parts (`--parts`, default `check,kernel,jax`):
+process) and in the order given (`--parts`, default `jax,bert,decode,kernel`),
+all within `--budget-s`; full outputs go to `<out>/*.txt`, the tables to
+`<out>/summary.txt` as they come and again to stdout at the end:
 
-- `check`: `tests/gpu_pallas_attention.py`, the Pallas kernel's outputs and
-  gradients against the explicit computation (every mask kind, odd sizes);
-- `kernel`: `benchmarks/attention_kernel.py`, the attention core alone on
-  JAX: the Pallas kernel, today's cuDNN path (key broadcast), the explicit
-  einsums and MultiHeadAttention's cuDNN flash core;
 - `jax` / `torch`: `benchmarks/attention_layer.py` on that backend,
-  mixed_bfloat16, d_model 768, 12 heads, the layer against
+  mixed_bfloat16, d_model 768, 12 heads, the layer (automatic path, and the
+  explicit path where the automatic one is fused) against
   `keras.layers.MultiHeadAttention` (flash), forward and forward+backward,
-  with `--check` (fused vs explicit path);
+  time ratio next to FLOP ratio, with `--check` (fused vs explicit path);
+- `bert`: one training step of bert_base (12 layers, `bert_step`), JAX;
+- `decode`: `benchmarks/decode_step.py` on each of `--decode-backends`;
+- `kernel`: `benchmarks/attention_kernel.py`, the attention core alone on
+  JAX: the Pallas kernel, the cuDNN path (key broadcast), the explicit
+  einsums and MultiHeadAttention's cuDNN flash core, with TFLOP/s;
+- `kernel_torch`: `benchmarks/attention_kernel_torch.py`, the same on torch
+  (the Triton kernel), where that script exists;
 - `core`: the card's matmul peak and torch SDPA's core (torch);
-- `decode`: `benchmarks/decode_step.py` on each backend run.
+- `breakdown`: torch kernel list at batch 32, length 512, Dk 256;
+- `check`: `tests/gpu_pallas_attention.py`, the Pallas kernel's outputs and
+  gradients against the explicit computation (every mask kind, odd sizes).
 
-    python3 benchmarks/gpu_attention.py --out $OUT
-
+    python3 benchmarks/gpu_attention.py --out $OUT --shared-key-dims \\
+        128,192,256,384 --skip-same --parts jax,bert,decode,kernel
 """
 
 import argparse
@@ -285,8 +291,13 @@ def main():
     parser.add_argument("--lengths", default="128,512,2048,8192")
     parser.add_argument("--variants", default="auto,explicit")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--parts", default="check,kernel,jax",
-                        help="check, kernel, core, jax, torch, decode")
+    parser.add_argument("--parts", default="jax,bert,decode,kernel",
+                        help="in this order: jax, torch (layer tables), bert, "
+                        "decode, kernel, kernel_torch, core, breakdown, check")
+    parser.add_argument("--budget-s", type=int, default=3600,
+                        help="wall time for all parts together")
+    parser.add_argument("--skip-same", action="store_true",
+                        help="layer: time `explicit` only where `auto` is fused")
     parser.add_argument("--kernel-args", default="",
                         help="extra arguments of attention_kernel.py")
     parser.add_argument("--layer-timeout", type=int, default=300)
@@ -294,8 +305,6 @@ def main():
     parser.add_argument("--check-sizes", default="4,512,768,12,256")
     parser.add_argument("--check-only", action="store_true",
                         help="layer part: only the fused/explicit checks")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="torch kernel list at batch 32, length 512, Dk 256")
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--decode-backends", default="jax,torch")
     parser.add_argument("--decode-timeout", type=int, default=240)
@@ -322,74 +331,83 @@ def main():
         for k in args.shared_key_dims.split(",")
         for t in (int(v) for v in args.lengths.split(","))
     )
-    summary = []
-    parts = args.parts.split(",")
     log = os.path.join(args.out, "all.jsonl")
     root = os.path.join(HERE, os.pardir)
-    if "kernel" in parts:
-        text = run([sys.executable, os.path.join(HERE, "attention_kernel.py")]
-                   + args.kernel_args.split(), args.out, "kernel",
-                   env={"KERAS_BACKEND": "jax"}, timeout=args.layer_timeout)
-        summary.append(tables(text))
-    if "core" in parts:
-        peak_and_core(args.out)
-        text = run([sys.executable, "-c", JAX_CORE], args.out, "core_jax")
-        with open(os.path.join(args.out, "core.txt"), "a") as f:
-            f.write("\n" + text)
-        os.remove(os.path.join(args.out, "core_jax.txt"))
-        summary.append(open(os.path.join(args.out, "core.txt")).read())
     script = os.path.join(HERE, "attention_layer.py")
     decode = os.path.join(HERE, "decode_step.py")
-    for backend in [p for p in parts if p in ("jax", "torch")]:
-        env = {"KERAS_BACKEND": backend}
-        text = run(
-            [sys.executable, script, "--sizes", sizes, "--dtype",
-             "mixed_bfloat16", "--variants", args.variants, "--repeats",
-             str(args.repeats), "--modes", args.modes, "--check",
-             "--check-sizes", args.check_sizes, "--log", log]
-            + (["--no-bench"] if args.check_only else []),
-            args.out, f"layer_{backend}", env=env, timeout=args.layer_timeout,
-        )
-        summary.append(tables(text))
-    if "decode" in parts:
-        for backend in args.decode_backends.split(","):
-            text = run(
-                [sys.executable, decode, "--dtype", "bfloat16", "--log", log]
-                + args.decode_args.split(),
-                args.out, f"decode_{backend}", env={"KERAS_BACKEND": backend},
-                timeout=args.decode_timeout,
-            )
-            summary.append(tables(text))
-    if "bert" in parts:
-        text = run(
-            [sys.executable, os.path.abspath(__file__), "--bert-only",
-             "--bert-batch", str(args.bert_batch), "--bert-length",
-             str(args.bert_length), "--bert-key-dims", args.bert_key_dims,
-             "--bert-fused", args.bert_fused, "--bert-repeats",
-             str(args.bert_repeats), "--bert-architecture",
-             args.bert_architecture],
-            args.out, "bert", env={"KERAS_BACKEND": "jax"},
-            timeout=args.bert_timeout,
-        )
-        summary.append(tables(text))
-    if args.breakdown:
-        text = run(
-            [sys.executable, script, "--sizes", "32,512,768,12,256", "--dtype",
-             "mixed_bfloat16", "--modes", "fwd+bwd", "--repeats", "3",
-             "--breakdown", "--log", log],
-            args.out, "breakdown_torch", env={"KERAS_BACKEND": "torch"},
-            timeout=120,
-        )
-        summary.append("\n".join(l for l in text.splitlines()
-                                 if l.startswith("  ") or l.startswith("|")))
-    if "check" in parts:  # last: compiles many kernels, times nothing
-        text = run([sys.executable,
-                    os.path.join(root, "tests", "gpu_pallas_attention.py")],
-                   args.out, "gpu_check", env={"KERAS_BACKEND": "jax"},
-                   timeout=args.check_timeout)
-        summary.append(tables(text))
-    print("\n\n" + "\n\n".join(summary))
+    deadline = time.time() + args.budget_s
+    known = ("jax", "torch", "bert", "decode", "kernel", "kernel_torch",
+             "core", "breakdown", "check")
+    for name in args.parts.split(","):
+        if name not in known:
+            raise ValueError(f"Unknown part. Received: part={name!r}")
+    summary = []
 
+    def part(cmd, name, backend, timeout):
+        """Runs one part within what is left of `--budget-s`."""
+        left = int(deadline - time.time()) - 10
+        if left < 20:
+            summary.append(f"## {name}: not run (budget spent)")
+        else:
+            text = run(cmd, args.out, name, env={"KERAS_BACKEND": backend},
+                       timeout=min(timeout, left))
+            summary.append(tables(text))
+        with open(os.path.join(args.out, "summary.txt"), "w") as f:
+            f.write("\n\n".join(summary) + "\n")
+
+    for name in args.parts.split(","):
+        if name == "kernel":
+            part([sys.executable, os.path.join(HERE, "attention_kernel.py")]
+                 + args.kernel_args.split(), "kernel", "jax",
+                 args.layer_timeout)
+        elif name == "kernel_torch":
+            path = os.path.join(HERE, "attention_kernel_torch.py")
+            if os.path.exists(path):
+                part([sys.executable, path] + args.kernel_args.split(),
+                     "kernel_torch", "torch", args.layer_timeout)
+        elif name == "core":
+            peak_and_core(args.out)
+            text = run([sys.executable, "-c", JAX_CORE], args.out, "core_jax")
+            with open(os.path.join(args.out, "core.txt"), "a") as f:
+                f.write("\n" + text)
+            os.remove(os.path.join(args.out, "core_jax.txt"))
+            summary.append(open(os.path.join(args.out, "core.txt")).read())
+        elif name in ("jax", "torch"):
+            part([sys.executable, script, "--sizes", sizes, "--dtype",
+                  "mixed_bfloat16", "--variants", args.variants, "--repeats",
+                  str(args.repeats), "--modes", args.modes, "--check",
+                  "--check-sizes", args.check_sizes, "--log", log]
+                 + (["--no-bench"] if args.check_only else [])
+                 + (["--skip-same"] if args.skip_same else []),
+                 f"layer_{name}", name, args.layer_timeout)
+        elif name == "decode":
+            for backend in args.decode_backends.split(","):
+                part([sys.executable, decode, "--dtype", "bfloat16", "--log",
+                      log] + args.decode_args.split(),
+                     f"decode_{backend}", backend, args.decode_timeout)
+        elif name == "bert":
+            part([sys.executable, os.path.abspath(__file__), "--bert-only",
+                  "--bert-batch", str(args.bert_batch), "--bert-length",
+                  str(args.bert_length), "--bert-key-dims", args.bert_key_dims,
+                  "--bert-fused", args.bert_fused, "--bert-repeats",
+                  str(args.bert_repeats), "--bert-architecture",
+                  args.bert_architecture],
+                 "bert", "jax", args.bert_timeout)
+        elif name == "breakdown":
+            text = run(
+                [sys.executable, script, "--sizes", "32,512,768,12,256",
+                 "--dtype", "mixed_bfloat16", "--modes", "fwd+bwd",
+                 "--repeats", "3", "--breakdown", "--log", log],
+                args.out, "breakdown_torch", env={"KERAS_BACKEND": "torch"},
+                timeout=120,
+            )
+            summary.append("\n".join(l for l in text.splitlines()
+                                     if l.startswith(("  ", "|"))))
+        elif name == "check":  # compiles many kernels, times nothing
+            part([sys.executable,
+                  os.path.join(root, "tests", "gpu_pallas_attention.py")],
+                 "gpu_check", "jax", args.check_timeout)
+    print("\n\n" + "\n\n".join(summary))
 
 if __name__ == "__main__":
     main()
