@@ -225,33 +225,40 @@ def sync(y):
         np.asarray(y[0, 0, 0])
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--length", type=int, default=2048)
-    parser.add_argument("--d-model", type=int, default=768)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--shared-key-dims", default="256")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--inner", type=int, default=10)
-    parser.add_argument("--log", default=None)
-    parser.add_argument("--hlo", action="store_true",
-                        help="JAX: list the compiled steps' largest operations")
-    args = parser.parse_args(argv)
-    keras.config.set_dtype_policy(args.dtype)
+def kernel_count(hlo):
+    """Kernels a compiled JAX step launches, from its optimized HLO: the
+    entry computation's fusions, library calls (cuBLAS, cuDNN, Pallas) and
+    other non-trivial operations (parameters, constants, bitcasts and
+    tuples launch nothing)."""
+    entry = hlo[hlo.index("\nENTRY"):]
+    entry = entry[:entry.index("\n}")]
+    import re
+
+    free = ("parameter", "constant", "bitcast", "get-tuple-element", "tuple")
+    opcode = re.compile(r"[\s})]([a-z][a-z0-9-]*)\(")
+    count = 0
+    for line in entry.splitlines()[1:]:
+        if " = " not in line:
+            continue
+        match = opcode.search(line.split(" = ", 1)[1])
+        count += bool(match) and match.group(1) not in free
+    return count
+
+
+def measure(args, s, log):
+    """Times the variants at cache length `s`; prints the table."""
     dtype = keras.config.dtype_policy().compute_dtype
-    b, s, d, h = args.batch, args.length, args.d_model, args.heads
+    b, d, h = args.batch, args.d_model, args.heads
     index = s - 1
     mask = ops.convert_to_tensor(np.arange(s)[None, None, :] <= index)
     x = ops.cast(keras.random.normal((b, 1, d), seed=0), dtype)
     variants = [("mha", None, None, True)]
     for k in (int(v) for v in args.shared_key_dims.split(",")):
         variants += [(f"collab K{k} auto", k, None, True),
-                     (f"collab K{k} einsum core", k, None, False),
-                     (f"collab K{k} fused", k, True, True)]
-    steps, caches, sizes, weights = {}, {}, {}, {}
+                     (f"collab K{k} einsum core", k, None, False)]
+        if args.fused:
+            variants.append((f"collab K{k} fused", k, True, True))
+    steps, caches, sizes, weights, launches = {}, {}, {}, {}, {}
     for name, k, flash, core in variants:
         kind = "mha" if k is None else "collab"
         decoder = Decoder(kind, args.layers, d, h, k, flash_attention=flash,
@@ -261,9 +268,12 @@ def main(argv=None):
         sizes[name] = cache_bytes(caches[name])
         steps[name] = make_step(decoder, x, caches[name], index, mask)
         weights[name] = weight_bytes(decoder)
-        if args.hlo and BACKEND == "jax":
-            print(f"\n{name}: the compiled step's largest operations")
-            print(big_operations(steps[name].compiled_text(caches[name])))
+        if BACKEND == "jax":
+            hlo = steps[name].compiled_text(caches[name])
+            launches[name] = kernel_count(hlo)
+            if args.hlo:
+                print(f"\n{name}: the compiled step's largest operations")
+                print(big_operations(hlo))
     for name, step in steps.items():  # compile (twice for JAX) and warm up
         for _ in range(6):
             y, caches[name] = step(caches[name])
@@ -289,12 +299,16 @@ def main(argv=None):
                     for _ in range(5):
                         y, caches[name] = step(caches[name])
                     torch.cuda.synchronize()
+                events = [e for e in prof.key_averages()
+                          if (getattr(e, "self_device_time_total", None)
+                              or getattr(e, "self_cuda_time_total", 0.0))]
                 total = sum(
                     getattr(e, "self_device_time_total", None)
                     or getattr(e, "self_cuda_time_total", 0.0)
-                    for e in prof.key_averages()
+                    for e in events
                 )
                 kernel[name] = total / 5 / 1e3
+                launches[name] = sum(e.count for e in events) // 5
     info = {"backend": BACKEND, "keras": keras.__version__, "dtype": args.dtype}
     if BACKEND == "jax":
         import jax
@@ -307,11 +321,10 @@ def main(argv=None):
         info["device"] = (torch.cuda.get_device_name()
                           if torch.cuda.is_available() else "cpu")
     print(json.dumps(info))
-    log = open(args.log, "a") if args.log else open(os.devnull, "w")
     print(f"\n## Decode step, {args.layers} layers, batch {b}, cache length {s},"
           f" d_model {d}, {h} heads, {args.dtype}, {BACKEND} on {info['device']}")
-    print("| attention | step ms | vs MHA | GPU kernel ms | vs MHA | cache MB "
-          "| cache vs MHA | (K+d)/(2d) | bytes read / time, GB/s |")
+    print("| attention | step ms | vs MHA | GPU kernel ms | vs MHA | kernels "
+          "per step | cache MB | cache vs MHA | bytes read / time, GB/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     base_t = statistics.median(samples["mha"])
     for name, k, flash, _ in variants:
@@ -320,17 +333,41 @@ def main(argv=None):
                    cache_mb=sizes[name] / 1e6,
                    cache_ratio=sizes[name] / sizes["mha"],
                    gbps=(sizes[name] + weights[name]) / t / 1e9,
-                   batch=b, length=s, layers=args.layers)
-        log.write(json.dumps(row) + "\n")
-        formula = "" if k is None else f"{(k + d) / (2 * d):.3f}"
+                   batch=b, length=s, layers=args.layers,
+                   kernels=launches.get(name))
         if kernel:
             row["gpu_ms"] = kernel[name]
             gpu = f"{kernel[name]:.3f} | {kernel[name] / kernel['mha']:.2f}"
         else:
             gpu = "- | -"
+        log.write(json.dumps(row) + "\n")
         print(f"| {name} | {t * 1e3:.3f} | {t / base_t:.2f} | {gpu} | "
-              f"{sizes[name] / 1e6:.1f} | {sizes[name] / sizes['mha']:.3f} | "
-              f"{formula} | {row['gbps']:.0f} |")
+              f"{launches.get(name, '-')} | {sizes[name] / 1e6:.1f} | "
+              f"{sizes[name] / sizes['mha']:.3f} | {row['gbps']:.0f} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lengths", default="2048",
+                        help="cache lengths, each timed on its own")
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--shared-key-dims", default="256")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--inner", type=int, default=10)
+    parser.add_argument("--fused", action="store_true",
+                        help="also time flash_attention=True")
+    parser.add_argument("--log", default=None)
+    parser.add_argument("--hlo", action="store_true",
+                        help="JAX: list the compiled steps' largest operations")
+    args = parser.parse_args(argv)
+    keras.config.set_dtype_policy(args.dtype)
+    log = open(args.log, "a") if args.log else open(os.devnull, "w")
+    for length in (int(v) for v in args.lengths.split(",")):
+        measure(args, length, log)
     log.close()
 
 
