@@ -142,8 +142,14 @@ def weight_bytes(layer):
     )
 
 
-def make_step(decoder, x, caches, index, mask):
-    """A `step(caches) -> (y, caches)` callable, compiled where Keras is."""
+def make_step(decoder, x, caches, index, mask, graph=False):
+    """A `step(caches) -> (y, caches)` callable, compiled where Keras is.
+
+    With `graph` (torch on CUDA) the step is captured once as a CUDA graph
+    and replayed: every replay runs the same kernels on the same cache (the
+    graph's inputs), without Python's per-op dispatch; the returned cache is
+    the captured step's output (written by each replay).
+    """
     decoder(x, caches=caches, index=index, mask=mask)  # build
     if BACKEND == "jax":
         import jax
@@ -173,7 +179,23 @@ def make_step(decoder, x, caches, index, mask):
             with torch.no_grad():
                 return decoder(x, caches=caches, index=index, mask=mask)
 
-        return step
+        if not graph:
+            return step
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # warm up outside the capture
+                step(caches)
+        torch.cuda.current_stream().wait_stream(stream)
+        captured = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(captured):
+            y, new_caches = step(caches)
+
+        def replay(_):
+            captured.replay()
+            return y, new_caches
+
+        return replay
     import tensorflow as tf
 
     fn = tf.function(
@@ -258,15 +280,25 @@ def measure(args, s, log):
                      (f"collab K{k} einsum core", k, None, False)]
         if args.fused:
             variants.append((f"collab K{k} fused", k, True, True))
+    if args.cuda_graphs and BACKEND == "torch":
+        variants += [(f"{name} (CUDA graph)", k, flash, core)
+                     for name, k, flash, core in variants
+                     if flash is None and core]
     steps, caches, sizes, weights, launches = {}, {}, {}, {}, {}
-    for name, k, flash, core in variants:
+    for name, k, flash, core in list(variants):
         kind = "mha" if k is None else "collab"
         decoder = Decoder(kind, args.layers, d, h, k, flash_attention=flash,
                           decode_core=core)
         caches[name] = initial_caches(kind, args.layers, b, s, d, h, k,
                                       dtype, seed=1)
         sizes[name] = cache_bytes(caches[name])
-        steps[name] = make_step(decoder, x, caches[name], index, mask)
+        try:
+            steps[name] = make_step(decoder, x, caches[name], index, mask,
+                                    graph=name.endswith("(CUDA graph)"))
+        except Exception as error:  # noqa: BLE001 (report the row, go on)
+            print(f"{name} fails: {str(error).splitlines()[0][:200]}")
+            variants.remove((name, k, flash, core))
+            continue
         weights[name] = weight_bytes(decoder)
         if BACKEND == "jax":
             hlo = steps[name].compiled_text(caches[name])
@@ -295,6 +327,8 @@ def measure(args, s, log):
             from torch.profiler import profile
 
             for name, step in steps.items():
+                if name.endswith("(CUDA graph)"):
+                    continue  # the profiler does not see into replays
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
                     for _ in range(5):
                         y, caches[name] = step(caches[name])
@@ -329,13 +363,15 @@ def measure(args, s, log):
     base_t = statistics.median(samples["mha"])
     for name, k, flash, _ in variants:
         t = statistics.median(samples[name])
+        if name.endswith("(CUDA graph)") and "mha (CUDA graph)" in samples:
+            base_t = statistics.median(samples["mha (CUDA graph)"])
         row = dict(info, variant=name, step_ms=t * 1e3, ratio=t / base_t,
                    cache_mb=sizes[name] / 1e6,
                    cache_ratio=sizes[name] / sizes["mha"],
                    gbps=(sizes[name] + weights[name]) / t / 1e9,
                    batch=b, length=s, layers=args.layers,
                    kernels=launches.get(name))
-        if kernel:
+        if name in kernel:
             row["gpu_ms"] = kernel[name]
             gpu = f"{kernel[name]:.3f} | {kernel[name] / kernel['mha']:.2f}"
         else:
@@ -360,6 +396,9 @@ def main(argv=None):
     parser.add_argument("--inner", type=int, default=10)
     parser.add_argument("--fused", action="store_true",
                         help="also time flash_attention=True")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="torch on CUDA: also time the steps replayed "
+                        "as CUDA graphs")
     parser.add_argument("--log", default=None)
     parser.add_argument("--hlo", action="store_true",
                         help="JAX: list the compiled steps' largest operations")
