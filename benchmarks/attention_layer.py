@@ -356,16 +356,22 @@ def check(sizes, log, masked=True):
             rs = np.random.default_rng(7)
             for v in layer.weights:  # identical weights in all three
                 v.assign(rs.normal(scale=0.05, size=v.shape).astype("float32"))
-            if BACKEND == "jax":  # float32 matmuls in float32, not tf32
-                import jax
+            try:
+                if BACKEND == "jax":  # float32 matmuls in float32, not tf32
+                    import jax
 
-                with jax.default_matmul_precision("highest"):
+                    with jax.default_matmul_precision("highest"):
+                        outs[name] = _output_and_grads(layer, x, w, mask)
+                else:
                     outs[name] = _output_and_grads(layer, x, w, mask)
-            else:
-                outs[name] = _output_and_grads(layer, x, w, mask)
+            except Exception as error:  # noqa: BLE001 (report, go on)
+                print(f"  check {name} {batch}x{length} K{shared} FAILED: "
+                      f"{str(error).splitlines()[0][:300]}", flush=True)
         keras.config.set_dtype_policy(policy)
-        ref = outs["explicit32"]
+        ref = outs.get("explicit32")
         for name in ("fused32", "fused_policy", "explicit_policy"):
+            if ref is None or name not in outs:
+                continue
             errs = [
                 float(np.linalg.norm(a - r) / np.linalg.norm(r))
                 for a, r in zip(outs[name], ref)
