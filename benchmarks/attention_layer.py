@@ -259,7 +259,12 @@ def benchmark(sizes, variants, modes, repeats, log, skip_same=False):
         for mode in modes:
             backward = mode == "fwd+bwd"
             steps = {n: make_step(l, x, backward) for n, l in layers.items()}
-            times = time_alternating(steps, repeats)
+            try:
+                times = time_alternating(steps, repeats)
+            except Exception as error:  # noqa: BLE001 (report, go on)
+                print(f"  {batch}x{length} K{shared} {mode} FAILED: "
+                      f"{str(error).splitlines()[0][:300]}", flush=True)
+                continue
             kernel = None
             if BACKEND == "torch" and _cuda():
                 kernel = torch_kernel_ms(steps)
