@@ -206,11 +206,12 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         scores as one matrix product per sequence, `(T*N, K) x (S, K)^T`,
         and values as `(T*N, S) x (S, N*V)`, which gives every head the
         values of every head and keeps each head's own block. The per-head
-        product `(B, N, T, S) x (B, S, N, V)` would have the values
-        transposed to `(B, N, S, V)` first: a copy of the whole value cache
-        at every step, where a decoding step's time is the cache read. The
-        `N` times larger second product costs `T * N` FLOPs per byte of
-        cache, far below what a GPU does per byte read.
+        product `(B, N, T, S) x (B, S, N, V)` has the heads as a second
+        batch axis inside the value cache: torch's einsum copies the whole
+        value cache to `(B, N, S, V)` for it at every step, and XLA on GPUs
+        runs it slower than these two plain products (docs/performance.md,
+        decoding step). The `N` times larger second product costs `T * N`
+        FLOPs per byte of cache, far below what a GPU does per byte read.
 
         Args:
             query: Projected shared query `(B, T, K)`.
