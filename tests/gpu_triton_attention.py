@@ -46,12 +46,14 @@ def inputs(case, dtype, seed=0):
     batch, t, s, n, k, v, content, mask_kind, _ = case
     gen = torch.Generator(device="cuda").manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=gen, device="cuda")
-    q, key, val, m = rand(batch, t, k), rand(batch, s, k), rand(batch, s, n, v), rand(n, k)
+    q, key, m = rand(batch, t, k), rand(batch, s, k), rand(n, k)
+    val = rand(batch, s, n, v)
     c = rand(batch, s, n) * 3 if content else None
     mask = None
     if mask_kind == "keys":
         lengths = torch.tensor([s, s // 2, 1][:batch], device="cuda")
-        mask = (torch.arange(s, device="cuda")[None, :] < lengths[:, None])[:, None, None, :]
+        mask = torch.arange(s, device="cuda")[None, :] < lengths[:, None]
+        mask = mask[:, None, None, :]  # (B, 1, 1, S)
     elif mask_kind in ("full", "full_heads"):
         heads = n if mask_kind == "full_heads" else 1
         mask = torch.rand(batch, heads, t, s, generator=gen, device="cuda") < 0.6

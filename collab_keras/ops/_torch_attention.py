@@ -30,11 +30,11 @@ from collab_keras.ops._attention_utils import round_up
 CUDNN_MAX_WIDTH = 256
 
 
-# The Triton kernel is the automatic choice up to this shared key width:
-# wider keys (two key tiles, 256 + the rest) ran forward+backward slower than
-# the explicit path at lengths 2048 and 8192 on an H200
-# (`benchmarks/attention_kernel_torch.py`).
-TRITON_MAX_KEY_WIDTH = 256
+# The Triton kernel is the automatic choice up to this shared key width, the
+# widest measured (faster forward and forward+backward than the explicit and
+# SDPA paths at every length on an H200: benchmarks/results/
+# 2026-11-29-h200-torch-kernel); wider keys keep the explicit path.
+TRITON_MAX_KEY_WIDTH = 384
 
 
 def key_width(width):
@@ -48,9 +48,9 @@ def fused_preferred(query, shared_width, value_width, num_heads, use_bias):
     an H200, `benchmarks/attention_kernel_torch.py`).
 
     On CUDA: the Triton kernel for float16/bfloat16 while the shared key is
-    at most 256 wide (`TRITON_MAX_KEY_WIDTH`); otherwise SDPA (cuDNN) while the key with
-    its `N` content columns fits 256 wide (wider ones fall to PyTorch's math
-    kernel). On CPUs the explicit path.
+    at most `TRITON_MAX_KEY_WIDTH` wide; otherwise SDPA (cuDNN) while the
+    key with its `N` content columns fits 256 wide (wider ones fall to
+    PyTorch's math kernel). On CPUs the explicit path.
     """
     if not getattr(query, "is_cuda", False):
         return False

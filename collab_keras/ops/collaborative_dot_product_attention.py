@@ -130,7 +130,7 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
       (`_jax_attention.cudnn_preferred`), else the explicit path (Dk 256
       with the content term, and wider); on CPUs the explicit path.
     - torch: on CUDA devices the Triton kernel (float16/bfloat16, keys up
-      to 256 wide), else SDPA (cuDNN) while the key with its `N` content
+      to 384 wide), else SDPA (cuDNN) while the key with its `N` content
       columns fits 256 wide (`_torch_attention.fused_preferred`); on CPUs
       the explicit path.
     - TensorFlow: `keras.ops.dot_product_attention` on the broadcast key
