@@ -142,14 +142,8 @@ def weight_bytes(layer):
     )
 
 
-def make_step(decoder, x, caches, index, mask, graph=False):
-    """A `step(caches) -> (y, caches)` callable, compiled where Keras is.
-
-    With `graph` (torch on CUDA) the step is captured once as a CUDA graph
-    and replayed: every replay runs the same kernels on the same cache (the
-    graph's inputs), without Python's per-op dispatch; the returned cache is
-    the captured step's output (written by each replay).
-    """
+def make_step(decoder, x, caches, index, mask):
+    """A `step(caches) -> (y, caches)` callable, compiled where Keras is."""
     decoder(x, caches=caches, index=index, mask=mask)  # build
     if BACKEND == "jax":
         import jax
@@ -179,23 +173,7 @@ def make_step(decoder, x, caches, index, mask, graph=False):
             with torch.no_grad():
                 return decoder(x, caches=caches, index=index, mask=mask)
 
-        if not graph:
-            return step
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):  # warm up outside the capture
-                step(caches)
-        torch.cuda.current_stream().wait_stream(stream)
-        captured = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(captured):
-            y, new_caches = step(caches)
-
-        def replay(_):
-            captured.replay()
-            return y, new_caches
-
-        return replay
+        return step
     import tensorflow as tf
 
     fn = tf.function(
@@ -280,25 +258,15 @@ def measure(args, s, log):
                      (f"collab K{k} einsum core", k, None, False)]
         if args.fused:
             variants.append((f"collab K{k} fused", k, True, True))
-    if args.cuda_graphs and BACKEND == "torch":
-        variants += [(f"{name} (CUDA graph)", k, flash, core)
-                     for name, k, flash, core in variants
-                     if flash is None and core]
     steps, caches, sizes, weights, launches = {}, {}, {}, {}, {}
-    for name, k, flash, core in list(variants):
+    for name, k, flash, core in variants:
         kind = "mha" if k is None else "collab"
         decoder = Decoder(kind, args.layers, d, h, k, flash_attention=flash,
                           decode_core=core)
         caches[name] = initial_caches(kind, args.layers, b, s, d, h, k,
                                       dtype, seed=1)
         sizes[name] = cache_bytes(caches[name])
-        try:
-            steps[name] = make_step(decoder, x, caches[name], index, mask,
-                                    graph=name.endswith("(CUDA graph)"))
-        except Exception as error:  # noqa: BLE001 (report the row, go on)
-            print(f"{name} fails: {str(error).splitlines()[0][:200]}")
-            variants.remove((name, k, flash, core))
-            continue
+        steps[name] = make_step(decoder, x, caches[name], index, mask)
         weights[name] = weight_bytes(decoder)
         if BACKEND == "jax":
             hlo = steps[name].compiled_text(caches[name])
@@ -327,8 +295,6 @@ def measure(args, s, log):
             from torch.profiler import profile
 
             for name, step in steps.items():
-                if name.endswith("(CUDA graph)"):
-                    continue  # the profiler does not see into replays
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
                     for _ in range(5):
                         y, caches[name] = step(caches[name])
@@ -363,8 +329,6 @@ def measure(args, s, log):
     base_t = statistics.median(samples["mha"])
     for name, k, flash, _ in variants:
         t = statistics.median(samples[name])
-        if name.endswith("(CUDA graph)") and "mha (CUDA graph)" in samples:
-            base_t = statistics.median(samples["mha (CUDA graph)"])
         row = dict(info, variant=name, step_ms=t * 1e3, ratio=t / base_t,
                    cache_mb=sizes[name] / 1e6,
                    cache_ratio=sizes[name] / sizes["mha"],
@@ -396,9 +360,6 @@ def main(argv=None):
     parser.add_argument("--inner", type=int, default=10)
     parser.add_argument("--fused", action="store_true",
                         help="also time flash_attention=True")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="torch on CUDA: also time the steps replayed "
-                        "as CUDA graphs")
     parser.add_argument("--log", default=None)
     parser.add_argument("--hlo", action="store_true",
                         help="JAX: list the compiled steps' largest operations")
