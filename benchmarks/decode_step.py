@@ -41,7 +41,7 @@ class Decoder(keras.layers.Layer):
     """`num_layers` pre-LN blocks whose self-attention reads a cache."""
 
     def __init__(self, kind, num_layers, d_model, heads, shared_key_dim,
-                 flash_attention=None, **kwargs):
+                 flash_attention=None, decode_core=True, **kwargs):
         super().__init__(**kwargs)
         self.kind = kind
         head_dim = d_model // heads
@@ -61,6 +61,8 @@ class Decoder(keras.layers.Layer):
                     flash_attention=flash_attention,
                     name=f"attention_{i}",
                 )
+                if not decode_core:  # the einsum core of the layer
+                    attention._DECODE_MAX_ROWS = 0
             self.blocks.append(
                 (
                     keras.layers.LayerNormalization(name=f"ln1_{i}"),
@@ -157,7 +159,13 @@ def make_step(decoder, x, caches, index, mask):
 
         jitted = jax.jit(fn, donate_argnums=(1,))
         jindex = jax.numpy.asarray(index, "int32")
-        return lambda caches: jitted(tv, caches, jindex)
+
+        def step(caches):
+            return jitted(tv, caches, jindex)
+
+        step.compiled_text = lambda caches: (
+            jitted.lower(tv, caches, jindex).compile().as_text())
+        return step
     if BACKEND == "torch":
         import torch
 
@@ -174,6 +182,35 @@ def make_step(decoder, x, caches, index, mask):
     return fn
 
 
+def big_operations(hlo, min_mb=4.0):
+    """The operations of an optimized HLO module's entry computation whose
+    result is at least `min_mb` MB, as `count x opcode shape (MB)` lines:
+    where a step writes a cache-sized tensor (a copy or transpose of a
+    cache) beside the in-place cache updates."""
+    import re
+
+    sizes = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "pred": 1, "s8": 1}
+    entry = hlo[hlo.index("\nENTRY"):]
+    entry = entry[:entry.index("\n}")]
+    pattern = re.compile(r"= (\w+)\[([\d,]*)\]\{[^}]*\} ([\w-]+)\(.*?"
+                         r"(?:kind=(\w+))?(?:, calls=(%?[\w.-]+))?")
+    counts = {}
+    for line in entry.splitlines():
+        match = pattern.search(line)
+        if not match or match.group(1) not in sizes:
+            continue
+        dims = [int(d) for d in match.group(2).split(",") if d]
+        mb = sizes[match.group(1)] * int(np.prod(dims)) / 1e6
+        if mb < min_mb:
+            continue
+        what = match.group(3)
+        if match.group(4):
+            what += f" {match.group(4)} {match.group(5) or ''}"
+        key = f"{what} {match.group(1)}{dims} ({mb:.0f} MB)"
+        counts[key] = counts.get(key, 0) + 1
+    return "\n".join(f"  {n} x {k}" for k, n in sorted(counts.items()))
+
+
 def sync(y):
     if BACKEND == "jax":
         import jax
@@ -188,38 +225,55 @@ def sync(y):
         np.asarray(y[0, 0, 0])
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--length", type=int, default=2048)
-    parser.add_argument("--d-model", type=int, default=768)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--shared-key-dims", default="256")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--inner", type=int, default=10)
-    parser.add_argument("--log", default=None)
-    args = parser.parse_args(argv)
-    keras.config.set_dtype_policy(args.dtype)
+def kernel_count(hlo):
+    """Kernels a compiled JAX step launches, from its optimized HLO: the
+    entry computation's fusions, library calls (cuBLAS, cuDNN, Pallas) and
+    other non-trivial operations (parameters, constants, bitcasts and
+    tuples launch nothing)."""
+    entry = hlo[hlo.index("\nENTRY"):]
+    entry = entry[:entry.index("\n}")]
+    import re
+
+    free = ("parameter", "constant", "bitcast", "get-tuple-element", "tuple")
+    opcode = re.compile(r"[\s})]([a-z][a-z0-9-]*)\(")
+    count = 0
+    for line in entry.splitlines()[1:]:
+        if " = " not in line:
+            continue
+        match = opcode.search(line.split(" = ", 1)[1])
+        count += bool(match) and match.group(1) not in free
+    return count
+
+
+def measure(args, s, log):
+    """Times the variants at cache length `s`; prints the table."""
     dtype = keras.config.dtype_policy().compute_dtype
-    b, s, d, h = args.batch, args.length, args.d_model, args.heads
+    b, d, h = args.batch, args.d_model, args.heads
     index = s - 1
     mask = ops.convert_to_tensor(np.arange(s)[None, None, :] <= index)
     x = ops.cast(keras.random.normal((b, 1, d), seed=0), dtype)
-    variants = [("mha", None, None)]
+    variants = [("mha", None, None, True)]
     for k in (int(v) for v in args.shared_key_dims.split(",")):
-        variants += [(f"collab K{k} auto", k, None),
-                     (f"collab K{k} fused", k, True)]
-    steps, caches, sizes, weights = {}, {}, {}, {}
-    for name, k, flash in variants:
+        variants += [(f"collab K{k} auto", k, None, True),
+                     (f"collab K{k} einsum core", k, None, False)]
+        if args.fused:
+            variants.append((f"collab K{k} fused", k, True, True))
+    steps, caches, sizes, weights, launches = {}, {}, {}, {}, {}
+    for name, k, flash, core in variants:
         kind = "mha" if k is None else "collab"
-        decoder = Decoder(kind, args.layers, d, h, k, flash_attention=flash)
+        decoder = Decoder(kind, args.layers, d, h, k, flash_attention=flash,
+                          decode_core=core)
         caches[name] = initial_caches(kind, args.layers, b, s, d, h, k,
                                       dtype, seed=1)
         sizes[name] = cache_bytes(caches[name])
         steps[name] = make_step(decoder, x, caches[name], index, mask)
         weights[name] = weight_bytes(decoder)
+        if BACKEND == "jax":
+            hlo = steps[name].compiled_text(caches[name])
+            launches[name] = kernel_count(hlo)
+            if args.hlo:
+                print(f"\n{name}: the compiled step's largest operations")
+                print(big_operations(hlo))
     for name, step in steps.items():  # compile (twice for JAX) and warm up
         for _ in range(6):
             y, caches[name] = step(caches[name])
@@ -245,12 +299,16 @@ def main(argv=None):
                     for _ in range(5):
                         y, caches[name] = step(caches[name])
                     torch.cuda.synchronize()
+                events = [e for e in prof.key_averages()
+                          if (getattr(e, "self_device_time_total", None)
+                              or getattr(e, "self_cuda_time_total", 0.0))]
                 total = sum(
                     getattr(e, "self_device_time_total", None)
                     or getattr(e, "self_cuda_time_total", 0.0)
-                    for e in prof.key_averages()
+                    for e in events
                 )
                 kernel[name] = total / 5 / 1e3
+                launches[name] = sum(e.count for e in events) // 5
     info = {"backend": BACKEND, "keras": keras.__version__, "dtype": args.dtype}
     if BACKEND == "jax":
         import jax
@@ -263,30 +321,53 @@ def main(argv=None):
         info["device"] = (torch.cuda.get_device_name()
                           if torch.cuda.is_available() else "cpu")
     print(json.dumps(info))
-    log = open(args.log, "a") if args.log else open(os.devnull, "w")
     print(f"\n## Decode step, {args.layers} layers, batch {b}, cache length {s},"
           f" d_model {d}, {h} heads, {args.dtype}, {BACKEND} on {info['device']}")
-    print("| attention | step ms | vs MHA | GPU kernel ms | vs MHA | cache MB "
-          "| cache vs MHA | (K+d)/(2d) | bytes read / time, GB/s |")
+    print("| attention | step ms | vs MHA | GPU kernel ms | vs MHA | kernels "
+          "per step | cache MB | cache vs MHA | bytes read / time, GB/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     base_t = statistics.median(samples["mha"])
-    for name, k, flash in variants:
+    for name, k, flash, _ in variants:
         t = statistics.median(samples[name])
         row = dict(info, variant=name, step_ms=t * 1e3, ratio=t / base_t,
                    cache_mb=sizes[name] / 1e6,
                    cache_ratio=sizes[name] / sizes["mha"],
                    gbps=(sizes[name] + weights[name]) / t / 1e9,
-                   batch=b, length=s, layers=args.layers)
-        log.write(json.dumps(row) + "\n")
-        formula = "" if k is None else f"{(k + d) / (2 * d):.3f}"
-        if kernel:
+                   batch=b, length=s, layers=args.layers,
+                   kernels=launches.get(name))
+        if name in kernel:
             row["gpu_ms"] = kernel[name]
             gpu = f"{kernel[name]:.3f} | {kernel[name] / kernel['mha']:.2f}"
         else:
             gpu = "- | -"
+        log.write(json.dumps(row) + "\n")
         print(f"| {name} | {t * 1e3:.3f} | {t / base_t:.2f} | {gpu} | "
-              f"{sizes[name] / 1e6:.1f} | {sizes[name] / sizes['mha']:.3f} | "
-              f"{formula} | {row['gbps']:.0f} |")
+              f"{launches.get(name, '-')} | {sizes[name] / 1e6:.1f} | "
+              f"{sizes[name] / sizes['mha']:.3f} | {row['gbps']:.0f} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lengths", default="2048",
+                        help="cache lengths, each timed on its own")
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--shared-key-dims", default="256")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--inner", type=int, default=10)
+    parser.add_argument("--fused", action="store_true",
+                        help="also time flash_attention=True")
+    parser.add_argument("--log", default=None)
+    parser.add_argument("--hlo", action="store_true",
+                        help="JAX: list the compiled steps' largest operations")
+    args = parser.parse_args(argv)
+    keras.config.set_dtype_policy(args.dtype)
+    log = open(args.log, "a") if args.log else open(os.devnull, "w")
+    for length in (int(v) for v in args.lengths.split(",")):
+        measure(args, length, log)
     log.close()
 
 

@@ -65,6 +65,29 @@ def test_static_cache_equals_cross_attention():
         )
 
 
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_decode_core_equals_explicit_path(use_bias):
+    # A step of a few positions takes `_compute_decode_attention`; with the
+    # threshold at 0 the same call takes the explicit path.
+    layer = _layer(use_bias)
+    rng = np.random.default_rng(2)
+    query = rng.normal(size=(2, 2, 32)).astype("float32")
+    source = rng.normal(size=(2, 6, 32)).astype("float32")
+    mask = rng.random((2, 4, 2, 6)) > 0.3  # per head
+    mask[1, 2, 0] = False  # a row with no key: 0 on both paths
+    cache = layer.compute_cache(source)
+    projected = layer._query_dense(query)
+    assert layer._use_decode_core(projected, False, None)
+    assert not layer._use_decode_core(projected, True, None)
+    output, _ = layer(query, query, attention_mask=mask, cache=cache)
+    layer._DECODE_MAX_ROWS = 0
+    assert not layer._use_decode_core(projected, False, None)
+    expected, _ = layer(query, query, attention_mask=mask, cache=cache)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(output), ops.convert_to_numpy(expected), atol=1e-5
+    )
+
+
 def test_return_attention_scores_with_cache():
     layer = _layer()
     x = np.ones((2, 1, 32), "float32")

@@ -138,3 +138,67 @@ def test_default_tiles(key_width, dtype):
     groups = pa.head_groups(12, 2, 128, config.block_k_bwd)
     assert 12 % groups == 0
     assert pa.head_groups(12, 64, 2048, 64) == 1
+
+
+# The automatic choice on JAX GPUs, with the device faked: which core runs
+# for a query length, shared key width and dtype (12 heads, values 64, the
+# content term on unless said), as measured on an H200 (docs/performance.md).
+@pytest.mark.parametrize(
+    "length,key_width,dtype,content,expected",
+    [
+        (128, 128, jnp.bfloat16, True, "pallas"),
+        (128, 64, jnp.float16, True, "pallas"),
+        (256, 128, jnp.bfloat16, True, "pallas"),
+        (512, 128, jnp.bfloat16, True, "cudnn"),
+        (2048, 128, jnp.bfloat16, True, "cudnn"),
+        (128, 192, jnp.bfloat16, True, "explicit"),
+        (256, 192, jnp.bfloat16, True, "cudnn"),
+        (512, 192, jnp.bfloat16, True, "cudnn"),
+        (512, 256, jnp.bfloat16, True, "explicit"),  # 257 columns: no cuDNN
+        (512, 256, jnp.bfloat16, False, "cudnn"),
+        (8192, 256, jnp.bfloat16, True, "explicit"),
+        (512, 384, jnp.bfloat16, True, "explicit"),
+        (128, 128, jnp.float32, True, "explicit"),
+        (8, 128, jnp.bfloat16, True, "explicit"),  # a decoding step
+    ],
+)
+def test_automatic_choice_on_gpu(monkeypatch, length, key_width, dtype,
+                                 content, expected):
+    import importlib
+
+    import keras
+
+    from collab_keras.ops import _jax_attention
+
+    dispatch = importlib.import_module(
+        "collab_keras.ops.collaborative_dot_product_attention"
+    )
+
+    monkeypatch.setattr(_jax_attention, "on_gpu", lambda: True)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    q = jnp.zeros((2, length, key_width), dtype)
+    k = jnp.zeros((2, length, key_width), dtype)
+    v = jnp.zeros((2, length, 12, 64), dtype)
+    c = jnp.zeros((2, length, 12), dtype) if content else None
+    fused = dispatch.fused_attention_preferred(q, key_width, 64, 12, content)
+    if not fused:
+        got = "explicit"
+    elif pa.chosen(q, k, v, c):
+        got = "pallas"
+    else:
+        assert _jax_attention.cudnn_applies(key_width, 64, dtype, content)
+        got = "cudnn"
+    assert got == expected
+
+
+def test_forced_fused_path_takes_pallas_where_cudnn_cannot(monkeypatch):
+    from collab_keras.ops import _jax_attention
+
+    monkeypatch.setattr(_jax_attention, "on_gpu", lambda: True)
+    args, _ = _inputs(length=512, keys=512, key_width=256, value_width=64,
+                      heads=12, dtype=jnp.bfloat16)
+    q, k, v, _, c = args
+    assert pa.chosen(q, k, v, c)  # Dk 256 + content: 257 columns
+    assert not pa.chosen(q, k, v, None)  # 256 columns: cuDNN
+    wide = jnp.zeros((2, 512, 384), jnp.bfloat16)
+    assert not pa.chosen(wide, wide, v, c)  # padded to 512: explicit

@@ -154,23 +154,99 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         if self._gate_dense is not None:
             gate = self._gate_dense(query)  # (B, T, N, V)
         query = self._query_dense(query)  # (B, T, K)
-        attention_output, attention_scores = (
-            self._compute_collaborative_attention(
+        if self._use_decode_core(query, return_attention_scores, training):
+            attention_output = self._compute_decode_attention(
                 query,
                 cache["key"],  # (B, S, K)
                 cache["value"],  # (B, S, N, V)
                 cache.get("content"),  # (B, S, N)
                 attention_mask,
-                training=training,
-                return_attention_scores=return_attention_scores,
             )
-        )
+        else:
+            attention_output, attention_scores = (
+                self._compute_collaborative_attention(
+                    query,
+                    cache["key"],
+                    cache["value"],
+                    cache.get("content"),
+                    attention_mask,
+                    training=training,
+                    return_attention_scores=return_attention_scores,
+                )
+            )
         if gate is not None:
             attention_output = attention_output * gate  # (B, T, N, V)
         attention_output = self._output_dense(attention_output)  # (B, T, E)
         if return_attention_scores:
             return attention_output, attention_scores, cache
         return attention_output, cache
+
+    # Query rows (positions x heads) up to which a step over the cache takes
+    # `_compute_decode_attention` (docs/performance.md, decoding).
+    _DECODE_MAX_ROWS = 64
+
+    def _use_decode_core(self, query, return_attention_scores, training):
+        """Whether this step takes `_compute_decode_attention`: a few query
+        positions, no scores returned, no fused kernel asked for, no
+        dropout at work, one attention axis."""
+        rows = query.shape[1]
+        return (
+            rows is not None
+            and rows * self.num_heads <= self._DECODE_MAX_ROWS
+            and not return_attention_scores
+            and not self.flash_attention
+            and (self.dropout == 0 or not training)
+            and len(self._attention_axes) == 1
+        )
+
+    def _compute_decode_attention(self, query, key, value, content, mask):
+        """Attention of a few query positions over the cache.
+
+        The explicit path's arithmetic (same dtypes, same softmax), with
+        both products laid out so that they read the cache where it lies:
+        scores as one matrix product per sequence, `(T*N, K) x (S, K)^T`,
+        and values as `(T*N, S) x (S, N*V)`, which gives every head the
+        values of every head and keeps each head's own block. The per-head
+        product `(B, N, T, S) x (B, S, N, V)` has the heads as a second
+        batch axis inside the value cache: torch's einsum copies the whole
+        value cache to `(B, N, S, V)` for it at every step, and XLA on GPUs
+        runs it slower than these two plain products (docs/performance.md,
+        decoding step). The `N` times larger second product costs `T * N`
+        FLOPs per byte of cache, far below what a GPU does per byte read.
+
+        Args:
+            query: Projected shared query `(B, T, K)`.
+            key: Cached shared key `(B, S, K)`.
+            value: Cached values `(B, S, N, V)`.
+            content: Cached content term `(B, S, N)`, or `None`.
+            mask: Boolean mask broadcastable to `(B, N, T, S)`, or `None`.
+
+        Returns:
+            The per-head outputs `(B, T, N, V)`.
+        """
+        rows, heads, width = query.shape[1], self.num_heads, self.value_dim
+        length = ops.shape(key)[1]
+        query = ops.multiply(query, ops.cast(self._scale, query.dtype))
+        mixing = ops.cast(self.mixing, query.dtype)
+        mixed = ops.einsum("btk,nk->btnk", query, mixing)  # (B, T, N, K)
+        mixed = ops.reshape(mixed, (-1, rows * heads, self.shared_key_dim))
+        scores = ops.einsum("bxk,bsk->bxs", mixed, key)  # (B, T*N, S)
+        scores = ops.reshape(scores, (-1, rows, heads, length))
+        scores = ops.transpose(scores, (0, 2, 1, 3))  # (B, N, T, S)
+        if content is not None:
+            content = ops.multiply(
+                content, ops.cast(self._scale, content.dtype)
+            )
+            content = ops.transpose(content, (0, 2, 1))  # (B, N, S)
+            scores = scores + ops.expand_dims(content, 2)  # (B, N, T, S)
+        weights = self._masked_softmax(scores, mask)  # (B, N, T, S)
+        weights = ops.transpose(weights, (0, 2, 1, 3))  # (B, T, N, S)
+        weights = ops.reshape(weights, (-1, rows * heads, length))
+        values = ops.reshape(value, (-1, length, heads * width))  # (B, S, N*V)
+        every = ops.einsum("bxs,bsm->bxm", weights, values)  # (B, T*N, N*V)
+        every = ops.reshape(every, (-1, rows, heads, heads, width))
+        own = ops.expand_dims(ops.eye(heads, dtype=every.dtype), -1)  # (N, N, 1)
+        return ops.sum(every * own, axis=3)  # (B, T, N, V)
 
     def compute_cache(self, value, key=None):
         """The cache entries of a key/value sequence.

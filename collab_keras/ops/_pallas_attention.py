@@ -102,32 +102,59 @@ def applies(query, key, value, mixing=None, content=None, mask=None,
     shared key width up to 512, value width up to 256, and a mask (if any)
     that broadcasts to `(B, 1 or N, T, S)`.
     """
-    try:
-        if jax.devices()[0].platform != "gpu":
-            return False
-    except RuntimeError:
-        return False
-    return _supported(query, key, value, mask) is None
+    from collab_keras.ops import _jax_attention
+
+    return _jax_attention.on_gpu() and _supported(query, key, value, mask) is None
+
+
+# Where the automatic choice takes this kernel (`preferred`): key widths up
+# to `PREFERRED_MAX_KEY_WIDTH` and query lengths below
+# `PREFERRED_MAX_LENGTH`. Measured on an H200, attention core
+# forward+backward, bf16, 12 heads, values 64 wide, content term on
+# (benchmarks/attention_kernel.py, docs/performance.md): at length 128,
+# Dk 128, 0.29 ms against cuDNN's 0.48 and the explicit path's 0.47; at
+# length 512 it ties with cuDNN (1.27 / 1.31 ms), which is faster from
+# 2048 on. At Dk 192 and wider its backward is slower than cuDNN where
+# cuDNN applies, and than the explicit path where it does not.
+PREFERRED_MAX_KEY_WIDTH = 128
+PREFERRED_MAX_LENGTH = 512
+
+
+def preferred(length, key_width, dtype):
+    """Whether the automatic choice runs this kernel (on a GPU, bfloat16 or
+    float16, see `PREFERRED_MAX_KEY_WIDTH` and `PREFERRED_MAX_LENGTH`)."""
+    from collab_keras.ops import _jax_attention
+
+    half = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return (
+        _jax_attention.on_gpu()
+        and jnp.dtype(dtype) in half
+        and key_width <= PREFERRED_MAX_KEY_WIDTH
+        and length is not None
+        and length < PREFERRED_MAX_LENGTH
+    )
 
 
 def chosen(query, key, value, content=None, mask=None):
     """Whether the dispatch runs this kernel on JAX, for a fused call.
 
-    Where `applies`, for bfloat16/float16 and shared key widths up to 256,
-    unless cuDNN takes the inputs (`_jax_attention.cudnn_applies`): measured
-    on an H200 (docs/performance.md), cuDNN's forward+backward is as fast or
-    faster there, and wider keys (padded to 512 here) make this backward
-    slower than the explicit path. The automatic choice of the layer
-    (`fused_attention_preferred`) does not take this kernel: its
-    forward+backward is slower than the explicit path's (the forward alone
-    is 2 to 2.7 times faster); `flash_attention=True` asks for it.
+    Where `applies`, for bfloat16/float16: where the automatic choice
+    prefers it (`preferred`), and, for shared key widths up to 256, where
+    cuDNN does not take the inputs (`_jax_attention.cudnn_applies`, e.g.
+    Dk 256 with the content column) and the fused path is asked for
+    (`flash_attention=True`). Wider keys (padded to 512 here) make this
+    backward slower than the explicit path; they go to
+    `_jax_attention.attention`.
     """
     from collab_keras.ops import _jax_attention
 
     half = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if not applies(query, key, value, mask=mask):
+        return False
+    if preferred(query.shape[1], key.shape[-1], query.dtype):
+        return True
     return (
-        applies(query, key, value, mask=mask)
-        and jnp.dtype(query.dtype) in half
+        jnp.dtype(query.dtype) in half
         and key.shape[-1] <= 256
         and not _jax_attention.cudnn_applies(
             key.shape[-1], value.shape[-1], query.dtype,

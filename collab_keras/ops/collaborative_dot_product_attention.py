@@ -13,8 +13,8 @@ rounding, whatever the size of `c_h`), on the backend's kernel:
   (`_torch_attention.py`);
 - JAX: `jax.nn.dot_product_attention` (cuDNN on GPUs), the key broadcast to
   every head and `c_h` as one more key column (`_jax_attention.py`); on GPUs
-  where cuDNN does not take the widths, the Pallas kernel
-  (`_pallas_attention.py`, `_pallas_attention.chosen`);
+  the Pallas kernel (`_pallas_attention.py`) where it is the faster one or
+  cuDNN does not take the widths (`_pallas_attention.chosen`);
 - otherwise (TensorFlow): `keras.ops.dot_product_attention` on the broadcast
   key, `c_h` as its additive bias (`_portable_attention.py`).
 
@@ -122,9 +122,13 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
     """Whether the fused core is the faster choice for these inputs.
 
     The choice follows the measurements in docs/performance.md:
-    - JAX: the cuDNN kernel on GPUs, when its head size limit allows
-      (`_jax_attention.cudnn_applies`, counting the content column); on
-      CPUs the explicit path is faster.
+    - JAX on GPUs (bfloat16/float16), by the forward+backward time of the
+      attention core on an H200: the Pallas kernel for shared key widths
+      up to 128 at query lengths below 512
+      (`_pallas_attention.preferred`), cuDNN where its head size limit
+      allows (counting the content column) from length 256 on
+      (`_jax_attention.cudnn_preferred`), else the explicit path (Dk 256
+      with the content term, and wider); on CPUs the explicit path.
     - torch: on CUDA devices the Triton kernel (float16/bfloat16, keys up
       to 384 wide), else SDPA (cuDNN) while the key with its `N` content
       columns fits 256 wide (`_torch_attention.fused_preferred`); on CPUs
@@ -148,9 +152,12 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
     name = backend.backend()
     if name == "jax":
         from collab_keras.ops import _jax_attention
+        from collab_keras.ops import _pallas_attention
 
-        return _jax_attention.cudnn_applies(
-            key_width, value_width, query.dtype, use_content=use_bias
+        return _pallas_attention.preferred(
+            length, key_width, query.dtype
+        ) or _jax_attention.cudnn_preferred(
+            length, key_width, value_width, query.dtype, use_content=use_bias
         )
     if name == "torch":
         from collab_keras.ops import _torch_attention
