@@ -88,6 +88,30 @@ def test_decode_core_equals_explicit_path(use_bias):
     )
 
 
+def test_decode_core_keeps_each_heads_nan_to_itself():
+    # A NaN in one head's cached values reaches that head's output only, as
+    # on the explicit path.
+    layer = _layer()
+    rng = np.random.default_rng(3)
+    query = rng.normal(size=(1, 1, 32)).astype("float32")
+    source = rng.normal(size=(1, 5, 32)).astype("float32")
+    cache = layer.compute_cache(source)
+    value = ops.convert_to_numpy(cache["value"]).copy()  # (B, S, N, V)
+    value[0, 2, 1, 0] = np.nan
+    cache["value"] = ops.convert_to_tensor(value)
+    projected = layer._query_dense(query)
+    assert layer._use_decode_core(projected, False, None)
+    per_head = ops.convert_to_numpy(
+        layer._compute_decode_attention(
+            projected, cache["key"], cache["value"], cache.get("content"), None
+        )
+    )  # (B, T, N, V)
+    assert np.isnan(per_head[0, 0, 1, 0])
+    finite = np.ones(per_head.shape, bool)
+    finite[0, 0, 1, 0] = False
+    assert np.isfinite(per_head[finite]).all()
+
+
 def test_return_attention_scores_with_cache():
     layer = _layer()
     x = np.ones((2, 1, 32), "float32")

@@ -244,9 +244,11 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         weights = ops.reshape(weights, (-1, rows * heads, length))
         values = ops.reshape(value, (-1, length, heads * width))  # (B, S, N*V)
         every = ops.einsum("bxs,bsm->bxm", weights, values)  # (B, T*N, N*V)
-        every = ops.reshape(every, (-1, rows, heads, heads, width))
-        own = ops.expand_dims(ops.eye(heads, dtype=every.dtype), -1)  # (N, N, 1)
-        return ops.sum(every * own, axis=3)  # (B, T, N, V)
+        every = ops.reshape(every, (-1, rows, heads * heads, width))
+        # Each head's own block, taken (not masked by multiplying with 0,
+        # which would carry another head's NaN or Inf into this one).
+        own = [head * (heads + 1) for head in range(heads)]
+        return ops.take(every, own, axis=2)  # (B, T, N, V)
 
     def compute_cache(self, value, key=None):
         """The cache entries of a key/value sequence.

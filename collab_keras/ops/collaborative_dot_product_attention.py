@@ -8,9 +8,11 @@ from the shared query `q`, the shared key `k`, the per-head values `v_h` and
 the content term `c_h` (`y . content_bias[:, h]`), exactly (to floating-point
 rounding, whatever the size of `c_h`), on the backend's kernel:
 
-- torch: `torch.nn.functional.scaled_dot_product_attention` with one shared
-  key head (`enable_gqa=True`) and `c` as `N` more key columns
-  (`_torch_attention.py`);
+- torch: on CUDA in float16/bfloat16, the Triton kernel (`_triton_attention.py`:
+  the shared key read once per key block for every head, mixing, content
+  term and masks inside); otherwise
+  `torch.nn.functional.scaled_dot_product_attention` with one shared key head
+  (`enable_gqa=True`) and `c` as `N` more key columns (`_torch_attention.py`);
 - JAX: `jax.nn.dot_product_attention` (cuDNN on GPUs), the key broadcast to
   every head and `c_h` as one more key column (`_jax_attention.py`); on GPUs
   the Pallas kernel (`_pallas_attention.py`) where it is the faster one or
