@@ -30,8 +30,8 @@ class CachedConcatenatedAttention(keras.layers.MultiHeadAttention):
     cache (the projections of the `value`/`key` inputs are first written
     into the cache at `cache_update_index`, decoder self-attention).
 
-    Args:
-        The arguments of `keras.layers.MultiHeadAttention`.
+    It takes the constructor arguments of `keras.layers.MultiHeadAttention`
+    (`num_heads`, `key_dim`, `value_dim`, ...).
 
     Call arguments:
         query: Query tensor of shape `(B, T, dim)`.
