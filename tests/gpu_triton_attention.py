@@ -27,6 +27,8 @@ import torch  # noqa: E402
 
 from collab_keras.ops import _torch_attention  # noqa: E402
 from collab_keras.ops import _triton_attention as ta  # noqa: E402
+from _torch_attention_reference import explicit  # noqa: E402
+from _torch_attention_reference import output_and_grads  # noqa: E402
 
 CASES = [
     # B, T, S, N, K, V, content, mask, causal
@@ -63,40 +65,10 @@ def inputs(case, dtype, seed=0):
     return [cast(x) for x in (q, key, val, m, c)], mask, grad
 
 
-def explicit(query, key, value, mixing, content=None, mask=None, scale=1.0,
-             is_causal=False, dtype=None):
-    """The explicit path: einsums in `dtype` (float64 for the truth),
-    softmax in float32 or float64, weights rounded to `dtype`."""
-    dtype = dtype or query.dtype
-    soft = torch.float64 if dtype == torch.float64 else torch.float32
-    q, k, v, m = (x.to(dtype) for x in (query, key, value, mixing))
-    mixed = torch.einsum("btk,nk->bntk", q, m)
-    scores = torch.einsum("bntk,bsk->bnts", mixed, k).to(soft)
-    if content is not None:
-        scores = scores + content.to(soft).permute(0, 2, 1)[:, :, None, :]
-    scores = scores * scale
-    t, s = q.shape[1], k.shape[1]
-    valid = torch.ones(1, 1, t, s, dtype=torch.bool, device=q.device)
-    if is_causal:
-        valid = valid & valid.tril()
-    if mask is not None:
-        valid = valid & mask
-    scores = scores.masked_fill(~valid, float("-inf"))
-    top = scores.amax(-1, keepdim=True)
-    top = torch.where(top == float("-inf"), 0.0, top).detach()
-    weights = torch.exp(scores - top)
-    total = weights.sum(-1, keepdim=True)
-    weights = (weights / torch.where(total > 0, total, 1.0)).to(dtype)
-    return torch.einsum("bnts,bsnv->btnv", weights, v)
-
-
 def outputs(fn, args, mask, grad, scale, causal, **kwargs):
     """Output and the gradients of every given input."""
-    args = [None if a is None else a.detach().requires_grad_() for a in args]
-    out = fn(*args, mask=mask, scale=scale, is_causal=causal, **kwargs)
-    given = [a for a in args if a is not None]
-    grads = torch.autograd.grad((out.double() * grad.double()).sum(), given)
-    return [out] + list(grads)
+    return output_and_grads(fn, args, grad, mask=mask, scale=scale,
+                            is_causal=causal, **kwargs)
 
 
 def rel(a, b):

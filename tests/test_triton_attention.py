@@ -14,6 +14,7 @@ bfloat16 is not numpy's, so bfloat16 is left to the GPU check). The compiled
 kernel is checked on a GPU by `tests/gpu_triton_attention.py`.
 """
 
+import functools
 import importlib
 import os
 import sys
@@ -21,6 +22,9 @@ import sys
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from tests._torch_attention_reference import explicit  # noqa: E402
+from tests._torch_attention_reference import output_and_grads  # noqa: E402
 
 from collab_keras.ops import _torch_attention  # noqa: E402
 
@@ -88,34 +92,8 @@ def _inputs(batch=2, length=21, keys=35, heads=3, key_width=24, value_width=8,
     return [cast(x) for x in (q, k, v, m, c)], mask, g
 
 
-def _explicit(q, k, v, m, c=None, mask=None, scale=1.0, is_causal=False):
-    """The explicit computation in float64."""
-    f = torch.float64
-    scores = torch.einsum("btk,nk,bsk->bnts", q.to(f), m.to(f), k.to(f))
-    if c is not None:
-        scores = scores + c.to(f).permute(0, 2, 1)[:, :, None, :]
-    scores = scores * scale
-    length, keys = q.shape[1], k.shape[1]
-    valid = torch.ones(1, 1, length, keys, dtype=torch.bool)
-    if is_causal:
-        valid = valid & valid.tril()
-    if mask is not None:
-        valid = valid & mask
-    scores = scores.masked_fill(~valid, float("-inf"))
-    top = scores.amax(-1, keepdim=True)
-    top = torch.where(top == float("-inf"), 0.0, top).detach()
-    weights = torch.exp(scores - top)
-    total = weights.sum(-1, keepdim=True)
-    weights = weights / torch.where(total > 0, total, 1.0)
-    return torch.einsum("bnts,bsnv->btnv", weights, v.to(f))
-
-
-def _output_and_grads(fn, args, g, **kwargs):
-    args = [None if a is None else a.detach().requires_grad_() for a in args]
-    out = fn(*args, **kwargs)
-    given = [a for a in args if a is not None]
-    grads = torch.autograd.grad((out.double() * g.double()).sum(), given)
-    return [out] + list(grads)
+# The reference in float64.
+_explicit = functools.partial(explicit, dtype=torch.float64)
 
 
 def _assert_close(got, want, rtol):
@@ -137,9 +115,9 @@ def _small_tiles(ta, **changes):
 def test_interpreted_kernel_matches_explicit(ta, mask, causal, content):
     args, mask, g = _inputs(mask=mask, content=content)
     kwargs = dict(mask=mask, scale=0.2, is_causal=causal)
-    got = _output_and_grads(ta.attention, args, g, config=_small_tiles(ta),
+    got = output_and_grads(ta.attention, args, g, config=_small_tiles(ta),
                             **kwargs)
-    want = _output_and_grads(_explicit, args, g, **kwargs)
+    want = output_and_grads(_explicit, args, g, **kwargs)
     _assert_close(got, want, 1e-5)
 
 
@@ -156,18 +134,18 @@ def test_interpreted_kernel_wide_keys_and_head_groups(ta, shape, groups):
     args, mask, g = _inputs(batch, length, keys, heads, key_width,
                             value_width, mask="heads")
     kwargs = dict(mask=mask, scale=key_width**-0.5, is_causal=True)
-    got = _output_and_grads(ta.attention, args, g,
+    got = output_and_grads(ta.attention, args, g,
                             config=_small_tiles(ta, head_groups=groups),
                             **kwargs)
-    want = _output_and_grads(_explicit, args, g, **kwargs)
+    want = output_and_grads(_explicit, args, g, **kwargs)
     _assert_close(got, want, 1e-5)
 
 
 def test_interpreted_kernel_float16(ta):
     args, mask, g = _inputs(mask="keys", dtype=torch.float16)
-    got = _output_and_grads(ta.attention, args, g, mask=mask, scale=0.2,
+    got = output_and_grads(ta.attention, args, g, mask=mask, scale=0.2,
                             config=_small_tiles(ta))
-    want = _output_and_grads(_explicit, args, g, mask=mask, scale=0.2)
+    want = output_and_grads(_explicit, args, g, mask=mask, scale=0.2)
     assert all(x.dtype == torch.float16 for x in got)
     _assert_close(got, want, 3e-3)
 
@@ -176,7 +154,7 @@ def test_interpreted_kernel_empty_rows_and_nan(ta):
     args, mask, g = _inputs(mask="shared")
     out = ta.attention(*args, mask=mask, scale=0.2, config=_small_tiles(ta))
     assert bool((out[:, 2] == 0).all())  # the fully masked row
-    grads = _output_and_grads(ta.attention, args, g, mask=mask, scale=0.2,
+    grads = output_and_grads(ta.attention, args, g, mask=mask, scale=0.2,
                               config=_small_tiles(ta))[1:]
     assert all(bool(x.isfinite().all()) for x in grads)
     args[0][1, 5, 3] = float("nan")
