@@ -2,8 +2,9 @@
 
 A leaf module: it imports only Keras, so that the dispatch
 (`collaborative_dot_product_attention.py`) and every backend kernel
-(`_portable_attention.py`, `_jax_attention.py`, `_torch_attention.py`) can
-import it without an import cycle.
+(`_portable_attention.py`, `_jax_attention.py`, `_torch_attention.py`,
+`_pallas_attention.py`, `_triton_attention.py`) can import it without an
+import cycle.
 """
 
 from keras import ops
@@ -52,3 +53,24 @@ def combine_causal(mask, query_length, key_length):
     columns = ops.expand_dims(ops.arange(key_length), 0)
     causal = ops.greater_equal(rows, columns)[None, None]  # (1, 1, T, S)
     return causal if mask is None else ops.logical_and(mask, causal)
+
+
+def tile_width(n):
+    """The kernel tile for a width of `n`: the next power of two, at least
+    16 (the smallest matrix-product tile of the GPU kernels)."""
+    return max(16, 1 << (int(n) - 1).bit_length())
+
+
+# Programs that fill an H200: two per multiprocessor (132 of them).
+PROGRAMS_TO_FILL = 264
+
+
+def head_groups(num_heads, programs):
+    """Groups of heads of the GPU kernels' backward passes: the fewest (a
+    divisor of `num_heads`) that, with `programs` programs per group, give
+    `PROGRAMS_TO_FILL`, so that short sequences and small batches fill the
+    card."""
+    for groups in range(1, num_heads + 1):
+        if num_heads % groups == 0 and programs * groups >= PROGRAMS_TO_FILL:
+            return groups
+    return num_heads

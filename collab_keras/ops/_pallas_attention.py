@@ -40,7 +40,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from collab_keras.ops import _attention_utils
 from collab_keras.ops._attention_utils import round_up
+from collab_keras.ops._attention_utils import tile_width
 
 _LOG2E = math.log2(math.e)
 _DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
@@ -64,7 +66,7 @@ class Config(NamedTuple):
 
 def default_config(key_width, value_width, dtype=jnp.bfloat16):
     """Tile sizes by the padded key width and dtype, measured on an H200."""
-    width = _pow2(key_width)
+    width = tile_width(key_width)
     if width <= 64:
         config = Config(block_q=128, block_k=64, warps=4)
     elif width <= 128:
@@ -84,14 +86,9 @@ def default_config(key_width, value_width, dtype=jnp.bfloat16):
 
 
 def head_groups(num_heads, batch, length, block):
-    """Groups of heads in the backward kernels: the fewest (a divisor of
-    `num_heads`) that give at least 2 programs per multiprocessor of an
-    H200 (132), so that short sequences and small batches fill the card."""
-    blocks = batch * -(-length // block)
-    for groups in range(1, num_heads + 1):
-        if num_heads % groups == 0 and blocks * groups >= 264:
-            return groups
-    return num_heads
+    """Groups of heads in the backward kernels (`_attention_utils.head_groups`)
+    for `batch` sequences of `length` in blocks of `block`."""
+    return _attention_utils.head_groups(num_heads, batch * -(-length // block))
 
 
 def applies(query, key, value, mixing=None, content=None, mask=None,
@@ -226,7 +223,7 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
     pad_t = max(config.block_q, config.block_q_bwd)
     pad_s = max(config.block_k, config.block_k_bwd)
     t_pad, s_pad = round_up(length, pad_t), round_up(keys, pad_s)
-    k_pad, v_pad = _pow2(key_width), _pow2(value_width)
+    k_pad, v_pad = tile_width(key_width), tile_width(value_width)
     dtype = query.dtype
     q = _pad(query, (0, t_pad - length, k_pad - key_width))
     k = _pad(key, (0, s_pad - keys, k_pad - key_width))
@@ -265,10 +262,6 @@ class _Static(NamedTuple):
     keys: int  # true key count (keys beyond it are padding)
     config: Config
     interpret: bool
-
-
-def _pow2(n):
-    return max(16, 1 << (int(n) - 1).bit_length())
 
 
 def _pad(x, extra):

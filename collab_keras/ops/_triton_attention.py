@@ -44,6 +44,9 @@ import torch
 import triton
 import triton.language as tl
 
+from collab_keras.ops._attention_utils import head_groups
+from collab_keras.ops._attention_utils import tile_width
+
 MAX_KEY_WIDTH = 512
 MAX_VALUE_WIDTH = 256
 _LOG2E = math.log2(math.e)
@@ -67,7 +70,7 @@ class Config(NamedTuple):
 def default_config(key_width, dtype=torch.bfloat16):
     """Tile sizes by the key width's tile (a power of two) and dtype,
     measured on an H200 (`benchmarks/attention_kernel_torch.py --sweep`)."""
-    width = _pow2(key_width)
+    width = tile_width(key_width)
     if width <= 128:
         config = Config(block_q=128, block_k=64, warps=8, block_q_bwd=64,
                         block_k_bwd=64, warps_bwd=4)
@@ -84,16 +87,6 @@ def default_config(key_width, dtype=torch.bfloat16):
             block_k_bwd=config.block_k_bwd // 2,
         )
     return config
-
-
-def head_groups(num_heads, programs):
-    """Groups of heads in the backward kernels: the fewest (a divisor of
-    `num_heads`) that give at least 2 programs per multiprocessor of an
-    H200 (132), so that short sequences and small batches fill the card."""
-    for groups in range(1, num_heads + 1):
-        if num_heads % groups == 0 and programs * groups >= 264:
-            return groups
-    return num_heads
 
 
 def applies(query, key, value, mask=None):
@@ -171,10 +164,6 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
         mask = mask.to(torch.bool)
     return _Attention.apply(query, key, value, mixing, content, mask,
                             float(scale), bool(is_causal), config)
-
-
-def _pow2(n):
-    return max(16, triton.next_power_of_2(int(n)))
 
 
 def _strides(x, dims):
@@ -534,9 +523,9 @@ def _common(q, k, v, m, c, mask):
 def _constants(q, k, v, c, mask, static, block_k):
     keys = k.shape[1]
     return dict(
-        K_A=_pow2(min(q.shape[-1], 256)),
-        K_B=_pow2(q.shape[-1] - 256) if q.shape[-1] > 256 else 0,
-        V_TILE=_pow2(v.shape[-1]),
+        K_A=tile_width(min(q.shape[-1], 256)),
+        K_B=tile_width(q.shape[-1] - 256) if q.shape[-1] > 256 else 0,
+        V_TILE=tile_width(v.shape[-1]),
         HAS_CONTENT=c is not None, MASK_KIND=_mask_args(mask)[1],
         CAUSAL=static.causal, EVEN_S=keys % block_k == 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
