@@ -30,9 +30,12 @@ import jax
 import jax.numpy as jnp
 
 from collab_keras.ops import _pallas_attention as pa
+from _attention_core_table import BATCH_FOR
+from _attention_core_table import HEADS
+from _attention_core_table import VALUE
+from _attention_core_table import print_header
+from _attention_core_table import print_rows
 
-BATCH_FOR = {128: 64, 512: 32, 2048: 8, 8192: 2}
-HEADS, VALUE = 12, 64
 
 
 def timed(fn, *args, repeats=10):
@@ -107,11 +110,6 @@ def mha_fns(causal):
     return jax.jit(core), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def flops(batch, length, width, causal):
-    f = 2 * batch * HEADS * length * length * width
-    return f / 2 if causal else f
-
-
 def sweep(lengths):
     fwd_configs = [(64, 64, 4, 2)]
     bwd_configs = [(128, 64, 8, 0), (64, 32, 4, 0), (128, 32, 8, 0),
@@ -146,9 +144,7 @@ def sweep(lengths):
 def table(lengths, key_widths, causal):
     print(f"\n## attention core, bf16, N{HEADS} V{VALUE}, content on, "
           f"causal={causal}, card: {jax.devices()[0].device_kind}")
-    print("| T | B | Dk | mode | pallas ms | bcast ms | explicit ms | mha ms "
-          "| pallas/mha | best-other/mha | FLOP ratio | pallas TFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print_header("pallas", ("bcast", "explicit"))
     for length in lengths:
         batch = BATCH_FOR[length]
         _, _, mv, _, _, mg = make(batch, length, 64)
@@ -173,21 +169,8 @@ def table(lengths, key_widths, causal):
                 except Exception as e:  # noqa: BLE001
                     print(f"{kind} T{length} Dk{key_width} fails: {str(e)[:300]}")
                     res[kind] = (None, None)
-            ratio = (key_width + VALUE) / 128
-            for mode, idx, factor in (("fwd", 0, 1), ("fwd+bwd", 1, 3.5)):
-                p = res["pallas"][idx]
-                others = [res[x][idx] for x in ("bcast", "explicit")
-                          if res[x][idx] is not None]
-                fl = factor * flops(batch, length, key_width + VALUE, causal)
-                cell = lambda x: "-" if x is None else f"{x:.3f}"
-                print(f"| {length} | {batch} | {key_width} | {mode} | {cell(p)} "
-                      f"| {cell(res['bcast'][idx])} | {cell(res['explicit'][idx])} "
-                      f"| {mha[idx]:.3f} | "
-                      + ("-" if p is None else f"{p / mha[idx]:.2f}")
-                      + " | " + (f"{min(others) / mha[idx]:.2f}" if others else "-")
-                      + f" | {ratio:.2f} | "
-                      + ("-" if p is None else f"{fl / p / 1e9:.0f}") + " |",
-                      flush=True)
+            print_rows(length, batch, key_width, causal, res, mha,
+                       "pallas", ("bcast", "explicit"))
 
 
 def main():

@@ -37,9 +37,12 @@ import torch.nn.functional as F  # noqa: E402
 
 from collab_keras.ops import _torch_attention  # noqa: E402
 from collab_keras.ops import _triton_attention as ta  # noqa: E402
+from _attention_core_table import BATCH_FOR  # noqa: E402
+from _attention_core_table import HEADS  # noqa: E402
+from _attention_core_table import VALUE  # noqa: E402
+from _attention_core_table import print_header  # noqa: E402
+from _attention_core_table import print_rows  # noqa: E402
 
-BATCH_FOR = {128: 64, 512: 32, 2048: 8, 8192: 2}
-HEADS, VALUE = 12, 64
 
 
 def timed(fn, repeats=7, calls=3):
@@ -123,11 +126,6 @@ def mha(batch, length, causal):
     return fwd_and_both(fn, (q, k, v), g)
 
 
-def flops(batch, length, width, causal):
-    f = 2 * batch * HEADS * length * length * width
-    return f / 2 if causal else f
-
-
 SWEEP = {  # key width: (forward (bq, bk, warps, stages), backward (bq, bk, warps))
     128: ([(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 2)],
           [(64, 64, 4), (32, 64, 4), (64, 128, 8), (32, 128, 4)]),
@@ -168,10 +166,7 @@ def table(lengths, key_widths, causal):
     print(f"\n## attention core (torch), bf16, N{HEADS} V{VALUE}, content on, "
           f"causal={causal}, card: {torch.cuda.get_device_name()}, "
           f"torch {torch.__version__}")
-    print("| T | B | Dk | mode | triton ms | sdpa ms | explicit ms | mha ms "
-          "| triton/mha | best-other/mha | FLOP ratio | triton TFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    cell = lambda x: "-" if x is None else f"{x:.3f}"
+    print_header("triton", ("sdpa", "explicit"))
     for length in lengths:
         batch = BATCH_FOR[length]
         base = mha(batch, length, causal)
@@ -189,20 +184,8 @@ def table(lengths, key_widths, causal):
                     print(f"{kind} T{length} Dk{key_width} fails: {str(e)[:300]}")
                     res[kind] = (None, None)
                 torch.cuda.empty_cache()
-            ratio = (key_width + VALUE) / 128
-            for mode, idx, factor in (("fwd", 0, 1), ("fwd+bwd", 1, 3.5)):
-                t = res["triton"][idx]
-                others = [res[x][idx] for x in ("sdpa", "explicit")
-                          if res[x][idx] is not None]
-                fl = factor * flops(batch, length, key_width + VALUE, causal)
-                print(f"| {length} | {batch} | {key_width} | {mode} | {cell(t)} "
-                      f"| {cell(res['sdpa'][idx])} | {cell(res['explicit'][idx])} "
-                      f"| {base[idx]:.3f} | "
-                      + ("-" if t is None else f"{t / base[idx]:.2f}")
-                      + " | " + (f"{min(others) / base[idx]:.2f}" if others else "-")
-                      + f" | {ratio:.2f} | "
-                      + ("-" if t is None else f"{fl / t / 1e9:.0f}") + " |",
-                      flush=True)
+            print_rows(length, batch, key_width, causal, res, base,
+                       "triton", ("sdpa", "explicit"))
 
 
 def main():
