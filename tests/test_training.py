@@ -10,6 +10,7 @@ import sys
 import time
 
 import h5py
+import keras
 import numpy as np
 import pytest
 
@@ -110,6 +111,17 @@ def test_finished_run_is_resumed_not_overwritten(tmp_path):
     metrics = run.train(config)  # same config: resumes at step 4 of 4
     assert metrics["steps_per_second"] is None  # no step trained again
     assert checkpoint.read_bytes() == before
+
+
+def test_run_settings_end_with_the_run(tmp_path):
+    # Op determinism and the mixed policy of a run do not outlive it (left
+    # on, op determinism makes Keras drop `jit_compile=True` silently).
+    from tensorflow.python.framework import config as tf_config
+
+    run.train(tiny_config("vit", tmp_path, deterministic=True,
+                          mixed_precision=True))
+    assert not tf_config.is_op_determinism_enabled()
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_output_dir_of_another_run_or_other_files_is_refused(tmp_path):

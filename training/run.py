@@ -124,7 +124,28 @@ def training_batches(examples, seed, batch_size, skip=0):
 
 
 def train(config):
-    """Runs (or resumes) the training run `config`; returns its metrics dict."""
+    """Runs (or resumes) the training run `config`; returns its metrics dict.
+
+    The process-wide settings the run asks for, TensorFlow's op determinism
+    and the `mixed_bfloat16` policy, hold while it runs and are put back as
+    they were when it ends: later work in the same process (a Keras model
+    compiled with `jit_compile=True`, which op determinism silently turns
+    off) is not affected.
+    """
+    # TensorFlow has no public way to ask for or to turn off op determinism.
+    from tensorflow.python.framework import config as tf_config
+
+    determinism = tf_config.is_op_determinism_enabled()
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(config)
+    finally:
+        if not determinism:
+            tf_config.disable_op_determinism()
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(config):
     import tensorflow as tf
 
     backend = keras.backend.backend()
