@@ -6,7 +6,11 @@ the attention core alone (bf16, 12 heads, value width 64, content term on):
 
 - `triton`: `collab_keras.ops._triton_attention.attention` (this repo's
   kernel: shared key read once per block, mixing, content and masks inside,
-  values at their own width);
+  values at their own width), with its default backward (the score
+  gradient written to memory where it fits, the width-K products in
+  cuBLAS);
+- `triton-flash`: the same kernel with the flash backward
+  (`score_gradient_bytes=0`: both backward kernels recompute the scores);
 - `sdpa`: the path before it (`_torch_attention.sdpa_attention`):
   `scaled_dot_product_attention` with one shared key head
   (`enable_gqa=True`), the content term as `N` more key columns, widths
@@ -23,8 +27,8 @@ against `mha`.
     KERAS_BACKEND=torch python3 benchmarks/attention_kernel_torch.py \\
         [--sweep] [--lengths 128,512,2048,8192] [--key-widths 128,256,384]
 
-`--sweep` first times the tile configurations of `SWEEP` at 32 x 512 (to
-choose `_triton_attention.default_config`).
+`--sweep` first times the tile configurations of `SWEEP` at the lengths
+of `--sweep-lengths` (to choose `_triton_attention.default_config`).
 """
 
 import argparse
@@ -90,6 +94,9 @@ def explicit(q, k, v, m, c, scale, causal):
 
 def core(kind, key_width, causal, config=None):
     scale = key_width**-0.5
+    if kind == "triton-flash":
+        config = ta.default_config(key_width)._replace(score_gradient_bytes=0)
+        kind = "triton"
     if kind == "triton":
         return lambda q, k, v, m, c: ta.attention(
             q, k, v, m, c, None, scale, causal, config=config)
@@ -126,55 +133,94 @@ def mha(batch, length, causal):
     return fwd_and_both(fn, (q, k, v), g)
 
 
-SWEEP = {  # key width: (forward (bq, bk, warps, stages), backward (bq, bk, warps))
+SWEEP = {  # key width: forward (bq, bk, warps, stages), flash backward
+    # (bq, bk, warps), backward with the score gradient written (bq, bk, warps)
     128: ([(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 2)],
-          [(64, 64, 4), (32, 64, 4), (64, 128, 8), (32, 128, 4)]),
+          [(64, 64, 4), (32, 64, 4), (64, 128, 8), (32, 128, 4)],
+          [(64, 64, 4), (64, 128, 8), (128, 64, 8), (64, 64, 8)]),
     256: ([(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
-          [(32, 64, 4), (32, 128, 8), (16, 64, 4), (32, 64, 8), (64, 64, 4)]),
+          [(32, 64, 4), (32, 128, 8), (16, 64, 4), (32, 64, 8), (64, 64, 4)],
+          [(64, 64, 4), (64, 64, 8), (32, 64, 4), (64, 128, 8), (128, 64, 8),
+           (32, 128, 8)]),
     384: ([(64, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 2),
            (128, 32, 8, 2), (32, 64, 4, 2)],
           [(32, 32, 8), (32, 32, 4), (16, 32, 4), (32, 64, 8), (16, 64, 4),
-           (64, 32, 8)]),
+           (64, 32, 8)],
+          [(64, 64, 8), (32, 64, 4), (64, 32, 4), (32, 64, 8), (64, 64, 4)]),
 }
 
 
-def sweep(length=512):
-    batch = BATCH_FOR[length]
-    for key_width, (fwd_configs, bwd_configs) in SWEEP.items():
-        args, g = make(batch, length, key_width)
-        base = ta.default_config(key_width)
-        print(f"## sweep Dk {key_width}, B{batch} T{length}, default {base}")
-        for bq, bk, w, st in fwd_configs:
-            cfg = base._replace(block_q=bq, block_k=bk, warps=w, stages=st)
-            try:
-                fn = core("triton", key_width, False, cfg)
-                print(f"fwd bq{bq} bk{bk} w{w} s{st}: "
-                      f"{fwd_and_both(fn, args, g)[0]:.3f} ms", flush=True)
-            except Exception as e:  # noqa: BLE001 (report and go on)
-                print(f"fwd bq{bq} bk{bk} w{w} s{st}: fails {str(e)[:200]}")
-        for bq, bk, w in bwd_configs:
-            cfg = base._replace(block_q_bwd=bq, block_k_bwd=bk, warps_bwd=w)
-            try:
-                fn = core("triton", key_width, False, cfg)
-                print(f"fwd+bwd, bwd bq{bq} bk{bk} w{w}: "
-                      f"{fwd_and_both(fn, args, g)[1]:.3f} ms", flush=True)
-            except Exception as e:  # noqa: BLE001
-                print(f"fwd+bwd, bwd bq{bq} bk{bk} w{w}: fails {str(e)[:200]}")
+def sweep(lengths, key_widths, parts):
+    """Times each tile configuration of `SWEEP` (`parts`: "fwd", "flash",
+    "written") at each length and key width."""
+    for length in lengths:
+        batch = BATCH_FOR[length]
+        for key_width in key_widths:
+            fwd_configs, flash_configs, written_configs = SWEEP[key_width]
+            args, g = make(batch, length, key_width)
+            base = ta.default_config(key_width)
+            print(f"## sweep Dk {key_width}, B{batch} T{length}, default {base}")
+            runs = []
+            if "fwd" in parts:
+                runs += [(f"fwd bq{bq} bk{bk} w{w} s{st}", 0, base._replace(
+                    block_q=bq, block_k=bk, warps=w, stages=st))
+                    for bq, bk, w, st in fwd_configs]
+            if "flash" in parts:
+                runs += [(f"fwd+bwd, flash bwd bq{bq} bk{bk} w{w}", 1,
+                          base._replace(block_q_bwd=bq, block_k_bwd=bk,
+                                        warps_bwd=w, score_gradient_bytes=0))
+                         for bq, bk, w in flash_configs]
+            if "written" in parts:
+                runs += [(f"fwd+bwd, written bwd bq{bq} bk{bk} w{w}", 1,
+                          base._replace(block_q_ds=bq, block_k_ds=bk,
+                                        warps_ds=w))
+                         for bq, bk, w in written_configs]
+            for name, index, cfg in runs:
+                try:
+                    fn = core("triton", key_width, False, cfg)
+                    print(f"{name}: {fwd_and_both(fn, args, g)[index]:.3f} ms",
+                          flush=True)
+                except Exception as e:  # noqa: BLE001 (report and go on)
+                    print(f"{name}: fails {str(e)[:200]}")
+            torch.cuda.empty_cache()
+
+
+def profile(lengths, key_widths, flash=False):
+    """CUDA time per kernel of one forward+backward of the Triton core (the
+    default backward, or the flash one), from torch's profiler."""
+    for length in lengths:
+        batch = BATCH_FOR[length]
+        for key_width in key_widths:
+            args, g = make(batch, length, key_width)
+            fn = core("triton-flash" if flash else "triton", key_width, False)
+            both = lambda: torch.autograd.grad(fn(*args), args, g)  # noqa: E731
+            both()
+            torch.cuda.synchronize()
+            activities = [torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=activities) as prof:
+                for _ in range(3):
+                    both()
+                torch.cuda.synchronize()
+            print(f"## profile Dk {key_width}, B{batch} T{length}, "
+                  f"{'flash' if flash else 'default'} backward (3 calls)")
+            print(prof.key_averages().table(sort_by="cuda_time_total",
+                                            row_limit=14, max_name_column_width=60))
 
 
 def table(lengths, key_widths, causal):
     print(f"\n## attention core (torch), bf16, N{HEADS} V{VALUE}, content on, "
           f"causal={causal}, card: {torch.cuda.get_device_name()}, "
           f"torch {torch.__version__}")
-    print_header("triton", ("sdpa", "explicit"))
+    others = ("triton-flash", "sdpa", "explicit")
+    print_header("triton", others)
     for length in lengths:
         batch = BATCH_FOR[length]
         base = mha(batch, length, causal)
         for key_width in key_widths:
             args, g = make(batch, length, key_width)
             res = {}
-            for kind in ("triton", "sdpa", "explicit"):
-                if kind != "triton" and batch * length * length > 2**27:
+            for kind in ("triton",) + others:
+                if kind in ("sdpa", "explicit") and batch * length * length > 2**27:
                     res[kind] = (None, None)  # (B, N, T, S) scores: minutes
                     continue
                 try:
@@ -185,20 +231,31 @@ def table(lengths, key_widths, causal):
                     res[kind] = (None, None)
                 torch.cuda.empty_cache()
             print_rows(length, batch, key_width, causal, res, base,
-                       "triton", ("sdpa", "explicit"))
+                       "triton", others)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--sweep-lengths", default="512")
+    parser.add_argument("--sweep-key-widths", default="128,256,384")
+    parser.add_argument("--sweep-parts", default="fwd,flash,written")
+    parser.add_argument("--no-table", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="CUDA time per kernel at --lengths x --key-widths")
     parser.add_argument("--lengths", default="128,512,2048,8192")
     parser.add_argument("--key-widths", default="128,256,384")
     parser.add_argument("--causal", action="store_true")
     args = parser.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]
     if args.sweep:
-        sweep()
-    table(ints(args.lengths), ints(args.key_widths), args.causal)
+        sweep(ints(args.sweep_lengths), ints(args.sweep_key_widths),
+              args.sweep_parts.split(","))
+    if args.profile:
+        profile(ints(args.lengths), ints(args.key_widths))
+        profile(ints(args.lengths), ints(args.key_widths), flash=True)
+    if not args.no_table:
+        table(ints(args.lengths), ints(args.key_widths), args.causal)
 
 
 if __name__ == "__main__":

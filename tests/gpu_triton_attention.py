@@ -15,7 +15,10 @@ padding `(B, 1, 1, S)`, shared `(B, 1, T, S)`, per head `(B, N, T, S)`, with
 fully masked rows, causal + mask), odd lengths, key widths 64 to 512, value
 widths 32, 64, 80; then that fully masked rows give 0, that NaN propagates,
 and that the dispatch (`collaborative_dot_product_attention`) routes
-bfloat16 CUDA inputs to this kernel. Exits non-zero if a case fails.
+bfloat16 CUDA inputs to this kernel. Every case runs both backward passes:
+the score gradient written to memory (in one chunk and in chunks of one
+batch row) and the flash backward. Exits non-zero
+if a case fails.
 """
 
 import os
@@ -78,9 +81,9 @@ def rel(a, b):
 
 def main():
     print("card:", torch.cuda.get_device_name(), "| torch", torch.__version__)
-    print("| case (B,T,S,N,K,V,content,mask,causal) | dtype | out | dq | dk "
-          "| dv | dm | dc | explicit-in-dtype worst | ok |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| case (B,T,S,N,K,V,content,mask,causal) | dtype | backward | out "
+          "| dq | dk | dv | dm | dc | explicit-in-dtype worst | ok |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     failed = 0
     min_width = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     for index, case in enumerate(CASES):
@@ -94,20 +97,29 @@ def main():
             args, mask, grad = inputs(case, dtype)
             truth = outputs(explicit, args, mask, grad, scale, causal,
                             dtype=torch.float64)
-            got = outputs(ta.attention, args, mask, grad, scale, causal)
-            errs = [rel(g, t) for g, t in zip(got, truth)]
             if dtype == torch.float32:
                 yard, bound = 0.0, 1e-5
             else:
                 mine = outputs(explicit, args, mask, grad, scale, causal)
                 yard = max(rel(e, t) for e, t in zip(mine, truth))
                 bound = 2 * yard + 1e-2
-            ok = all(e <= bound for e in errs) and all(
-                bool(torch.isfinite(g).all()) for g in got)
-            failed += not ok
-            cells = [f"{e:.1e}" for e in errs] + ["-"] * (6 - len(errs))
-            print(f"| {case} | {str(dtype)[6:]} | " + " | ".join(cells)
-                  + f" | {yard:.1e} | {'yes' if ok else 'NO'} |", flush=True)
+            row_bytes = case[3] * case[1] * case[2] * args[0].element_size()
+            for backward, budget in (("written", ta.SCORE_GRADIENT_BYTES),
+                                     ("written rows", row_bytes),
+                                     ("flash", 0)):
+                config = ta.default_config(case[4], dtype)._replace(
+                    score_gradient_bytes=budget)
+                got = outputs(ta.attention, args, mask, grad, scale, causal,
+                              config=config)
+                errs = [rel(g, t) for g, t in zip(got, truth)]
+                ok = all(e <= bound for e in errs) and all(
+                    bool(torch.isfinite(g).all()) for g in got)
+                failed += not ok
+                cells = [f"{e:.1e}" for e in errs] + ["-"] * (6 - len(errs))
+                print(f"| {case} | {str(dtype)[6:]} | {backward} | "
+                      + " | ".join(cells)
+                      + f" | {yard:.1e} | {'yes' if ok else 'NO'} |",
+                      flush=True)
     # Fully masked rows give 0 (and finite gradients above); NaN propagates.
     args, mask, _ = inputs(CASES[3], torch.bfloat16)
     out = ta.attention(*args, mask=mask, scale=0.1)

@@ -104,23 +104,32 @@ def _assert_close(got, want, rtol):
 
 def _small_tiles(ta, **changes):
     return ta.Config(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16,
-                     **changes)
+                     block_q_ds=16, block_k_ds=16, **changes)
 
 
+# The two backward passes: the score gradient written to memory (the
+# default where it fits) and the flash backward (a budget of 0 bytes).
+BACKWARDS = {"written": {}, "flash": {"score_gradient_bytes": 0}}
+
+
+@pytest.mark.parametrize("backward", sorted(BACKWARDS))
 @pytest.mark.parametrize(
     "mask,causal,content",
     [(None, False, True), (None, True, True), ("keys", False, True),
      ("shared", True, False), ("heads", False, True), ("keys", True, True)],
 )
-def test_interpreted_kernel_matches_explicit(ta, mask, causal, content):
+def test_interpreted_kernel_matches_explicit(ta, mask, causal, content,
+                                             backward):
     args, mask, g = _inputs(mask=mask, content=content)
     kwargs = dict(mask=mask, scale=0.2, is_causal=causal)
-    got = output_and_grads(ta.attention, args, g, config=_small_tiles(ta),
+    got = output_and_grads(ta.attention, args, g,
+                            config=_small_tiles(ta, **BACKWARDS[backward]),
                             **kwargs)
     want = output_and_grads(_explicit, args, g, **kwargs)
     _assert_close(got, want, 1e-5)
 
 
+@pytest.mark.parametrize("backward", sorted(BACKWARDS))
 @pytest.mark.parametrize(
     "shape,groups",
     [
@@ -129,16 +138,56 @@ def test_interpreted_kernel_matches_explicit(ta, mask, causal, content):
         ((2, 17, 33, 4, 24, 8), 2),  # heads split over two programs
     ],
 )
-def test_interpreted_kernel_wide_keys_and_head_groups(ta, shape, groups):
+def test_interpreted_kernel_wide_keys_and_head_groups(ta, shape, groups,
+                                                      backward):
     batch, length, keys, heads, key_width, value_width = shape
     args, mask, g = _inputs(batch, length, keys, heads, key_width,
                             value_width, mask="heads")
     kwargs = dict(mask=mask, scale=key_width**-0.5, is_causal=True)
-    got = output_and_grads(ta.attention, args, g,
-                            config=_small_tiles(ta, head_groups=groups),
-                            **kwargs)
+    config = _small_tiles(ta, head_groups=groups, **BACKWARDS[backward])
+    got = output_and_grads(ta.attention, args, g, config=config, **kwargs)
     want = output_and_grads(_explicit, args, g, **kwargs)
     _assert_close(got, want, 1e-5)
+
+
+@pytest.mark.parametrize("kind", ["keys", "heads", "broadcast"])
+def test_interpreted_written_backward_in_chunks_of_batch_rows(ta, kind,
+                                                               monkeypatch):
+    """A budget of one batch row's score gradient runs the backward one row
+    at a time (a per-batch mask sliced with the rows, a broadcast one not)
+    and gives the gradients of the whole batch in one go."""
+    batch, length, keys, heads = 3, 21, 35, 3
+    args, mask, g = _inputs(batch, length, keys, heads,
+                            mask="heads" if kind == "broadcast" else kind)
+    if kind == "broadcast":
+        mask = mask[:1]  # (1, N, T, S)
+    row_bytes = heads * length * keys * args[0].element_size()
+    launches = []
+    monkeypatch.setattr(ta, "_score_gradient_kernel",
+                        _Counting(ta._score_gradient_kernel, launches))
+    kwargs = dict(mask=mask, scale=0.2)
+    chunked = output_and_grads(
+        ta.attention, args, g,
+        config=_small_tiles(ta, score_gradient_bytes=row_bytes), **kwargs)
+    assert [grid[1] for grid in launches] == [1, 1, 1]
+    whole = output_and_grads(ta.attention, args, g,
+                             config=_small_tiles(ta), **kwargs)
+    assert launches[-1][1] == batch
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    want = output_and_grads(_explicit, args, g, **kwargs)
+    _assert_close(chunked, want, 1e-5)
+
+
+class _Counting:
+    """A Triton kernel that records the grids it is launched with."""
+
+    def __init__(self, kernel, grids):
+        self.kernel, self.grids = kernel, grids
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
 
 
 def test_interpreted_kernel_float16(ta):

@@ -31,6 +31,26 @@ every operand in place through its strides (no padding, no copy):
   for tests; the dispatch sends float32 to `scaled_dot_product_attention`);
   any lengths.
 
+Two backward passes, the same maths and the same roundings:
+
+- for keys wider than 128 (`default_config`), the score gradient is written
+  to memory: `_score_gradient_kernel` recomputes the scores once per key
+  block, accumulates dV and dC and writes dS `(B, S, N, T)` in the input
+  dtype; the products at width K (dQ, dK: two thirds of the backward's
+  FLOPs at K = 4 V) then run in cuBLAS, and `_mixing_gradient_kernel`
+  turns d(q * m_h) into dq and dm. It runs on chunks of batch rows whose
+  dS fits in `Config.score_gradient_bytes` (1 GiB; `score_gradient_rows`),
+  which caps the memory it adds;
+- otherwise (narrower keys, or one batch row's dS over the budget), the
+  flash backward of FlashAttention-2: `_key_kernel` (dK, dV, dC per key
+  block) and `_query_kernel` (dQ, dM per query block), each recomputing
+  the scores, with no `(T, S)` tensor in memory.
+
+On an H200 at K = 256, 12 heads, V = 64, the first is 1.38x faster than
+the second at length 2048 and as fast at 512; 2x at K = 384
+(`benchmarks/attention_kernel_torch.py`, `triton` and `triton-flash`
+columns).
+
 `applies` says when the kernel runs; `attention` is the kernel contract of
 every backend (see `collaborative_dot_product_attention.py`). The kernels run
 in Triton's interpreter on CPUs when `TRITON_INTERPRET=1` is set before this
@@ -44,7 +64,9 @@ import torch
 import triton
 import triton.language as tl
 
+from collab_keras.ops._attention_utils import SCORE_GRADIENT_BYTES
 from collab_keras.ops._attention_utils import head_groups
+from collab_keras.ops._attention_utils import score_gradient_rows
 from collab_keras.ops._attention_utils import tile_width
 
 MAX_KEY_WIDTH = 512
@@ -65,15 +87,19 @@ class Config(NamedTuple):
     warps_bwd: int = 4
     head_groups: int = 0  # backward: heads split over this many programs
     # (0: the fewest that fill the card, `head_groups`)
+    block_q_ds: int = 32  # backward with the score gradient written
+    block_k_ds: int = 64
+    warps_ds: int = 4
+    score_gradient_bytes: int = SCORE_GRADIENT_BYTES  # 0: flash backward
 
 
 def default_config(key_width, dtype=torch.bfloat16):
     """Tile sizes by the key width's tile (a power of two) and dtype,
     measured on an H200 (`benchmarks/attention_kernel_torch.py --sweep`)."""
     width = tile_width(key_width)
-    if width <= 128:
+    if width <= 128:  # the flash backward: faster at these widths
         config = Config(block_q=128, block_k=64, warps=8, block_q_bwd=64,
-                        block_k_bwd=64, warps_bwd=4)
+                        block_k_bwd=64, warps_bwd=4, score_gradient_bytes=0)
     elif width <= 256:
         config = Config(block_q=64, block_k=64, warps=4, block_q_bwd=32,
                         block_k_bwd=64, warps_bwd=4)
@@ -85,6 +111,8 @@ def default_config(key_width, dtype=torch.bfloat16):
             block_q=config.block_q // 2, block_k=config.block_k // 2,
             block_q_bwd=config.block_q_bwd // 2,
             block_k_bwd=config.block_k_bwd // 2,
+            block_q_ds=config.block_q_ds // 2,
+            block_k_ds=config.block_k_ds // 2,
         )
     return config
 
@@ -505,6 +533,132 @@ def _query_kernel(
                  mask=query_rows & (ka[None, :] < key_width))
 
 
+@triton.jit
+def _score_gradient_kernel(
+    Q, K, V, M, C, MASK, DO, LSE, DELTA, DS, DV, DC,
+    sq_b, sq_t, sq_k, sk_b, sk_s, sk_k, sv_b, sv_s, sv_n, sv_v, sm_n, sm_k,
+    sc_b, sc_s, sc_n, smask_b, smask_n, smask_t, smask_s,
+    sdo_b, sdo_t, sdo_n, sdo_v, sl_b, sl_n, sl_t,
+    sds_b, sds_n, sds_t, sds_s, sdv_b, sdv_s, sdv_n, sdv_v, sdc_b, sdc_s, sdc_n,
+    length, keys, key_width, value_width, qk_scale, scale, heads_per_group,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_A: tl.constexpr,
+    K_B: tl.constexpr, V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EVEN_S: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Per key block: dV_h and dC_h as `_key_kernel` does, and the score
+    gradient dS_h (d loss / d (scale * score), in the input dtype: the value
+    the flash kernels cast before their products) written to `DS` laid out
+    `(B, S, N, T)`: the query axis, the tile's contiguous one, is contiguous
+    in memory, and `(S, N*T)` is a matrix for the products. No dK
+    accumulator: the products with the key and the query at width K run
+    afterwards in cuBLAS."""
+    j = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2)
+    cols = j * BLOCK_K + tl.arange(0, BLOCK_K)
+    ka = tl.arange(0, K_A)
+    if K_B > 0:
+        kb = K_A + tl.arange(0, K_B)
+    vv = tl.arange(0, V_TILE)
+    q_ptr, k_ptr = Q + b * sq_b, K + b * sk_b
+    k_a = _load(k_ptr, cols, keys, sk_s, ka, key_width, sk_k)  # (BK, Ka)
+    if K_B > 0:
+        k_b = _load(k_ptr, cols, keys, sk_s, kb, key_width, sk_k)
+    lower = 0
+    if CAUSAL:
+        lower = (j * BLOCK_K // BLOCK_Q) * BLOCK_Q
+    key_cols = cols[:, None] < keys
+    for hh in range(0, heads_per_group):
+        h = g * heads_per_group + hh
+        ds_ptr = DS + b * sds_b + h * sds_n + cols[:, None] * sds_s
+        for start in range(0, lower, BLOCK_Q):  # causal: above the diagonal
+            rows = start + tl.arange(0, BLOCK_Q)
+            tl.store(ds_ptr + rows[None, :] * sds_t,
+                     tl.zeros((BLOCK_K, BLOCK_Q), DS.dtype.element_ty),
+                     mask=key_cols & (rows[None, :] < length))
+        v = _load(V + b * sv_b + h * sv_n, cols, keys, sv_s, vv, value_width,
+                  sv_v)  # (BK, Vt)
+        c = 0.0
+        if HAS_CONTENT:
+            c = tl.load(C + b * sc_b + cols * sc_s + h * sc_n,
+                        mask=cols < keys, other=0.0).to(tl.float32)[:, None]
+        mask_ptr = MASK + b * smask_b + h * smask_n
+        dv = tl.zeros((BLOCK_K, V_TILE), tl.float32)
+        dc = tl.zeros((BLOCK_K,), tl.float32)
+        for start in range(lower, length, BLOCK_Q):
+            rows = start + tl.arange(0, BLOCK_Q)
+            qm_a, _ = _mix(_load(q_ptr, rows, length, sq_t, ka, key_width, sq_k),
+                           M + h * sm_n, ka, sm_k, key_width)  # (BQ, Ka)
+            s = tl.dot(k_a, tl.trans(qm_a), input_precision=PRECISION)  # (BK, BQ)
+            if K_B > 0:
+                qm_b, _ = _mix(
+                    _load(q_ptr, rows, length, sq_t, kb, key_width, sq_k),
+                    M + h * sm_n, kb, sm_k, key_width)
+                s += tl.dot(k_b, tl.trans(qm_b), input_precision=PRECISION)
+            s = _masked_scores(s, rows[None, :], cols[:, None], c, mask_ptr,
+                               smask_t, smask_s, length, keys, qk_scale,
+                               HAS_CONTENT, MASK_KIND, CAUSAL, EVEN_S)
+            lse = tl.load(LSE + b * sl_b + h * sl_n + rows * sl_t,
+                          mask=rows < length, other=float("inf"))
+            p = tl.exp2(s - lse[None, :])  # (BK, BQ)
+            do = _load(DO + b * sdo_b + h * sdo_n, rows, length, sdo_t, vv,
+                       value_width, sdo_v)  # (BQ, Vt)
+            dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
+            dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BK, BQ)
+            delta = tl.load(DELTA + b * sl_b + h * sl_n + rows * sl_t,
+                            mask=rows < length, other=0.0)
+            ds = p * (dp - delta[None, :])  # (BK, BQ)
+            tl.store(ds_ptr + rows[None, :] * sds_t,
+                     ds.to(DS.dtype.element_ty),
+                     mask=key_cols & (rows[None, :] < length))
+            if HAS_CONTENT:
+                dc += tl.sum(ds, 1)
+        tl.store(DV + b * sdv_b + cols[:, None] * sdv_s + h * sdv_n
+                 + vv[None, :] * sdv_v, dv.to(DV.dtype.element_ty),
+                 mask=key_cols & (vv[None, :] < value_width))
+        if HAS_CONTENT:
+            tl.store(DC + b * sdc_b + cols * sdc_s + h * sdc_n, dc * scale,
+                     mask=cols < keys)
+
+
+@triton.jit
+def _mixing_gradient_kernel(
+    DQM, Q, M, DQ, DM, QM,
+    sdqm_b, sdqm_n, sdqm_t, sq_b, sq_t, sm_n, sdq_b, sdq_t, sdm_b, sdm_i,
+    sdm_n, sqm_b, sqm_n, sqm_t,
+    length, key_width, num_heads, scale,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """From dQm_h = dS_h k (float32, `(B, N, T, K)`), on a block of query
+    rows and key columns: dq = scale * sum_h m_h * dQm_h, this block's part
+    of dm_h = scale * sum_t q * dQm_h, and the mixed query q * m_h (rounded
+    to the input dtype, as `_mix`) for the key's product. Every axis but the
+    batch's and the heads' is contiguous."""
+    i = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    col0 = tl.program_id(2) * BLOCK_C
+    rows = i * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = col0 + tl.arange(0, BLOCK_C)
+    inside = (rows[:, None] < length) & (cols[None, :] < key_width)
+    offsets = rows[:, None] * sq_t + cols[None, :]
+    q = tl.load(Q + b * sq_b + offsets, mask=inside, other=0.0)
+    q32 = q.to(tl.float32)
+    dq = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+    for h in range(0, num_heads):
+        m = tl.load(M + h * sm_n + cols, mask=cols < key_width, other=0.0)
+        m32 = m.to(tl.float32)
+        dqm = tl.load(DQM + b * sdqm_b + h * sdqm_n + rows[:, None] * sdqm_t
+                      + cols[None, :], mask=inside, other=0.0)  # (BT, BC)
+        dq += dqm * m32[None, :]
+        tl.store(DM + b * sdm_b + i * sdm_i + h * sdm_n + cols,
+                 tl.sum(dqm * q32, 0) * scale, mask=cols < key_width)
+        tl.store(QM + b * sqm_b + h * sqm_n + rows[:, None] * sqm_t
+                 + cols[None, :], (q32 * m32[None, :]).to(q.dtype), mask=inside)
+    tl.store(DQ + b * sdq_b + rows[:, None] * sdq_t + cols[None, :],
+             (dq * scale).to(DQ.dtype.element_ty), mask=inside)
+
+
 # ---------------------------------------------------------------------------
 # The autograd function.
 
@@ -553,13 +707,114 @@ def _forward(q, k, v, m, c, mask, static):
 
 
 def _backward(q, k, v, m, c, mask, out, lse, d_out, static):
+    """The gradients: with the score gradient written to memory in chunks of
+    batch rows (`score_gradient_rows`) where a row fits in
+    `Config.score_gradient_bytes`, else the flash backward."""
+    batch, length, _ = q.shape
+    keys, num_heads = v.shape[1:3]
+    d_out = d_out.to(q.dtype)
+    delta = (out.float() * d_out.float()).sum(-1)  # (B, T, N)
+    delta = delta.transpose(1, 2).contiguous()  # (B, N, T), lse's layout
+    rows = score_gradient_rows(batch, num_heads, length, keys, q.element_size(),
+                               static.config.score_gradient_bytes)
+    if rows > 0:
+        return _backward_written(q, k, v, m, c, mask, lse, delta, d_out,
+                                 static, rows)
+    return _backward_flash(q, k, v, m, c, mask, lse, delta, d_out, static)
+
+
+def _batch_rows(x, rows):
+    """`x[rows]` along the batch axis, or `x` where it is `None` or
+    broadcast (batch size 1)."""
+    if x is None or x.shape[0] == 1:
+        return x
+    return x[rows]
+
+
+def _product(a, b):
+    """Batched `a @ b` accumulated and returned in float32 (cuBLAS writes
+    float32 from half inputs; elsewhere the inputs are cast)."""
+    if a.is_cuda and a.dtype in _HALF:
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a.float(), b.float())
+
+
+def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows):
+    """dS_h (B', S, N, T) from `_score_gradient_kernel` (with dV and dC),
+    then the width-K products in cuBLAS, `rows` batch rows at a time:
+
+        dQm_h = dS_h k                     (d loss / d (q * m_h))
+        dq = sum_h m_h * dQm_h,   dm_h = sum_{b,t} q * dQm_h
+                                           (`_mixing_gradient_kernel`),
+        dk = sum_{h,t} dS_h^T (q * m_h)    (one product over (h, t)).
+    """
+    cfg = static.config
+    batch, length, key_width = q.shape
+    keys, num_heads, value_width = v.shape[1:]
+    bq, bk = cfg.block_q_ds, cfg.block_k_ds
+    n_kblocks = triton.cdiv(keys, bk)
+    groups = cfg.head_groups or head_groups(num_heads, rows * n_kblocks)
+    constants = _constants(q, k, v, c, mask, static, bk)
+    scalars = (length, keys, key_width, value_width, static.scale * _LOG2E,
+               static.scale, num_heads // groups)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty_like(v)
+    dc = None
+    if c is not None:
+        dc = torch.empty((batch, keys, num_heads), dtype=torch.float32,
+                         device=q.device)
+    ds = torch.empty((rows, keys, num_heads, length), dtype=q.dtype,
+                     device=q.device)  # (B', S, N, T)
+    qm = torch.empty((rows, num_heads, length, key_width), dtype=q.dtype,
+                     device=q.device)
+    block_t, block_c = 32, 64
+    n_tblocks = triton.cdiv(length, block_t)
+    dm = torch.empty((batch, n_tblocks, num_heads, key_width),
+                     dtype=torch.float32, device=q.device)
+    q, m = q.contiguous(), m.contiguous()
+    for first in range(0, batch, rows):
+        part = slice(first, min(first + rows, batch))
+        n = part.stop - part.start
+        q_p, k_p = q[part], k[part]
+        tensors, strides = _common(q_p, k_p, v[part], m, _batch_rows(c, part),
+                                   _batch_rows(mask, part))
+        ds_p, dv_p, qm_p = ds[:n], dv[part], qm[:n]
+        dc_p = dc[part] if dc is not None else dv_p
+        _score_gradient_kernel[(n_kblocks, n, groups)](
+            *tensors, d_out[part], lse[part], delta[part], ds_p, dv_p, dc_p,
+            *strides, *d_out.stride(), *lse.stride(),
+            ds_p.stride(0), ds_p.stride(2), ds_p.stride(3), ds_p.stride(1),
+            *dv.stride(), *_strides(dc, 3), *scalars,
+            BLOCK_Q=bq, BLOCK_K=bk, **constants,
+            num_warps=cfg.warps_ds, num_stages=cfg.stages,
+        )
+        ds_p = ds_p.view(n, keys, num_heads * length)  # (B', S, N*T)
+        dqm = _product(ds_p.transpose(1, 2), k_p)  # (B', N*T, K), unscaled
+        dm_p, dq_p = dm[part], dq[part]
+        _mixing_gradient_kernel[(n_tblocks, n, triton.cdiv(key_width,
+                                                           block_c))](
+            dqm, q_p, m, dq_p, dm_p, qm_p,
+            dqm.stride(0), length * dqm.stride(1), dqm.stride(1),
+            q_p.stride(0), q_p.stride(1), m.stride(0), dq_p.stride(0),
+            dq_p.stride(1), *dm_p.stride()[:3], *qm_p.stride()[:3],
+            length, key_width, num_heads, static.scale,
+            BLOCK_T=block_t, BLOCK_C=block_c,
+        )
+        dk_p = _product(ds_p, qm_p.view(n, num_heads * length, key_width))
+        dk[part] = (dk_p * static.scale).to(k.dtype)  # (B', S, K)
+    if dc is not None:
+        dc = dc.to(c.dtype)
+    return dq, dk, dv, dm.sum((0, 1)).to(m.dtype), dc
+
+
+def _backward_flash(q, k, v, m, c, mask, lse, delta, d_out, static):
+    """dK, dV, dC per key block and dQ, dM per query block, each kernel
+    recomputing the scores (FlashAttention-2's backward)."""
     cfg = static.config
     batch, length, key_width = q.shape
     keys, num_heads, value_width = v.shape[1:]
     bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
-    d_out = d_out.to(q.dtype)
-    delta = torch.einsum("btnv,btnv->bnt", out.float(), d_out.float())
-    delta = delta.contiguous()  # (B, N, T), lse's layout
     n_qblocks, n_kblocks = triton.cdiv(length, bq), triton.cdiv(keys, bk)
     groups = cfg.head_groups or head_groups(
         num_heads, batch * max(n_qblocks, n_kblocks))
