@@ -372,6 +372,14 @@ def _mixed(q, m):
     return (q.astype(jnp.float32) * m.astype(jnp.float32)[None, :]).astype(q.dtype)
 
 
+def _masked_zero(s, ds, static):
+    """`ds` with masked entries (`s` -inf) at 0, as the explicit path's
+    `where` gives them: also where a NaN row made them NaN."""
+    masks = (static.causal or static.mask_kind != "none"
+             or static.keys % _key_block(static.config))
+    return jnp.where(s == -jnp.inf, 0.0, ds) if masks else ds
+
+
 def _key_blocks_for(i, block_q, block_k, n_kblocks, causal):
     """Number of key blocks query block `i` attends to."""
     if not causal:
@@ -497,7 +505,8 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
             dv = dv + _dot(p.astype(do.dtype), do)
             dp = _dot(v, do, trans_b=True)  # (bk, bq)
             delta = delta_ref[b, h, pl.ds(i * bq, bq)]
-            ds = p * (dp - delta[None, :])  # d loss / d (scale * score)
+            ds = _masked_zero(s, p * (dp - delta[None, :]), static)
+            # ds: d loss / d (scale * score)
             dk = dk + _dot(ds.astype(qm.dtype), qm)
             if c_ref is not None:
                 dc = dc + jnp.sum(ds, axis=1)
@@ -549,7 +558,7 @@ def _query_kernel(*refs, static, has_content, heads_in_mask, n_kblocks,
                         heads_in_mask)
             p = jnp.exp2(s - lse[:, None])
             dp = _dot(do, v, trans_b=True)
-            ds = p * (dp - delta[:, None])
+            ds = _masked_zero(s, p * (dp - delta[:, None]), static)
             return dqm + _dot(ds.astype(k.dtype), k)
 
         dqm = jnp.zeros((bq, q_ref.shape[-1]), jnp.float32)
@@ -657,7 +666,8 @@ def _score_gradient_kernel(*refs, static, has_content, heads_in_mask,
             dv = dv + _dot(p.astype(do.dtype), do)
             dp = _dot(v, do, trans_b=True)  # (bk, bq)
             delta = delta_ref[b, h, pl.ds(i * bq, bq)]
-            ds = p * (dp - delta[None, :])  # d loss / d (scale * score)
+            ds = _masked_zero(s, p * (dp - delta[None, :]), static)
+            # ds: d loss / d (scale * score)
             ds_ref[b, h, pl.ds(i * bq, bq), pl.ds(j * bk, bk)] = (
                 ds.astype(ds_ref.dtype).T)  # (bq, bk)
             if c_ref is not None:
