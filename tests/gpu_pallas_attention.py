@@ -52,15 +52,18 @@ def backwards(case, dtype):
     kinds = {"written": config,
              "flash": config._replace(score_gradient_bytes=0)}
     if case in CHUNKED:
-        rows = pa.written_rows(batch, n, t, s, dtype, config)
-        assert rows == batch, rows  # the default budget: one chunk
-        # One row of the padded score gradient: `batch` chunks.
+        # The padded sizes (as `pa.attention` pads them).
         t_pad = pa.round_up(t, max(config.block_q, config.block_q_bwd,
                                    config.block_q_ds))
         s_pad = pa.round_up(s, pa._key_block(config))
-        row = n * t_pad * s_pad * jnp.dtype(dtype).itemsize
+        k_pad = pa.tile_width(k)
+        sizes = (batch, n, t_pad, s_pad, k_pad, dtype)
+        assert pa.written_rows(*sizes, config) == batch  # one chunk
+        # The budget of one row: `batch` chunks.
+        size = jnp.dtype(dtype).itemsize
+        row = n * t_pad * (s_pad * size + k_pad * (size + 4))
         chunks = config._replace(score_gradient_bytes=row)
-        assert pa.written_rows(batch, n, t_pad, s_pad, dtype, chunks) == 1
+        assert pa.written_rows(*sizes, chunks) == 1
         kinds["chunks"] = chunks
     return kinds
 

@@ -156,10 +156,12 @@ def test_written_in_chunks_of_batch_rows(batch, rows_budget, rows):
     rows (a divisor of the batch), run one after the other; less than one
     row: the flash backward."""
     args, g = _inputs(batch=batch, length=20, keys=30)
-    heads, t_pad, s_pad = 3, 32, 32  # lengths padded to the 16-wide tiles
-    per_row = heads * t_pad * s_pad * 4
+    # Lengths padded to the 16-wide tiles, key width 24 to 32; per row the
+    # score gradient, the mixed query and its gradient (float32).
+    heads, t_pad, s_pad, k_pad = 3, 32, 32, 32
+    per_row = heads * t_pad * (s_pad * 4 + k_pad * 8)
     config = TILES._replace(score_gradient_bytes=int(rows_budget * per_row))
-    assert pa.written_rows(batch, heads, t_pad, s_pad, jnp.float32,
+    assert pa.written_rows(batch, heads, t_pad, s_pad, k_pad, jnp.float32,
                            config) == rows
     mask = jnp.asarray(np.arange(30)[None, :] < np.arange(batch)[:, None] * 7 + 9)
     kwargs = dict(mask=mask[:, None, None, :], scale=0.3, is_causal=True)
@@ -257,6 +259,20 @@ def test_automatic_choice_on_gpu(monkeypatch, length, key_width, dtype,
         assert _jax_attention.cudnn_applies(key_width, 64, dtype, content)
         got = "cudnn"
     assert got == expected
+
+
+def test_preferred_lengths_by_key_width(monkeypatch):
+    from collab_keras.ops import _jax_attention
+
+    monkeypatch.setattr(_jax_attention, "on_gpu", lambda: True)
+    monkeypatch.setattr(pa, "PREFERRED_LENGTHS", {128: 512, 256: 4096})
+    bf = jnp.bfloat16
+    assert pa.preferred(511, 128, bf) and not pa.preferred(512, 128, bf)
+    assert pa.preferred(2048, 192, bf) and pa.preferred(2048, 256, bf)
+    assert not pa.preferred(4096, 256, bf)
+    assert not pa.preferred(128, 384, bf)  # wider than every entry
+    assert not pa.preferred(128, 128, jnp.float32)
+    assert not pa.preferred(None, 128, bf)
 
 
 def test_forced_fused_path_takes_pallas_where_cudnn_cannot(monkeypatch):

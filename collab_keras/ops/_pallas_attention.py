@@ -40,11 +40,11 @@ multi-head kernel:
     recomputing the scores at width `K`) with a `(block_k, K)` float32 key
     accumulator that forces small tiles; cuBLAS runs them at about 2.5x
     that rate on an H200, and the kernel without the key accumulator
-    takes larger tiles. The cost is memory: `dS` is written in chunks of
-    batch rows of at most `Config.score_gradient_bytes` (1 GiB by default,
-    `_attention_utils.score_gradient_rows`), one chunk after the other
-    (`lax.map`); with the causal mask the kernel writes zeros to the
-    blocks it skips.
+    takes larger tiles. The cost is memory: `dS`, the mixed query and its
+    float32 gradient are written in chunks of batch rows of at most
+    `Config.score_gradient_bytes` (1 GiB by default, `written_rows`), one
+    chunk after the other (`lax.map`); with the causal mask the kernel
+    writes zeros to the blocks it skips.
   * flash (`_backward_flash`, where one batch row's `dS` does not fit, or
     with `score_gradient_bytes=0`): one kernel per key block loops over all
     heads with the key tile loaded once, accumulating the shared key's
@@ -146,31 +146,33 @@ def applies(query, key, value, mixing=None, content=None, mask=None,
     return _jax_attention.on_gpu() and _supported(query, key, value, mask) is None
 
 
-# Where the automatic choice takes this kernel (`preferred`): key widths up
-# to `PREFERRED_MAX_KEY_WIDTH` and query lengths below
-# `PREFERRED_MAX_LENGTH`. Measured on an H200, attention core
-# forward+backward, bf16, 12 heads, values 64 wide, content term on
+# Where the automatic choice takes this kernel (`preferred`): shared key
+# width (up to) -> query length below which, the narrowest entry that
+# takes the width deciding; wider keys than every entry: never. Measured
+# on an H200 with the flash backward, attention core forward+backward,
+# bf16, 12 heads, values 64 wide, content term on
 # (benchmarks/attention_kernel.py, docs/performance.md): at length 128,
 # Dk 128, 0.29 ms against cuDNN's 0.48 and the explicit path's 0.47; at
 # length 512 it ties with cuDNN (1.27 / 1.31 ms), which is faster from
-# 2048 on. At Dk 192 and wider its backward is slower than cuDNN where
+# 2048 on. At Dk 192 and wider its backward was slower than cuDNN where
 # cuDNN applies, and than the explicit path where it does not.
-PREFERRED_MAX_KEY_WIDTH = 128
-PREFERRED_MAX_LENGTH = 512
+# `benchmarks/attention_kernel.py` prints this table as measured.
+PREFERRED_LENGTHS = {128: 512}
 
 
 def preferred(length, key_width, dtype):
     """Whether the automatic choice runs this kernel (on a GPU, bfloat16 or
-    float16, see `PREFERRED_MAX_KEY_WIDTH` and `PREFERRED_MAX_LENGTH`)."""
+    float16, see `PREFERRED_LENGTHS`)."""
     from collab_keras.ops import _jax_attention
 
     half = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    below = next((below for width, below in sorted(PREFERRED_LENGTHS.items())
+                  if key_width <= width), 0)
     return (
         _jax_attention.on_gpu()
         and jnp.dtype(dtype) in half
-        and key_width <= PREFERRED_MAX_KEY_WIDTH
         and length is not None
-        and length < PREFERRED_MAX_LENGTH
+        and length < below
     )
 
 
@@ -696,14 +698,18 @@ def _score_gradient_kernel(*refs, static, has_content, heads_in_mask,
         lax.fori_loop(0, heads_per_group, head, 0)
 
 
-def written_rows(batch, heads, length, keys, dtype, config):
+def written_rows(batch, heads, length, keys, key_width, dtype, config):
     """Batch rows per chunk of the backward with the score gradient
-    written (`(rows, heads, length, keys)` of `dtype` within
-    `config.score_gradient_bytes`, `_attention_utils.score_gradient_rows`),
+    written: the most rows whose buffers of shape `(rows, heads, length,
+    .)` fit in `config.score_gradient_bytes` (the score gradient, `keys`
+    wide in `dtype`; the mixed query and its float32 gradient, `key_width`
+    wide: `_attention_utils.score_gradient_rows` on their bytes per query),
     rounded down to a divisor of `batch` so that the chunks are equal; 0:
     the flash backward runs."""
+    itemsize = jnp.dtype(dtype).itemsize
+    per_query = keys * itemsize + key_width * (itemsize + 4)
     rows = _attention_utils.score_gradient_rows(
-        batch, heads, length, keys, jnp.dtype(dtype).itemsize,
+        batch, heads, length, 1, per_query,
         budget=config.score_gradient_bytes)
     while rows and batch % rows:
         rows -= 1
@@ -789,7 +795,7 @@ def _backward(static, residuals, d_out):
         "btnv,btnv->bnt", out.astype(jnp.float32), d_out.astype(jnp.float32)
     )  # (B, N, T)
     args = (static, q, k, v, m, c, mask_arr, lse, d_out, delta)
-    rows = written_rows(batch, num_heads, t_pad, s_pad, q.dtype,
+    rows = written_rows(batch, num_heads, t_pad, s_pad, q.shape[-1], q.dtype,
                         static.config)
     if rows:
         grads = _backward_written(*args, rows)
