@@ -2,23 +2,25 @@
 
 Not collected by pytest (no GPU in CI): run it on the GPU machine,
 
-    python3 tests/gpu_pallas_attention.py
+    python3 tests/gpu_pallas_attention.py [--backwards written,flash,chunks]
 
 and commit its output (benchmarks/results/<date>-h200-kernel/gpu_check.txt).
 It compiles the kernel (Triton lowering) and compares the output and the
 gradients of every input (query, key, values, mixing, content term) with the
 explicit computation in float64 (`_pallas_attention.reference` on float64
-inputs): bfloat16 inputs, float32 for two cases and float16 for one, every mask kind
-(none, causal, key padding, general per-head boolean mask with fully masked
-rows, causal + key padding, causal + per-head mask), odd lengths and widths
-(K 64 to 512, V 48 to 128), and NaN propagation; each case with both
-backwards: `written` (the score gradient written, the default where it fits)
-and `flash` (`score_gradient_bytes=0`), and for two cases `chunks` (the
-written backward with a budget of one batch row: one chunk per row). bfloat16 errors are printed next to those of the
-explicit path run in bfloat16 (the XLA einsums on bf16 inputs), the yardstick
-for "as exact as the explicit path". Exits non-zero if a case fails.
+inputs): bfloat16 inputs, float32 for two cases and float16 for one, every
+mask kind (none, causal, key padding, general per-head boolean mask with
+fully masked rows, causal + key padding, causal + per-head mask), odd
+lengths and widths (K 64 to 512, V 48 to 128), and NaN propagation; each
+case with both backwards: `written` (the score gradient written, the
+default where it fits) and `flash` (`score_gradient_bytes=0`), and for two
+cases `chunks` (the written backward with a budget of one batch row: one
+chunk per row). bfloat16 errors are printed next to those of the explicit
+path run in bfloat16 (the XLA einsums on bf16 inputs), the yardstick for
+"as exact as the explicit path". Exits non-zero if a case fails.
 """
 
+import argparse
 import sys
 
 import jax
@@ -45,6 +47,9 @@ CASES = [
 CHUNKED = (CASES[0], CASES[-1])  # also run in chunks of one batch row
 
 
+BACKWARDS = ("written", "flash", "chunks")  # `--backwards` picks some
+
+
 def backwards(case, dtype):
     """The backwards to check on `case`: name -> `Config`."""
     batch, t, s, n, k, v = case[:6]
@@ -65,7 +70,7 @@ def backwards(case, dtype):
         chunks = config._replace(score_gradient_bytes=row)
         assert pa.written_rows(*sizes, chunks) == 1
         kinds["chunks"] = chunks
-    return kinds
+    return {name: kinds[name] for name in BACKWARDS if name in kinds}
 
 
 def inputs(case, dtype, seed=0):
@@ -144,6 +149,11 @@ def truth(args, mask, grad, scale, causal):
 
 
 def main():
+    global BACKWARDS
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backwards", default=",".join(BACKWARDS),
+                        help="comma-separated, of " + ",".join(BACKWARDS))
+    BACKWARDS = tuple(parser.parse_args().backwards.split(","))
     print("card:", jax.devices()[0].device_kind, "| jax", jax.__version__)
     print("| case (B,T,S,N,K,V,content,mask,causal) | dtype | backward | out | dq | dk | dv | dm | dc | explicit-in-dtype worst | ok |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
