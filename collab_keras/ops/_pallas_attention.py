@@ -91,7 +91,8 @@ class Config(NamedTuple):
     block_q_ds: int = 64  # backward with the score gradient written
     block_k_ds: int = 64
     warps_ds: int = 4
-    # Bytes of score gradient written at once (`score_gradient_rows`); 0:
+    # Bytes that the written backward's chunk of batch rows may take (the
+    # score gradient, the mixed query and its gradient, `written_rows`); 0:
     # always the flash backward.
     score_gradient_bytes: int = _attention_utils.SCORE_GRADIENT_BYTES
 
