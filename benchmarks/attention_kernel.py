@@ -23,13 +23,16 @@ forward (the backward recomputes the scores: 5 products against the
 forward's 2); TFLOP/s columns use it. Ratios are times against `mha`.
 
     python3 benchmarks/attention_kernel.py [--sweep] [--lengths 128,512]
+        [--key-widths 128,256] [--sweep-kinds written] [--causal]
 
 `--sweep` first times several tile configurations at Dk 256 and prints
 them (to choose `_pallas_attention.default_config`): the forward's, the
 flash backward's and the written backward's (`block_q_ds`, `block_k_ds`,
-`warps_ds`). The table ends with `_pallas_attention.PREFERRED_LENGTHS` as
-measured: per key width, the first length where `pallas` forward+backward
-is no faster than the best of `bcast` and `explicit`.
+`warps_ds`; `--sweep-kinds` picks among `fwd,flash,written`, and
+`--sweep-key-width` the width). The table ends with
+`_pallas_attention.PREFERRED_LENGTHS` as measured: per key width, the first
+length where `pallas` forward+backward is no faster than the best of
+`bcast` and `explicit`.
 """
 
 import argparse
@@ -123,12 +126,14 @@ def mha_fns(causal):
     return jax.jit(core), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def sweep(lengths, key_width=256):
-    fwd_configs = [(64, 64, 4, 2)]
+def sweep(lengths, key_width=256, kinds=("fwd", "flash", "written")):
+    fwd_configs = [(64, 64, 4, 2)] if "fwd" in kinds else []
     bwd_configs = [(128, 64, 8, 0), (64, 32, 4, 0), (128, 32, 8, 0),
                    (64, 64, 4, 0), (128, 64, 8, HEADS)]
+    bwd_configs = bwd_configs if "flash" in kinds else []
     ds_configs = [(64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 128, 8),
                   (128, 128, 8), (32, 64, 4), (64, 32, 4)]
+    ds_configs = ds_configs if "written" in kinds else []
     for length in lengths:
         batch = BATCH_FOR[length]
         q, k, v, m, c, g = make(batch, length, key_width)
@@ -240,13 +245,16 @@ def main():
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--sweep-lengths", default="512,2048")
     parser.add_argument("--sweep-key-width", type=int, default=256)
+    parser.add_argument("--sweep-kinds", default="fwd,flash,written",
+                        help="tile sweeps to run: fwd, flash, written")
     parser.add_argument("--lengths", default="128,512,2048,8192")
     parser.add_argument("--key-widths", default="128,192,256,384")
     parser.add_argument("--causal", action="store_true")
     args = parser.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]
     if args.sweep:
-        sweep(ints(args.sweep_lengths), args.sweep_key_width)
+        sweep(ints(args.sweep_lengths), args.sweep_key_width,
+              args.sweep_kinds.split(","))
     table(ints(args.lengths), ints(args.key_widths), args.causal)
 
 
