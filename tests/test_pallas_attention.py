@@ -202,7 +202,8 @@ def test_not_taken_on_cpu():
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_default_tiles(key_width, dtype):
     config = pa.default_config(key_width, 64, dtype)
-    for name in ("block_q", "block_k", "block_q_bwd", "block_k_bwd"):
+    for name in ("block_q", "block_k", "block_q_bwd", "block_k_bwd",
+                 "block_q_ds", "block_k_ds"):
         size = getattr(config, name)
         assert size >= 16 and size & (size - 1) == 0
     groups = pa.head_groups(12, 2, 128, config.block_k_bwd)
