@@ -221,9 +221,22 @@ class CachedCollaborativeAttention(CollaborativeAttention):
             content: Cached content term `(B, S, N)`, or `None`.
             mask: Boolean mask broadcastable to `(B, N, T, S)`, or `None`.
 
+        On JAX GPUs in bfloat16/float16 one Pallas kernel computes the
+        same (`collab_keras.ops._pallas_decode`, where `chosen`): it reads
+        the caches once, split over key blocks to fill the card.
+
         Returns:
             The per-head outputs `(B, T, N, V)`.
         """
+        if backend.backend() == "jax":
+            from collab_keras.ops import _pallas_decode
+
+            if _pallas_decode.chosen(query, key, value, content, mask):
+                mixing = ops.cast(self.mixing, query.dtype)
+                return _pallas_decode.attention(
+                    query, key, value, mixing, content, mask,
+                    scale=self._scale,
+                )
         rows, heads, width = query.shape[1], self.num_heads, self.value_dim
         length = ops.shape(key)[1]
         query = ops.multiply(query, ops.cast(self._scale, query.dtype))
