@@ -188,7 +188,7 @@ LAYER_CHECK = textwrap.dedent(
     got, new_cache = layer(step, step, attention_mask=mask, cache=cache,
                            cache_update_index=20)
     assert calls == [(2, 1, 12)], calls
-    layer._DECODE_MAX_ROWS = 0  # the explicit path
+    layer._DECODE_KERNEL = False  # the XLA decoding core
     want, _ = layer(step, step, attention_mask=mask, cache=cache,
                     cache_update_index=20)
     assert len(calls) == 1, calls
