@@ -34,9 +34,9 @@ CASES = [
     (32, 1, 2048, 12, 128, 64, True, "prefix", None),
     (4, 1, 2047, 12, 192, 64, True, "rows", None),
     (3, 2, 77, 5, 64, 48, False, "heads", pd.Config(block_k=16, splits=3)),
-    (2, 4, 300, 16, 512, 128, True, "heads", pd.Config(block_k=32)),
+    (2, 4, 300, 16, 512, 128, True, "heads", None),  # one stage of 16 keys
     (8, 1, 1000, 1, 256, 64, True, None, pd.Config(splits=1)),
-    (2, 1, 4096, 12, 384, 64, True, "rows", pd.Config(block_k=128, warps=8)),
+    (2, 1, 4096, 12, 384, 64, True, "rows", pd.Config(16, 0, 8, 3)),
 ]
 NAN_CASE = CASES[3]  # two query rows, per-head mask, three splits
 

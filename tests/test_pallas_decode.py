@@ -128,6 +128,18 @@ def test_splits_fill_the_card():
     assert pd.splits_for(512, 2048, 64) == 1
 
 
+def test_default_tiles_fit_shared_memory():
+    # The benchmark's layer (Dk 256, 12 heads of 64): 32 keys, two stages.
+    assert pd.default_config(256, 12, 64) == pd.Config(block_k=32, stages=2)
+    assert pd.default_config(64, 4, 64) == pd.Config(block_k=64, stages=2)
+    assert pd.default_config(512, 16, 128) == pd.Config(block_k=16, stages=1)
+    for width, heads, value_width in [(256, 12, 64), (512, 16, 128), (64, 1, 16)]:
+        config = pd.default_config(width, heads, value_width)
+        tiles = pd._tile_bytes(config.block_k, width, heads, value_width)
+        assert config.stages * tiles <= pd.SHARED_MEMORY_BUDGET
+    assert pd.default_config(512, 64, 256) is None  # 64 heads of 256
+
+
 def test_rejects_what_it_cannot_run():
     q, k, v, m, c = _inputs(rows=6, heads=12)  # 72 query rows
     with pytest.raises(ValueError, match="rows.*Received: query.shape"):
@@ -137,6 +149,11 @@ def test_rejects_what_it_cannot_run():
         pd.attention(q, k, v, m, c, mask=jnp.ones((2, 2, 1, 37), bool))
     with pytest.raises(ValueError, match="mixed dtypes"):
         pd.attention(q, k, v.astype(jnp.bfloat16), m, c)
+    with pytest.raises(ValueError, match="Received: config.block_k=24"):
+        pd.attention(q, k, v, m, c, config=pd.Config(block_k=24))
+    q, k, v, m, c = _inputs(heads=64, value_width=256)
+    with pytest.raises(ValueError, match="shared memory.*Received"):
+        pd.attention(q, k, v, m, c)
 
 
 def test_chosen_on_gpu_for_half_precision_decoding(monkeypatch):

@@ -16,7 +16,8 @@ masks, and takes each head's values with its own product (the rows of other
 heads are not used, so no head's NaN or Inf reaches another). Each program
 writes its partial maximum, sum and output (float32); a small combine
 (XLA) merges the splits. The splits are chosen so that the programs fill the
-card (`Config.splits`).
+card (`Config.splits`); the key block is the largest whose tiles fit in
+shared memory two pipeline stages deep (`default_config`).
 
 Masks are read as they are: any boolean mask broadcastable to
 `(B, N, T, S)` (the layer's decoding mask, `(B|1, T, S)` or per head), as an
@@ -54,10 +55,34 @@ MAX_VALUE_WIDTH = 256
 class Config(NamedTuple):
     """Key block, splits of the keys, warps and pipeline stages."""
 
-    block_k: int = 64  # a power of two, at least 16
+    block_k: int = 32  # a power of two, at least 16
     splits: int = 0  # 0: enough programs to fill the card (`splits_for`)
     warps: int = 4
-    stages: int = 3
+    stages: int = 2
+
+
+# Shared memory the pipelined cache tiles may take (of an H200's 227 KiB per
+# block): `stages` key blocks of key, content and every head's values.
+SHARED_MEMORY_BUDGET = 160 * 1024
+
+
+def _tile_bytes(block_k, width, heads, value_width, itemsize=2):
+    """Bytes of one key block's cache tiles as the kernel loads them."""
+    heads_p = max(16, _power_of_two(heads))
+    return block_k * itemsize * (
+        tile_width(width) + heads * tile_width(value_width) + heads_p
+    )
+
+
+def default_config(width, heads, value_width, itemsize=2):
+    """The largest key block (64, 32 or 16) whose tiles fit the shared
+    memory budget two pipeline stages deep (one, if none does)."""
+    for stages in (2, 1):
+        for block_k in (64, 32, 16):
+            tiles = _tile_bytes(block_k, width, heads, value_width, itemsize)
+            if stages * tiles <= SHARED_MEMORY_BUDGET:
+                return Config(block_k=block_k, stages=stages)
+    return None
 
 
 def splits_for(batch, keys, block_k):
@@ -86,6 +111,8 @@ def _supported(query, key, value, content, mask):
         return "empty"
     if width > MAX_KEY_WIDTH or value_width > MAX_VALUE_WIDTH:
         return "width"
+    if default_config(width, heads, value_width, dtype.itemsize) is None:
+        return "tiles beyond shared memory"
     if key.shape != (batch, keys, width) or (
         content is not None and content.shape != (batch, keys, heads)
     ):
@@ -162,9 +189,16 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
             f"mask.shape={None if mask is None else mask.shape}, "
             f"dtype={query.dtype}"
         )
-    config = config or Config()
     batch, rows, width = query.shape
     keys, heads, value_width = value.shape[1:]
+    itemsize = jnp.dtype(query.dtype).itemsize
+    config = config or default_config(width, heads, value_width, itemsize)
+    block_k = config.block_k
+    if block_k < 16 or block_k & (block_k - 1):
+        raise ValueError(
+            "`config.block_k` must be a power of two, at least 16. "
+            f"Received: config.block_k={block_k}"
+        )
     splits = config.splits or splits_for(batch, keys, config.block_k)
     blocks = -(-keys // config.block_k)
     per_split = -(-blocks // splits)
