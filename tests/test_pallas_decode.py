@@ -122,10 +122,12 @@ def test_rows_with_no_key_give_zero():
     )
 
 
-def test_splits_fill_the_card():
-    assert pd.splits_for(32, 2048, 64) == 9  # 288 programs
-    assert pd.splits_for(1, 100, 64) == 2  # at most one per key block
-    assert pd.splits_for(512, 2048, 64) == 1
+def test_splits_fill_the_card_in_one_wave():
+    tiles = 2 * pd._tile_bytes(32, 256, 12, 64)  # 133 kB: one per SM
+    assert pd.splits_for(32, 2048, 32, tiles) == 4  # 128 of 132 SMs
+    assert pd.splits_for(32, 2048, 16, tiles // 2) == 12  # 2 per SM
+    assert pd.splits_for(1, 100, 64, tiles) == 2  # one per key block
+    assert pd.splits_for(512, 2048, 32, tiles) == 1
 
 
 def test_default_tiles_fit_shared_memory():

@@ -16,7 +16,7 @@ masks, and takes each head's values with its own product (the rows of other
 heads are not used, so no head's NaN or Inf reaches another). Each program
 writes its partial maximum, sum and output (float32); a small combine
 (XLA) merges the splits. The splits are chosen so that the programs fill the
-card (`Config.splits`); the key block is the largest whose tiles fit in
+card in one wave (`splits_for`); the key block is the largest whose tiles fit in
 shared memory two pipeline stages deep (`default_config`).
 
 Masks are read as they are: any boolean mask broadcastable to
@@ -56,7 +56,7 @@ class Config(NamedTuple):
     """Key block, splits of the keys, warps and pipeline stages."""
 
     block_k: int = 32  # a power of two, at least 16
-    splits: int = 0  # 0: enough programs to fill the card (`splits_for`)
+    splits: int = 0  # 0: one wave of programs over the card (`splits_for`)
     warps: int = 4
     stages: int = 2
 
@@ -85,12 +85,20 @@ def default_config(width, heads, value_width, itemsize=2):
     return None
 
 
-def splits_for(batch, keys, block_k):
-    """Splits of the keys so that `batch * splits` programs fill an H200
-    (`_attention_utils.PROGRAMS_TO_FILL`), at most one per key block."""
+# An H200: 132 multiprocessors (`_attention_utils.PROGRAMS_TO_FILL` is two
+# programs on each), 228 KiB of shared memory on each.
+MULTIPROCESSORS = _attention_utils.PROGRAMS_TO_FILL // 2
+SHARED_MEMORY_PER_MULTIPROCESSOR = 228 * 1024
+
+
+def splits_for(batch, keys, block_k, tile_bytes):
+    """Splits of the keys: as many programs as run at once on an H200 (one
+    wave: the programs that fit a multiprocessor's shared memory with
+    `tile_bytes` each, on every multiprocessor), at least one split, at
+    most one per key block."""
     blocks = -(-keys // block_k)
-    wanted = -(-_attention_utils.PROGRAMS_TO_FILL // max(batch, 1))
-    return max(1, min(blocks, wanted))
+    resident = max(1, SHARED_MEMORY_PER_MULTIPROCESSOR // max(tile_bytes, 1))
+    return max(1, min(blocks, resident * MULTIPROCESSORS // max(batch, 1)))
 
 
 def _supported(query, key, value, content, mask):
@@ -199,7 +207,9 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
             "`config.block_k` must be a power of two, at least 16. "
             f"Received: config.block_k={block_k}"
         )
-    splits = config.splits or splits_for(batch, keys, config.block_k)
+    tiles = config.stages * _tile_bytes(
+        config.block_k, width, heads, value_width, itemsize)
+    splits = config.splits or splits_for(batch, keys, config.block_k, tiles)
     blocks = -(-keys // config.block_k)
     per_split = -(-blocks // splits)
     splits = -(-blocks // per_split)  # no split left without a block
