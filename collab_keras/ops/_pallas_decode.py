@@ -15,9 +15,9 @@ every head (one `(N T, K) x (K, block)` product), adds the content term,
 masks, and takes each head's values with its own product (the rows of other
 heads are not used, so no head's NaN or Inf reaches another). Each program
 writes its partial maximum, sum and output (float32); a small combine
-(XLA) merges the splits. The splits are chosen so that the programs fill the
-card in one wave (`splits_for`); the key block is the largest whose tiles fit in
-shared memory two pipeline stages deep (`default_config`).
+(XLA) merges the splits. The splits are chosen so that the programs fill
+the card in one wave (`splits_for`); the key block is the largest whose
+tiles fit in shared memory two pipeline stages deep (`default_config`).
 
 Masks are read as they are: any boolean mask broadcastable to
 `(B, N, T, S)` (the layer's decoding mask, `(B|1, T, S)` or per head), as an
@@ -251,7 +251,8 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
         name="collaborative_decode_attention",
     )(*args)
     out = _combine(out, top, total)  # (B, Np * Tp, Vp)
-    out = out.reshape(batch, heads_p, rows_p, -1)[:, :heads, :rows, :value_width]
+    out = out.reshape(batch, heads_p, rows_p, -1)  # (B, Np, Tp, Vp)
+    out = out[:, :heads, :rows, :value_width]
     return jnp.transpose(out, (0, 2, 1, 3)).astype(query.dtype)  # (B, T, N, V)
 
 
@@ -411,7 +412,8 @@ def reference(query, key, value, mixing, content=None, mask=None, scale=1.0):
     mixed = jnp.einsum("btk,nk->btnk", query, mixing.astype(query.dtype))
     scores = jnp.einsum("btnk,bsk->bnts", mixed.astype(f32), key.astype(f32))
     if content is not None:
-        scores = scores + jnp.transpose(content.astype(f32), (0, 2, 1))[:, :, None]
+        content = jnp.transpose(content.astype(f32), (0, 2, 1))  # (B, N, S)
+        scores = scores + content[:, :, None]
     scores = scores * scale
     valid = jnp.ones(scores.shape, bool)
     if mask is not None:
