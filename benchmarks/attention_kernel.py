@@ -4,7 +4,12 @@ Times, in one process on one card, forward and forward+backward of the
 attention core alone (bf16, 12 heads, value width 64, content term on):
 
 - `pallas`: `collab_keras.ops._pallas_attention.attention` (this repo's
-  kernel: shared key read once per block, mixing and content inside);
+  kernel: shared key read once per block, mixing and content inside) with
+  its default backward (the score gradient written where it fits in
+  `Config.score_gradient_bytes`, else flash);
+- `pallas-flash`: the same kernel with the flash backward
+  (`score_gradient_bytes=0`), side by side (forward+backward rows only: its
+  forward is `pallas`'; it counts in the best-other column);
 - `bcast`: the cuDNN JAX path, the key broadcast to every head, the content
   term as one more key column, the values zero-padded to the key width
   (`_jax_attention.attention`; only where cuDNN takes the width);
@@ -18,9 +23,16 @@ forward (the backward recomputes the scores: 5 products against the
 forward's 2); TFLOP/s columns use it. Ratios are times against `mha`.
 
     python3 benchmarks/attention_kernel.py [--sweep] [--lengths 128,512]
+        [--key-widths 128,256] [--sweep-kinds written] [--causal]
 
 `--sweep` first times several tile configurations at Dk 256 and prints
-them (to choose `_pallas_attention.default_config`).
+them (to choose `_pallas_attention.default_config`): the forward's, the
+flash backward's and the written backward's (`block_q_ds`, `block_k_ds`,
+`warps_ds`; `--sweep-kinds` picks among `fwd,flash,written`, and
+`--sweep-key-width` the width). The table ends with
+`_pallas_attention.PREFERRED_LENGTHS` as measured: per key width, the first
+length where `pallas` forward+backward is no faster than the best of
+`bcast` and `explicit`.
 """
 
 import argparse
@@ -67,6 +79,10 @@ def make(batch, length, key_width, seed=0):
 
 def collab_fns(kind, key_width, causal, config=None):
     scale = key_width**-0.5
+    if kind == "pallas-flash":
+        kind = "pallas"
+        config = (config or pa.default_config(key_width, VALUE))._replace(
+            score_gradient_bytes=0)
     if kind == "pallas":
         def core(q, k, v, m, c):
             return pa.attention(q, k, v, m, c, scale=scale, is_causal=causal,
@@ -110,11 +126,14 @@ def mha_fns(causal):
     return jax.jit(core), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def sweep(lengths):
-    fwd_configs = [(64, 64, 4, 2)]
+def sweep(lengths, key_width=256, kinds=("fwd", "flash", "written")):
+    fwd_configs = [(64, 64, 4, 2)] if "fwd" in kinds else []
     bwd_configs = [(128, 64, 8, 0), (64, 32, 4, 0), (128, 32, 8, 0),
                    (64, 64, 4, 0), (128, 64, 8, HEADS)]
-    key_width = 256
+    bwd_configs = bwd_configs if "flash" in kinds else []
+    ds_configs = [(64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 128, 8),
+                  (128, 128, 8), (32, 64, 4), (64, 32, 4)]
+    ds_configs = ds_configs if "written" in kinds else []
     for length in lengths:
         batch = BATCH_FOR[length]
         q, k, v, m, c, g = make(batch, length, key_width)
@@ -130,21 +149,33 @@ def sweep(lengths):
                 print(f"fwd bq{bq} bk{bk} w{w} s{st}: fails {str(e)[:200]}")
         for bq, bk, w, groups in bwd_configs:
             cfg = base._replace(block_q_bwd=bq, block_k_bwd=bk, warps_bwd=w,
-                                head_groups=groups)
+                                head_groups=groups, score_gradient_bytes=0)
             try:
                 _, both = collab_fns("pallas", key_width, False, cfg)
                 ms = timed(both, q, k, v, m, c, g)
-                print(f"fwd+bwd bwd bq{bq} bk{bk} w{w} groups{groups}: "
+                print(f"fwd+bwd flash bwd bq{bq} bk{bk} w{w} groups{groups}: "
                       f"{ms:.3f} ms", flush=True)
             except Exception as e:  # noqa: BLE001
-                print(f"fwd+bwd bwd bq{bq} bk{bk} w{w} groups{groups}: "
+                print(f"fwd+bwd flash bwd bq{bq} bk{bk} w{w} groups{groups}: "
+                      f"fails {str(e)[:200]}")
+        for bq, bk, w in ds_configs:
+            cfg = base._replace(block_q_ds=bq, block_k_ds=bk, warps_ds=w)
+            try:
+                _, both = collab_fns("pallas", key_width, False, cfg)
+                ms = timed(both, q, k, v, m, c, g)
+                print(f"fwd+bwd written bwd bq{bq} bk{bk} w{w}: {ms:.3f} ms",
+                      flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"fwd+bwd written bwd bq{bq} bk{bk} w{w}: "
                       f"fails {str(e)[:200]}")
 
 
 def table(lengths, key_widths, causal):
     print(f"\n## attention core, bf16, N{HEADS} V{VALUE}, content on, "
           f"causal={causal}, card: {jax.devices()[0].device_kind}")
-    print_header("pallas", ("bcast", "explicit"))
+    others = ("pallas-flash", "bcast", "explicit")
+    print_header("pallas", others)
+    wins = {}  # key width -> [(length, pallas faster than bcast/explicit)]
     for length in lengths:
         batch = BATCH_FOR[length]
         _, _, mv, _, _, mg = make(batch, length, 64)
@@ -155,7 +186,17 @@ def table(lengths, key_widths, causal):
         for key_width in key_widths:
             q, k, v, m, c, g = make(batch, length, key_width)
             res = {}
-            for kind in ("pallas", "bcast", "explicit"):
+            for kind in ("pallas",) + others:
+                if kind == "pallas-flash" and res["pallas"][0] is not None:
+                    # Its forward is pallas': time the backward alone.
+                    fns = collab_fns(kind, key_width, causal)
+                    try:
+                        res[kind] = (None, timed(fns[1], q, k, v, m, c, g))
+                    except Exception as e:  # noqa: BLE001
+                        print(f"{kind} T{length} Dk{key_width} fails: "
+                              f"{str(e)[:300]}")
+                        res[kind] = (None, None)
+                    continue
                 if kind == "explicit" and length * length * batch > 2**26:
                     res[kind] = (None, None)  # the scores would not fit
                     continue
@@ -170,20 +211,50 @@ def table(lengths, key_widths, causal):
                     print(f"{kind} T{length} Dk{key_width} fails: {str(e)[:300]}")
                     res[kind] = (None, None)
             print_rows(length, batch, key_width, causal, res, mha,
-                       "pallas", ("bcast", "explicit"))
+                       "pallas", others)
+            alternatives = [res[kind][1] for kind in ("bcast", "explicit")
+                            if res[kind][1] is not None]
+            if res["pallas"][1] is not None:
+                wins.setdefault(key_width, []).append(
+                    (length, not alternatives
+                     or res["pallas"][1] < min(alternatives)))
+    print_preferred_lengths(wins)
+
+
+def print_preferred_lengths(wins):
+    """`_pallas_attention.PREFERRED_LENGTHS` as measured: per key width,
+    the first length where the kernel is no faster than the best other
+    path (absent: not faster at the shortest length; `None`: faster at
+    every length measured; give it a bound by hand)."""
+    table = {}
+    for key_width, rows in sorted(wins.items()):
+        loses = [length for length, win in sorted(rows) if not win]
+        if not loses:
+            table[key_width] = None
+        elif loses[0] > min(length for length, _ in rows):
+            table[key_width] = loses[0]
+    print(f"\nPREFERRED_LENGTHS as measured (attention core, fwd+bwd; "
+          f"the rule now: {pa.PREFERRED_LENGTHS}): {table}")
+    faster = {k: [length for length, win in sorted(r) if win]
+              for k, r in sorted(wins.items())}
+    print(f"pallas fastest at these lengths: {faster}")
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--sweep-lengths", default="512,2048")
+    parser.add_argument("--sweep-key-width", type=int, default=256)
+    parser.add_argument("--sweep-kinds", default="fwd,flash,written",
+                        help="tile sweeps to run: fwd, flash, written")
     parser.add_argument("--lengths", default="128,512,2048,8192")
     parser.add_argument("--key-widths", default="128,192,256,384")
     parser.add_argument("--causal", action="store_true")
     args = parser.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]
     if args.sweep:
-        sweep(ints(args.sweep_lengths))
+        sweep(ints(args.sweep_lengths), args.sweep_key_width,
+              args.sweep_kinds.split(","))
     table(ints(args.lengths), ints(args.key_widths), args.causal)
 
 

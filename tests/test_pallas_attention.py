@@ -3,7 +3,8 @@
 The same kernels as on a GPU run here with `interpret=True` and small tiles,
 so that ragged tails, several key and query blocks, grouped heads and every
 mask kind are covered; outputs and the gradients of every input are compared
-with the explicit computation in float32. The compiled (Triton) kernel is
+with the explicit computation in float32, for both backwards (the score
+gradient written, in chunks of batch rows, and the flash one). The compiled (Triton) kernel is
 checked on a GPU by `tests/gpu_pallas_attention.py` (run on the GPU machine;
 its output is in benchmarks/results/).
 """
@@ -18,7 +19,13 @@ import numpy as np  # noqa: E402
 
 from collab_keras.ops import _pallas_attention as pa  # noqa: E402
 
-TILES = pa.Config(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16)
+TILES = pa.Config(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16,
+                  block_q_ds=16, block_k_ds=16)
+# The two backwards: the score gradient written (the default where it fits)
+# and the flash one (`score_gradient_bytes=0`).
+FLASH = {"score_gradient_bytes": 0}
+BACKWARDS = pytest.mark.parametrize("backward", [{}, FLASH],
+                                    ids=["written", "flash"])
 
 
 def _inputs(batch=2, length=21, keys=35, heads=3, key_width=24, value_width=8,
@@ -63,30 +70,41 @@ GENERAL = np.random.default_rng(0).random((2, 3, 21, 35)) < 0.5
 GENERAL[:, :, 4, :] = False  # fully masked rows
 
 
+@BACKWARDS
 @pytest.mark.parametrize(
-    "content, mask, causal, groups",
+    "content, mask, causal, groups, tiles",
     [
-        (True, None, False, 1),  # ragged tails, heads looped in one program
-        (False, None, True, 3),  # causal, one head per program
-        (True, KEY_PADDING, False, 1),  # (B, 1, 1, S): read as key flags
-        (True, GENERAL, True, 0),  # per-head boolean mask + causal, auto groups
-        (True, GENERAL[:, :1], False, 3),  # (B, 1, T, S) mask
+        # ragged tails, heads looped in one program
+        (True, None, False, 1, {}),
+        # causal, one head per program; score-gradient tiles of two sizes
+        (False, None, True, 3, {"block_q_ds": 16, "block_k_ds": 32}),
+        (False, None, True, 0, {"block_q_ds": 32, "block_k_ds": 16}),
+        # (B, 1, 1, S): read as key flags
+        (True, KEY_PADDING, False, 1, {}),
+        # per-head boolean mask + causal, auto groups
+        (True, GENERAL, True, 0, {}),
+        # (B, 1, T, S) mask
+        (True, GENERAL[:, :1], False, 3, {}),
     ],
 )
-def test_matches_explicit_float32(content, mask, causal, groups):
+def test_matches_explicit_float32(backward, content, mask, causal, groups,
+                                  tiles):
     args, g = _inputs(content=content)
     mask = None if mask is None else jnp.asarray(mask)
     kwargs = dict(mask=mask, scale=0.3, is_causal=causal)
-    got = _output_and_grads(_kernel(TILES._replace(head_groups=groups)), args, g, **kwargs)
+    config = TILES._replace(head_groups=groups, **tiles, **backward)
+    got = _output_and_grads(_kernel(config), args, g, **kwargs)
     want = _output_and_grads(pa.reference, args, g, **kwargs)
     _assert_close(got, want, 1e-5)
 
 
-def test_matches_explicit_bfloat16():
+@BACKWARDS
+def test_matches_explicit_bfloat16(backward):
     args, g = _inputs(dtype=jnp.bfloat16, length=20, keys=33)
-    got = _output_and_grads(_kernel(), args, g, scale=0.2)
+    got = _output_and_grads(_kernel(TILES._replace(**backward)), args, g,
+                            scale=0.2, is_causal=True)
     f32 = [None if a is None else a.astype(jnp.float32) for a in args]
-    want = _output_and_grads(pa.reference, f32, g, scale=0.2)
+    want = _output_and_grads(pa.reference, f32, g, scale=0.2, is_causal=True)
     assert got[0].dtype == jnp.bfloat16
     _assert_close(got, want, 3e-2)
 
@@ -103,6 +121,58 @@ def test_fully_masked_rows_are_zero_and_nan_propagates():
     assert np.all(np.isnan(out[1, 7]))
     assert np.all(np.isfinite(np.delete(out[1], 7, axis=0)))
     assert np.all(out[0, 3] == 0) and np.all(np.isfinite(out[0]))
+
+
+@BACKWARDS
+def test_nan_in_gradients_as_explicit(backward):
+    """A NaN in one query row reaches the same gradient entries as on the
+    explicit path: not the keys masked for that row; the other batch row
+    stays finite."""
+    args, g = _inputs(length=20, keys=20)
+    args[0] = args[0].at[1, 7, 2].set(jnp.nan)
+    mask = jnp.asarray(GENERAL[:, :, :20, :20])
+    got = _output_and_grads(_kernel(TILES._replace(**backward)), args, g,
+                            mask=mask, scale=0.3)
+    want = _output_and_grads(pa.reference, args, g, mask=mask, scale=0.3)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    assert np.all(np.isfinite(np.asarray(got[1])[0]))  # dq of batch row 0
+
+
+def _pallas_kernels(args, g, config, **kwargs):
+    """Names of the Pallas kernels that the gradient runs."""
+    text = str(jax.make_jaxpr(
+        lambda *a: _output_and_grads(_kernel(config), a, g, **kwargs))(*args))
+    return {name for name in ("score_gradient", "backward_keys",
+                              "backward_queries") if name in text}
+
+
+@pytest.mark.parametrize(
+    "batch, rows_budget, rows",
+    [(4, 2, 2), (3, 2, 1), (2, 0.5, 0)],
+)
+def test_written_in_chunks_of_batch_rows(batch, rows_budget, rows):
+    """A budget of `rows_budget` rows of score gradient: chunks of `rows`
+    rows (a divisor of the batch), run one after the other; less than one
+    row: the flash backward."""
+    args, g = _inputs(batch=batch, length=20, keys=30)
+    # Lengths padded to the 16-wide tiles, key width 24 to 32; per row the
+    # score gradient, the mixed query and its gradient (float32).
+    heads, t_pad, s_pad, k_pad = 3, 32, 32, 32
+    per_row = heads * t_pad * (s_pad * 4 + k_pad * 8)
+    config = TILES._replace(score_gradient_bytes=int(rows_budget * per_row))
+    assert pa.written_rows(batch, heads, t_pad, s_pad, k_pad, jnp.float32,
+                           config) == rows
+    mask = jnp.asarray(np.arange(30)[None, :] < np.arange(batch)[:, None] * 7 + 9)
+    kwargs = dict(mask=mask[:, None, None, :], scale=0.3, is_causal=True)
+    kernels = _pallas_kernels(args, g, config, **kwargs)
+    if rows:
+        assert kernels == {"score_gradient"}
+    else:
+        assert kernels == {"backward_keys", "backward_queries"}
+    got = _output_and_grads(_kernel(config), args, g, **kwargs)
+    want = _output_and_grads(pa.reference, args, g, **kwargs)
+    _assert_close(got, want, 1e-5)
 
 
 def test_value_width_differs_from_key_width():
@@ -132,7 +202,8 @@ def test_not_taken_on_cpu():
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_default_tiles(key_width, dtype):
     config = pa.default_config(key_width, 64, dtype)
-    for name in ("block_q", "block_k", "block_q_bwd", "block_k_bwd"):
+    for name in ("block_q", "block_k", "block_q_bwd", "block_k_bwd",
+                 "block_q_ds", "block_k_ds"):
         size = getattr(config, name)
         assert size >= 16 and size & (size - 1) == 0
     groups = pa.head_groups(12, 2, 128, config.block_k_bwd)
@@ -189,6 +260,20 @@ def test_automatic_choice_on_gpu(monkeypatch, length, key_width, dtype,
         assert _jax_attention.cudnn_applies(key_width, 64, dtype, content)
         got = "cudnn"
     assert got == expected
+
+
+def test_preferred_lengths_by_key_width(monkeypatch):
+    from collab_keras.ops import _jax_attention
+
+    monkeypatch.setattr(_jax_attention, "on_gpu", lambda: True)
+    monkeypatch.setattr(pa, "PREFERRED_LENGTHS", {128: 512, 256: 4096})
+    bf = jnp.bfloat16
+    assert pa.preferred(511, 128, bf) and not pa.preferred(512, 128, bf)
+    assert pa.preferred(2048, 192, bf) and pa.preferred(2048, 256, bf)
+    assert not pa.preferred(4096, 256, bf)
+    assert not pa.preferred(128, 384, bf)  # wider than every entry
+    assert not pa.preferred(128, 128, jnp.float32)
+    assert not pa.preferred(None, 128, bf)
 
 
 def test_forced_fused_path_takes_pallas_where_cudnn_cannot(monkeypatch):

@@ -21,11 +21,36 @@ multi-head kernel:
   per key block inside the kernel; any other boolean mask is read as an
   int8 tile per block (the fallback); rows with no key to attend to give 0;
   NaN propagates;
-- backward: one kernel per key block loops over all heads with the key tile
-  loaded once, accumulating the shared key's gradient over heads (plus the
-  values' and content term's gradients); one kernel per query block loops
-  over all heads, accumulating the shared query's gradient and partial sums
-  of the mixing gradient.
+- backward, two forms, both exact (the same products, float32
+  accumulation, one rounding of the score gradient to the input dtype
+  before the products that take it, as in the forward's `P V`):
+
+  * written score gradient (`_backward_written`, the default where it
+    fits): one kernel per key block (`_score_gradient_kernel`) loops over
+    all heads and query blocks with the key tile loaded once, recomputes
+    the probabilities, accumulates the values' and content term's
+    gradients and writes the score gradient `dS` `(B, N, T, S)`; then XLA
+    products (cuBLAS) take the width-`K` part: `dS_h k` per head gives the
+    mixed query's gradient (hence the query's, summed over heads with
+    `m_h`, and the mixing's, summed over batch and queries with `q`), and
+    one contraction of `dS` with the mixed query `(B, N, T, K)` over heads
+    and queries gives the key's. Why: the width-`K` products are the bulk
+    of the backward's FLOPs (`K` 256 against `V` 64), and the flash form
+    runs them twice in Triton-lowered kernels (once per kernel, each
+    recomputing the scores at width `K`) with a `(block_k, K)` float32 key
+    accumulator that forces small tiles; cuBLAS runs them at about 2.5x
+    that rate on an H200, and the kernel without the key accumulator
+    takes larger tiles. The cost is memory: `dS`, the mixed query and its
+    float32 gradient are written in chunks of batch rows of at most
+    `Config.score_gradient_bytes` (1 GiB by default, `written_rows`), one
+    chunk after the other (`lax.map`); with the causal mask the kernel
+    writes zeros to the blocks it skips.
+  * flash (`_backward_flash`, where one batch row's `dS` does not fit, or
+    with `score_gradient_bytes=0`): one kernel per key block loops over all
+    heads with the key tile loaded once, accumulating the shared key's
+    gradient over heads (plus the values' and content term's gradients);
+    one kernel per query block loops over all heads, accumulating the
+    shared query's gradient and partial sums of the mixing gradient.
 
 On CPUs the same kernels run in Pallas' interpreter (`interpret=True`,
 used by the tests); `applies` says when the compiled kernel runs.
@@ -51,17 +76,25 @@ MAX_VALUE_WIDTH = 256
 
 
 class Config(NamedTuple):
-    """Tile sizes and warps of the three kernels (all powers of two)."""
+    """Tile sizes and warps of the kernels (all powers of two), and the
+    memory of the backward with the score gradient written."""
 
     block_q: int = 64  # forward
     block_k: int = 64
     warps: int = 4
     stages: int = 2
-    block_q_bwd: int = 64  # backward (both kernels)
+    block_q_bwd: int = 64  # flash backward (both kernels)
     block_k_bwd: int = 64
     warps_bwd: int = 8
     head_groups: int = 0  # backward: heads split over this many programs
     # (0: enough groups to fill the card, `head_groups`)
+    block_q_ds: int = 64  # backward with the score gradient written
+    block_k_ds: int = 64
+    warps_ds: int = 4
+    # Bytes that the written backward's chunk of batch rows may take (the
+    # score gradient, the mixed query and its gradient, `written_rows`); 0:
+    # always the flash backward.
+    score_gradient_bytes: int = _attention_utils.SCORE_GRADIENT_BYTES
 
 
 def default_config(key_width, value_width, dtype=jnp.bfloat16):
@@ -76,13 +109,23 @@ def default_config(key_width, value_width, dtype=jnp.bfloat16):
                         block_k_bwd=32, warps_bwd=4)
     else:
         config = Config(block_q=64, block_k=32, warps=4, block_q_bwd=32,
-                        block_k_bwd=32, warps_bwd=8)
+                        block_k_bwd=32, warps_bwd=8, block_q_ds=32,
+                        block_k_ds=64, warps_ds=8)
     if jnp.dtype(dtype).itemsize == 4:  # float32 tiles: half the blocks
         config = config._replace(**{
             name: max(16, getattr(config, name) // 2)
-            for name in ("block_q", "block_k", "block_q_bwd", "block_k_bwd")
+            for name in _BLOCKS
         })
     return config
+
+
+_BLOCKS = ("block_q", "block_k", "block_q_bwd", "block_k_bwd", "block_q_ds",
+           "block_k_ds")
+
+
+def _key_block(config):
+    """The multiple the keys are padded to: the largest key tile."""
+    return max(config.block_k, config.block_k_bwd, config.block_k_ds)
 
 
 def head_groups(num_heads, batch, length, block):
@@ -104,31 +147,33 @@ def applies(query, key, value, mixing=None, content=None, mask=None,
     return _jax_attention.on_gpu() and _supported(query, key, value, mask) is None
 
 
-# Where the automatic choice takes this kernel (`preferred`): key widths up
-# to `PREFERRED_MAX_KEY_WIDTH` and query lengths below
-# `PREFERRED_MAX_LENGTH`. Measured on an H200, attention core
-# forward+backward, bf16, 12 heads, values 64 wide, content term on
+# Where the automatic choice takes this kernel (`preferred`): shared key
+# width (up to) -> query length below which, the narrowest entry that
+# takes the width deciding; wider keys than every entry: never. Measured
+# on an H200 with the flash backward, attention core forward+backward,
+# bf16, 12 heads, values 64 wide, content term on
 # (benchmarks/attention_kernel.py, docs/performance.md): at length 128,
 # Dk 128, 0.29 ms against cuDNN's 0.48 and the explicit path's 0.47; at
 # length 512 it ties with cuDNN (1.27 / 1.31 ms), which is faster from
-# 2048 on. At Dk 192 and wider its backward is slower than cuDNN where
+# 2048 on. At Dk 192 and wider its backward was slower than cuDNN where
 # cuDNN applies, and than the explicit path where it does not.
-PREFERRED_MAX_KEY_WIDTH = 128
-PREFERRED_MAX_LENGTH = 512
+# `benchmarks/attention_kernel.py` prints this table as measured.
+PREFERRED_LENGTHS = {128: 512}
 
 
 def preferred(length, key_width, dtype):
     """Whether the automatic choice runs this kernel (on a GPU, bfloat16 or
-    float16, see `PREFERRED_MAX_KEY_WIDTH` and `PREFERRED_MAX_LENGTH`)."""
+    float16, see `PREFERRED_LENGTHS`)."""
     from collab_keras.ops import _jax_attention
 
     half = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    below = next((below for width, below in sorted(PREFERRED_LENGTHS.items())
+                  if key_width <= width), 0)
     return (
         _jax_attention.on_gpu()
         and jnp.dtype(dtype) in half
-        and key_width <= PREFERRED_MAX_KEY_WIDTH
         and length is not None
-        and length < PREFERRED_MAX_LENGTH
+        and length < below
     )
 
 
@@ -217,11 +262,12 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
     keys, num_heads, value_width = value.shape[1:]
     if config is None:
         config = default_config(key_width, value_width, query.dtype)
-    if not config.head_groups:
+    auto_groups = not config.head_groups
+    if auto_groups:  # the flash backward's; the written one's: per chunk
         config = config._replace(head_groups=head_groups(
             num_heads, batch, max(length, keys), config.block_k_bwd))
-    pad_t = max(config.block_q, config.block_q_bwd)
-    pad_s = max(config.block_k, config.block_k_bwd)
+    pad_t = max(config.block_q, config.block_q_bwd, config.block_q_ds)
+    pad_s = _key_block(config)
     t_pad, s_pad = round_up(length, pad_t), round_up(keys, pad_s)
     k_pad, v_pad = tile_width(key_width), tile_width(value_width)
     dtype = query.dtype
@@ -250,6 +296,7 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
     static = _Static(
         scale=float(scale), causal=bool(is_causal), mask_kind=mask_kind,
         keys=keys, config=config, interpret=bool(interpret),
+        auto_groups=auto_groups,
     )
     out = _attention(q, k, v, m, c, mask_arr, static)
     return out[:, :length, :, :value_width]
@@ -262,6 +309,7 @@ class _Static(NamedTuple):
     keys: int  # true key count (keys beyond it are padding)
     config: Config
     interpret: bool
+    auto_groups: bool  # head groups of the written backward: by its grid
 
 
 def _pad(x, extra):
@@ -295,8 +343,7 @@ def _scores(qm, k, c_ref, mask_ref, b, h, row0, col0, static, heads_in_mask,
         s = s + (c[:, None] if transposed else c[None, :])
     s = s * (static.scale * _LOG2E)
     valid = None
-    cfg = static.config
-    if static.keys % max(cfg.block_k, cfg.block_k_bwd):  # padded keys
+    if static.keys % _key_block(static.config):  # padded keys
         valid = jnp.broadcast_to(cols < static.keys, s.shape)
     if static.causal:
         causal = rows >= cols
@@ -326,6 +373,14 @@ def _dot(a, b, trans_a=False, trans_b=False):
 def _mixed(q, m):
     """`q * m_h` rounded once to the input dtype, as the einsum would."""
     return (q.astype(jnp.float32) * m.astype(jnp.float32)[None, :]).astype(q.dtype)
+
+
+def _masked_zero(s, ds, static):
+    """`ds` with masked entries (`s` -inf) at 0, as the explicit path's
+    `where` gives them: also where a NaN row made them NaN."""
+    masks = (static.causal or static.mask_kind != "none"
+             or static.keys % _key_block(static.config))
+    return jnp.where(s == -jnp.inf, 0.0, ds) if masks else ds
 
 
 def _key_blocks_for(i, block_q, block_k, n_kblocks, causal):
@@ -453,7 +508,8 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
             dv = dv + _dot(p.astype(do.dtype), do)
             dp = _dot(v, do, trans_b=True)  # (bk, bq)
             delta = delta_ref[b, h, pl.ds(i * bq, bq)]
-            ds = p * (dp - delta[None, :])  # d loss / d (scale * score)
+            ds = _masked_zero(s, p * (dp - delta[None, :]), static)
+            # ds: d loss / d (scale * score)
             dk = dk + _dot(ds.astype(qm.dtype), qm)
             if c_ref is not None:
                 dc = dc + jnp.sum(ds, axis=1)
@@ -505,7 +561,7 @@ def _query_kernel(*refs, static, has_content, heads_in_mask, n_kblocks,
                         heads_in_mask)
             p = jnp.exp2(s - lse[:, None])
             dp = _dot(do, v, trans_b=True)
-            ds = p * (dp - delta[:, None])
+            ds = _masked_zero(s, p * (dp - delta[:, None]), static)
             return dqm + _dot(ds.astype(k.dtype), k)
 
         dqm = jnp.zeros((bq, q_ref.shape[-1]), jnp.float32)
@@ -522,17 +578,13 @@ def _query_kernel(*refs, static, has_content, heads_in_mask, n_kblocks,
     dq_ref[g, b, pl.ds(i * bq, bq), :] = dq
 
 
-def _backward(static, residuals, d_out):
-    q, k, v, m, c, mask_arr, out, lse = residuals
+def _backward_flash(static, q, k, v, m, c, mask_arr, lse, d_out, delta):
+    """The flash backward: two kernels, nothing `(B, N, T, S)` in memory."""
     cfg = static.config
     batch, t_pad, k_pad = q.shape
     s_pad, num_heads, v_pad = v.shape[1:]
     groups = cfg.head_groups
     per_group = num_heads // groups
-    d_out = d_out.astype(q.dtype)
-    delta = jnp.einsum(
-        "btnv,btnv->bnt", out.astype(jnp.float32), d_out.astype(jnp.float32)
-    )  # (B, N, T)
     n_qblocks, n_kblocks = t_pad // cfg.block_q_bwd, s_pad // cfg.block_k_bwd
     heads_in_mask = 1 if mask_arr is None or mask_arr.ndim != 4 else mask_arr.shape[1]
     has_content = c is not None
@@ -580,8 +632,178 @@ def _backward(static, residuals, d_out):
     dq = jnp.sum(dq_parts, axis=0).astype(q.dtype)
     dk = jnp.sum(dk_parts, axis=0).astype(k.dtype)
     dm = jnp.sum(dm_parts, axis=(1, 2)).reshape(num_heads, k_pad).astype(m.dtype)
+    return dq, dk, dv, dm, dc
+
+
+def _score_gradient_kernel(*refs, static, has_content, heads_in_mask,
+                           n_qblocks, heads_per_group):
+    """Per key block: the score gradient `dS` of every head and query
+    block (written), dV_h and dC_h; no key gradient (XLA's products)."""
+    refs = list(refs)
+    q_ref, k_ref, v_ref, m_ref, do_ref, lse_ref, delta_ref = refs[:7]
+    rest = refs[7:]
+    c_ref = rest.pop(0) if has_content else None
+    mask_ref = rest.pop(0) if static.mask_kind != "none" else None
+    ds_ref, dv_ref = rest[:2]
+    dc_ref = rest[2] if has_content else None
+    cfg = static.config
+    bq, bk = cfg.block_q_ds, cfg.block_k_ds
+    g, j, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    k = k_ref[b, pl.ds(j * bk, bk), :]  # (bk, Kp), loaded once for all heads
+    start = lax.div(j * bk, bq) if static.causal else 0
+
+    def head(hh, carry):
+        h = g * heads_per_group + hh
+        m = m_ref[h, :]
+        v = v_ref[b, pl.ds(j * bk, bk), h, :]  # (bk, Vp)
+
+        def body(i, carry):
+            dv, dc = carry
+            # Transposed tiles (key rows, query columns), as in `_key_kernel`.
+            qm = _mixed(q_ref[b, pl.ds(i * bq, bq), :], m)  # (bq, Kp)
+            s = _scores(qm, k, c_ref, mask_ref, b, h, i * bq, j * bk, static,
+                        heads_in_mask, transposed=True)  # (bk, bq)
+            lse = lse_ref[b, h, pl.ds(i * bq, bq)]
+            p = jnp.exp2(s - lse[None, :])  # (bk, bq)
+            do = do_ref[b, pl.ds(i * bq, bq), h, :]  # (bq, Vp)
+            dv = dv + _dot(p.astype(do.dtype), do)
+            dp = _dot(v, do, trans_b=True)  # (bk, bq)
+            delta = delta_ref[b, h, pl.ds(i * bq, bq)]
+            ds = _masked_zero(s, p * (dp - delta[None, :]), static)
+            # ds: d loss / d (scale * score)
+            ds_ref[b, h, pl.ds(i * bq, bq), pl.ds(j * bk, bk)] = (
+                ds.astype(ds_ref.dtype).T)  # (bq, bk)
+            if c_ref is not None:
+                dc = dc + jnp.sum(ds, axis=1)
+            return dv, dc
+
+        if static.causal:  # the blocks above the diagonal: dS = 0
+
+            def skipped(i, carry):
+                ds_ref[b, h, pl.ds(i * bq, bq), pl.ds(j * bk, bk)] = (
+                    jnp.zeros((bq, bk), ds_ref.dtype))
+                return carry
+
+            lax.fori_loop(0, start, skipped, 0)
+        dv = jnp.zeros((bk, v_ref.shape[-1]), jnp.float32)
+        dc = jnp.zeros((bk,), jnp.float32)
+        dv, dc = lax.fori_loop(start, n_qblocks, body, (dv, dc))
+        dv_ref[b, pl.ds(j * bk, bk), h, :] = dv.astype(dv_ref.dtype)
+        if dc_ref is not None:
+            dc_ref[b, h, pl.ds(j * bk, bk)] = dc * static.scale
+        return carry
+
+    if heads_per_group == 1:
+        head(0, 0)
+    else:
+        lax.fori_loop(0, heads_per_group, head, 0)
+
+
+def written_rows(batch, heads, length, keys, key_width, dtype, config):
+    """Batch rows per chunk of the backward with the score gradient
+    written: the most rows whose buffers of shape `(rows, heads, length,
+    .)` fit in `config.score_gradient_bytes` (the score gradient, `keys`
+    wide in `dtype`; the mixed query and its float32 gradient, `key_width`
+    wide: `_attention_utils.score_gradient_rows` on their bytes per query),
+    rounded down to a divisor of `batch` so that the chunks are equal; 0:
+    the flash backward runs."""
+    itemsize = jnp.dtype(dtype).itemsize
+    per_query = keys * itemsize + key_width * (itemsize + 4)
+    rows = _attention_utils.score_gradient_rows(
+        batch, heads, length, 1, per_query,
+        budget=config.score_gradient_bytes)
+    while rows and batch % rows:
+        rows -= 1
+    return rows
+
+
+def _backward_written(static, q, k, v, m, c, mask_arr, lse, d_out, delta,
+                      rows):
+    """The backward with the score gradient written: per chunk of `rows`
+    batch rows, `_score_gradient_kernel` then XLA's products at width K;
+    the chunks run one after the other (`lax.map`)."""
+    cfg = static.config
+    batch, t_pad, k_pad = q.shape
+    s_pad, num_heads, v_pad = v.shape[1:]
+    dtype = q.dtype
+    n_qblocks, n_kblocks = t_pad // cfg.block_q_ds, s_pad // cfg.block_k_ds
+    groups = cfg.head_groups
+    if static.auto_groups:
+        groups = _attention_utils.head_groups(num_heads, rows * n_kblocks)
+    per_group = num_heads // groups
+    heads_in_mask = 1 if mask_arr is None or mask_arr.ndim != 4 else mask_arr.shape[1]
+    has_content = c is not None
+    m32 = m.astype(jnp.float32)
+    # float32 inputs: products in float32 (not TF32), as the kernels'.
+    precision = lax.Precision.HIGHEST if dtype == jnp.float32 else None
+    kernel = functools.partial(
+        _score_gradient_kernel, static=static, has_content=has_content,
+        heads_in_mask=heads_in_mask, n_qblocks=n_qblocks,
+        heads_per_group=per_group,
+    )
+
+    def chunk(xs):
+        q, k, v, d_out, lse, delta, c, mask_arr = xs  # `rows` batch rows
+        out_shape = [
+            jax.ShapeDtypeStruct((rows, num_heads, t_pad, s_pad), dtype),
+            jax.ShapeDtypeStruct(v.shape, v.dtype),
+        ]
+        if has_content:
+            out_shape.append(jax.ShapeDtypeStruct(c.shape, jnp.float32))
+        args = [q, k, v, m, d_out, lse, delta] + [
+            x for x in (c, mask_arr) if x is not None
+        ]
+        grads = pl.pallas_call(
+            kernel,
+            grid=(groups, n_kblocks, rows),
+            out_shape=out_shape,
+            compiler_params=_params(cfg.warps_ds, cfg.stages),
+            interpret=static.interpret,
+            name="collaborative_attention_score_gradient",
+        )(*args)
+        ds, dv = grads[:2]  # ds: (rows, N, T, S), unscaled
+        dc = grads[2] if has_content else None
+        mixed = (q.astype(jnp.float32)[:, None] * m32[None, :, None, :]
+                 ).astype(dtype)  # (rows, N, T, Kp), as `_mixed`
+        dk = jnp.einsum("bnts,bntk->bsk", ds, mixed, precision=precision,
+                        preferred_element_type=jnp.float32) * static.scale
+        dqm = jnp.einsum("bnts,bsk->bntk", ds, k, precision=precision,
+                         preferred_element_type=jnp.float32) * static.scale
+        # dqm: d (q * m_h), (rows, N, T, Kp) float32
+        dq = jnp.sum(dqm * m32[None, :, None, :], axis=1)  # (rows, T, Kp)
+        dm = jnp.sum(dqm * q.astype(jnp.float32)[:, None], axis=(0, 2))
+        return dq.astype(dtype), dk.astype(k.dtype), dv, dm, dc
+
+    xs = (q, k, v, d_out, lse, delta, c, mask_arr)
+    if rows == batch:
+        dq, dk, dv, dm, dc = chunk(xs)
+    else:
+        split = lambda x: x.reshape((batch // rows, rows) + x.shape[1:])
+        merge = lambda x: x.reshape((batch,) + x.shape[2:])
+        xs = jax.tree_util.tree_map(split, xs)
+        dq, dk, dv, dm, dc = lax.map(chunk, xs)
+        dq, dk, dv, dc = jax.tree_util.tree_map(merge, (dq, dk, dv, dc))
+        dm = jnp.sum(dm, axis=0)
+    return dq, dk, dv, dm.astype(m.dtype), dc
+
+
+def _backward(static, residuals, d_out):
+    q, k, v, m, c, mask_arr, out, lse = residuals
+    batch, t_pad = q.shape[:2]
+    s_pad, num_heads = v.shape[1:3]
+    d_out = d_out.astype(q.dtype)
+    delta = jnp.einsum(
+        "btnv,btnv->bnt", out.astype(jnp.float32), d_out.astype(jnp.float32)
+    )  # (B, N, T)
+    args = (static, q, k, v, m, c, mask_arr, lse, d_out, delta)
+    rows = written_rows(batch, num_heads, t_pad, s_pad, q.shape[-1], q.dtype,
+                        static.config)
+    if rows:
+        grads = _backward_written(*args, rows)
+    else:
+        grads = _backward_flash(*args)
     mask_grad = None
-    return dq, dk, dv, dm, dc, mask_grad
+    return grads + (mask_grad,)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
