@@ -212,6 +212,30 @@ def test_interpreted_kernel_empty_rows_and_nan(ta):
     assert bool(out[0].isfinite().all())
 
 
+@pytest.mark.parametrize("backward", sorted(BACKWARDS))
+@pytest.mark.parametrize("mask,causal", [("keys", False), ("heads", False)])
+def test_interpreted_gradients_nan_where_the_explicit_path_has_nan(
+        ta, backward, mask, causal):
+    """A NaN in one query row: every output and gradient is NaN exactly
+    where the explicit path's is (keys masked for that row get no NaN
+    through the score gradient) and equal elsewhere. (With a causal mask
+    the kernels skip the blocks above the diagonal, so the keys after the
+    NaN row keep finite value gradients, where the explicit path's
+    `exp(-inf - NaN)` makes them NaN.)"""
+    args, mask, g = _inputs(mask=mask)
+    args[0][1, 5, 3] = float("nan")
+    kwargs = dict(mask=mask, scale=0.2, is_causal=causal)
+    got = output_and_grads(ta.attention, args, g,
+                            config=_small_tiles(ta, **BACKWARDS[backward]),
+                            **kwargs)
+    want = output_and_grads(_explicit, args, g, **kwargs)
+    for a, b in zip(got, want):
+        assert torch.equal(a.isnan(), b.isnan())
+        torch.testing.assert_close(a.double().nan_to_num(),
+                                   b.double().nan_to_num(), rtol=1e-5,
+                                   atol=1e-5)
+
+
 def test_routing_runs_the_kernel_where_it_applies(ta, monkeypatch):
     """`_torch_attention.attention` takes the Triton kernel when `applies`
     says so (CUDA inputs; forced here on CPU, the kernel interpreted)."""

@@ -271,6 +271,16 @@ def _masked_scores(s, rows, cols, c, mask_ptr, stride_mt, stride_ms,
     return s
 
 
+@triton.jit
+def _masked_zero(s, ds, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+                 EVEN_S: tl.constexpr):
+    """`ds` with masked entries (`s` -inf) at 0, as the explicit path's
+    masked fill gives them: also where a NaN query row made them NaN."""
+    if MASK_KIND > 0 or CAUSAL or not EVEN_S:
+        ds = tl.where(s == float("-inf"), 0.0, ds)
+    return ds
+
+
 # ---------------------------------------------------------------------------
 # Forward.
 
@@ -416,7 +426,8 @@ def _key_kernel(
             dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BK, BQ)
             delta = tl.load(DELTA + b * sl_b + h * sl_n + rows * sl_t,
                             mask=rows < length, other=0.0)
-            ds = p * (dp - delta[None, :])  # d loss / d (scale * score)
+            ds = _masked_zero(s, p * (dp - delta[None, :]), MASK_KIND, CAUSAL,
+                              EVEN_S)  # d loss / d (scale * score)
             dk_a += tl.dot(ds.to(qm_a.dtype), qm_a, input_precision=PRECISION)
             if K_B > 0:
                 dk_b += tl.dot(ds.to(qm_b.dtype), qm_b,
@@ -505,7 +516,8 @@ def _query_kernel(
             p = tl.exp2(s - lse[:, None])
             v = _load(v_ptr, cols, keys, sv_s, vv, value_width, sv_v)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-            ds = (p * (dp - delta[:, None])).to(k_a.dtype)
+            ds = _masked_zero(s, p * (dp - delta[:, None]), MASK_KIND, CAUSAL,
+                              EVEN_S).to(k_a.dtype)
             dqm_a += tl.dot(ds, k_a, input_precision=PRECISION)
             if K_B > 0:
                 dqm_b += tl.dot(ds, k_b, input_precision=PRECISION)
@@ -608,7 +620,8 @@ def _score_gradient_kernel(
             dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BK, BQ)
             delta = tl.load(DELTA + b * sl_b + h * sl_n + rows * sl_t,
                             mask=rows < length, other=0.0)
-            ds = p * (dp - delta[None, :])  # (BK, BQ)
+            ds = _masked_zero(s, p * (dp - delta[None, :]), MASK_KIND, CAUSAL,
+                              EVEN_S)  # (BK, BQ)
             tl.store(ds_ptr + rows[None, :] * sds_t,
                      ds.to(DS.dtype.element_ty),
                      mask=key_cols & (rows[None, :] < length))
