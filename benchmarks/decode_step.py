@@ -13,22 +13,12 @@ read (caches + weights) over its time.
 
     KERAS_BACKEND=jax python benchmarks/decode_step.py --dtype bfloat16
 
-The collaborative variants differ in the attention core of the step:
-`auto` is the layer as it runs (on JAX GPUs in bfloat16/float16 the Pallas
-decoding kernel, `collab_keras/ops/_pallas_decode.py`; elsewhere the XLA
-decode core), `XLA decode core` the layer's `_compute_decode_attention`
-products without the kernel, `einsum core` the layer's general path.
-`--cores` (JAX) also times the attention core of one layer alone over its
-cache: the XLA decode core against the Pallas kernel in each `--configs`
-tile setting, with the bytes of cache read per second.
-
 JAX donates the caches to the compiled step (updated in place, as in a
 generation loop); torch runs eagerly, where `ops.slice_update` copies the
 cache tensor it updates (for both layers).
 """
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -51,7 +41,7 @@ class Decoder(keras.layers.Layer):
     """`num_layers` pre-LN blocks whose self-attention reads a cache."""
 
     def __init__(self, kind, num_layers, d_model, heads, shared_key_dim,
-                 flash_attention=None, decode_core="kernel", **kwargs):
+                 flash_attention=None, decode_core=True, **kwargs):
         super().__init__(**kwargs)
         self.kind = kind
         head_dim = d_model // heads
@@ -71,10 +61,8 @@ class Decoder(keras.layers.Layer):
                     flash_attention=flash_attention,
                     name=f"attention_{i}",
                 )
-                if decode_core == "einsum":  # the layer's general core
+                if not decode_core:  # the einsum core of the layer
                     attention._DECODE_MAX_ROWS = 0
-                elif decode_core == "xla":  # the decode core, no kernel
-                    attention._DECODE_KERNEL = False
             self.blocks.append(
                 (
                     keras.layers.LayerNormalization(name=f"ln1_{i}"),
@@ -264,13 +252,12 @@ def measure(args, s, log):
     index = s - 1
     mask = ops.convert_to_tensor(np.arange(s)[None, None, :] <= index)
     x = ops.cast(keras.random.normal((b, 1, d), seed=0), dtype)
-    variants = [("mha", None, None, "kernel")]
+    variants = [("mha", None, None, True)]
     for k in (int(v) for v in args.shared_key_dims.split(",")):
-        variants += [(f"collab K{k} auto", k, None, "kernel"),
-                     (f"collab K{k} XLA decode core", k, None, "xla"),
-                     (f"collab K{k} einsum core", k, None, "einsum")]
+        variants += [(f"collab K{k} auto", k, None, True),
+                     (f"collab K{k} einsum core", k, None, False)]
         if args.fused:
-            variants.append((f"collab K{k} fused", k, True, "kernel"))
+            variants.append((f"collab K{k} fused", k, True, True))
     steps, caches, sizes, weights, launches = {}, {}, {}, {}, {}
     for name, k, flash, core in variants:
         kind = "mha" if k is None else "collab"
@@ -282,13 +269,7 @@ def measure(args, s, log):
         steps[name] = make_step(decoder, x, caches[name], index, mask)
         weights[name] = weight_bytes(decoder)
         if BACKEND == "jax":
-            try:
-                hlo = steps[name].compiled_text(caches[name])
-            except Exception as error:  # a kernel that does not compile
-                print(f"{name}: not timed, the step does not compile: "
-                      f"{str(error).splitlines()[0][:200]}")
-                del steps[name]
-                continue
+            hlo = steps[name].compiled_text(caches[name])
             launches[name] = kernel_count(hlo)
             if args.hlo:
                 print(f"\n{name}: the compiled step's largest operations")
@@ -347,8 +328,6 @@ def measure(args, s, log):
     print("|---|---|---|---|---|---|---|---|---|")
     base_t = statistics.median(samples["mha"])
     for name, k, flash, _ in variants:
-        if name not in steps:
-            continue
         t = statistics.median(samples[name])
         row = dict(info, variant=name, step_ms=t * 1e3, ratio=t / base_t,
                    cache_mb=sizes[name] / 1e6,
@@ -365,74 +344,6 @@ def measure(args, s, log):
         print(f"| {name} | {t * 1e3:.3f} | {t / base_t:.2f} | {gpu} | "
               f"{launches.get(name, '-')} | {sizes[name] / 1e6:.1f} | "
               f"{sizes[name] / sizes['mha']:.3f} | {row['gbps']:.0f} |")
-
-
-def measure_cores(args, s, log):
-    """JAX: one layer's attention core over its cache (batch `--batch`,
-    one query position, the decoding mask): the XLA decode core against
-    the Pallas kernel in each of `--configs`; prints the table."""
-    import jax
-
-    from collab_keras.ops import _pallas_decode
-
-    dtype = keras.config.dtype_policy().compute_dtype
-    b, d, h = args.batch, args.d_model, args.heads
-    mask = ops.convert_to_tensor(np.arange(s)[None, None, :] <= s - 1)
-    print(f"\n## Attention core of one layer, batch {b}, cache length {s}, "
-          f"{h} heads, {args.dtype}, on {jax.devices()[0].device_kind}")
-    print("| Dk | core | config (block_k, splits, warps, stages) | ms | "
-          "vs XLA core | cache GB/s |")
-    print("|---|---|---|---|---|---|")
-    for k in (int(v) for v in args.shared_key_dims.split(",")):
-        layer = CachedCollaborativeAttention(
-            h, d // h, shared_key_dim=k, mixing_initializer="random_normal",
-            bias_initializer="random_normal")
-        layer.build((b, 1, d), (b, s, d))
-        cache = initial_caches("collab", 1, b, s, d, h, k, dtype, seed=1)[0]
-        query = ops.cast(keras.random.normal((b, 1, k), seed=0), dtype)
-        operands = (query, cache["key"], cache["value"], cache["content"],
-                    mask)
-        size = cache_bytes([cache])
-        layer._DECODE_KERNEL = False
-        cores = {"XLA decode core": jax.jit(layer._compute_decode_attention)}
-        mixing = ops.cast(layer.mixing, dtype)
-        interpret = jax.devices()[0].platform != "gpu"  # CPUs: a dry run
-        for text in args.configs.split(","):
-            block_k, splits, warps, stages = (int(v) for v in text.split(":"))
-            config = _pallas_decode.Config(block_k, splits, warps, stages)
-            cores[f"pallas {text}"] = jax.jit(functools.partial(
-                lambda config, q, key, value, content, mask:
-                _pallas_decode.attention(q, key, value, mixing, content,
-                                         mask, scale=layer._scale,
-                                         config=config, interpret=interpret),
-                config))
-        for name, core in list(cores.items()):  # compile and warm up
-            try:
-                for _ in range(3):
-                    out = core(*operands)
-                jax.block_until_ready(out)
-            except Exception as error:  # e.g. tiles beyond shared memory
-                print(f"| {k} | {name} | failed: "
-                      f"{str(error).splitlines()[0][:150]} | - | - | - |")
-                del cores[name]
-        samples = {name: [] for name in cores}
-        for _ in range(args.repeats):
-            for name, core in cores.items():
-                start = time.perf_counter()
-                for _ in range(args.inner):
-                    out = core(*operands)
-                jax.block_until_ready(out)
-                samples[name].append((time.perf_counter() - start) / args.inner)
-        base = statistics.median(samples["XLA decode core"])
-        for name in cores:
-            t = statistics.median(samples[name])
-            config = name.split(" ", 1)[1] if name.startswith("pallas") else "-"
-            kind = "pallas" if name.startswith("pallas") else name
-            log.write(json.dumps(dict(core=kind, config=config, k=k, batch=b,
-                                      length=s, ms=t * 1e3,
-                                      ratio=t / base)) + "\n")
-            print(f"| {k} | {kind} | {config} | {t * 1e3:.4f} | "
-                  f"{t / base:.2f} | {size / t / 1e9:.0f} |")
 
 
 def main(argv=None):
@@ -452,17 +363,10 @@ def main(argv=None):
     parser.add_argument("--log", default=None)
     parser.add_argument("--hlo", action="store_true",
                         help="JAX: list the compiled steps' largest operations")
-    parser.add_argument("--cores", action="store_true",
-                        help="JAX: also time one layer's attention core alone")
-    parser.add_argument("--configs", default="32:0:4:2",
-                        help="with --cores: Pallas kernel settings, each "
-                        "block_k:splits:warps:stages (splits 0: automatic)")
     args = parser.parse_args(argv)
     keras.config.set_dtype_policy(args.dtype)
     log = open(args.log, "a") if args.log else open(os.devnull, "w")
     for length in (int(v) for v in args.lengths.split(",")):
-        if args.cores:
-            measure_cores(args, length, log)
         measure(args, length, log)
     log.close()
 

@@ -184,10 +184,6 @@ class CachedCollaborativeAttention(CollaborativeAttention):
     # Query rows (positions x heads) up to which a step over the cache takes
     # `_compute_decode_attention` (docs/performance.md, decoding).
     _DECODE_MAX_ROWS = 64
-    # Whether `_compute_decode_attention` runs the Pallas kernel where
-    # `_pallas_decode.chosen` (off: the XLA products below; the decoding
-    # benchmark times both).
-    _DECODE_KERNEL = True
 
     def _use_decode_core(self, query, return_attention_scores, training):
         """Whether this step takes `_compute_decode_attention`: a few query
@@ -218,10 +214,6 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         decoding step). The `N` times larger second product costs `T * N`
         FLOPs per byte of cache, far below what a GPU does per byte read.
 
-        On JAX GPUs in bfloat16/float16 one Pallas kernel computes the
-        same instead (`collab_keras.ops._pallas_decode`, where `chosen`):
-        it reads the caches once, split over key blocks to fill the card.
-
         Args:
             query: Projected shared query `(B, T, K)`.
             key: Cached shared key `(B, S, K)`.
@@ -232,15 +224,6 @@ class CachedCollaborativeAttention(CollaborativeAttention):
         Returns:
             The per-head outputs `(B, T, N, V)`.
         """
-        if self._DECODE_KERNEL and backend.backend() == "jax":
-            from collab_keras.ops import _pallas_decode
-
-            if _pallas_decode.chosen(query, key, value, content, mask):
-                mixing = ops.cast(self.mixing, query.dtype)
-                return _pallas_decode.attention(
-                    query, key, value, mixing, content, mask,
-                    scale=self._scale,
-                )
         rows, heads, width = query.shape[1], self.num_heads, self.value_dim
         length = ops.shape(key)[1]
         query = ops.multiply(query, ops.cast(self._scale, query.dtype))
