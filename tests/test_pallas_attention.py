@@ -225,10 +225,12 @@ def test_default_tiles(key_width, dtype):
         (128, 192, jnp.bfloat16, True, "explicit"),
         (256, 192, jnp.bfloat16, True, "cudnn"),
         (512, 192, jnp.bfloat16, True, "cudnn"),
-        (512, 256, jnp.bfloat16, True, "explicit"),  # 257 columns: no cuDNN
+        (512, 256, jnp.bfloat16, True, "pallas"),  # 257 columns: no cuDNN
+        (2048, 256, jnp.bfloat16, True, "pallas"),
         (512, 256, jnp.bfloat16, False, "cudnn"),
         (8192, 256, jnp.bfloat16, True, "explicit"),
-        (512, 384, jnp.bfloat16, True, "explicit"),
+        (512, 384, jnp.bfloat16, True, "pallas"),
+        (2048, 384, jnp.bfloat16, True, "explicit"),
         (128, 128, jnp.float32, True, "explicit"),
         (8, 128, jnp.bfloat16, True, "explicit"),  # a decoding step
     ],
@@ -272,6 +274,8 @@ def test_preferred_lengths_by_key_width(monkeypatch):
     assert pa.preferred(2048, 192, bf) and pa.preferred(2048, 256, bf)
     assert not pa.preferred(4096, 256, bf)
     assert not pa.preferred(128, 384, bf)  # wider than every entry
+    assert not pa.preferred(2048, 256, bf, cudnn_takes=True)
+    assert pa.preferred(128, 128, bf, cudnn_takes=True)
     assert not pa.preferred(128, 128, jnp.float32)
     assert not pa.preferred(None, 128, bf)
 
@@ -286,4 +290,8 @@ def test_forced_fused_path_takes_pallas_where_cudnn_cannot(monkeypatch):
     assert pa.chosen(q, k, v, c)  # Dk 256 + content: 257 columns
     assert not pa.chosen(q, k, v, None)  # 256 columns: cuDNN
     wide = jnp.zeros((2, 512, 384), jnp.bfloat16)
-    assert not pa.chosen(wide, wide, v, c)  # padded to 512: explicit
+    assert pa.chosen(wide, wide, v, c)  # preferred at 384 below 1024
+    wide = jnp.zeros((2, 2048, 384), jnp.bfloat16)
+    v_long = jnp.zeros((2, 2048, 12, 64), jnp.bfloat16)
+    c_long = jnp.zeros((2, 2048, 12), jnp.bfloat16)
+    assert not pa.chosen(wide, wide, v_long, c_long)  # explicit from 1024

@@ -100,10 +100,14 @@ class Config(NamedTuple):
 def default_config(key_width, value_width, dtype=jnp.bfloat16):
     """Tile sizes by the padded key width and dtype, measured on an H200."""
     width = tile_width(key_width)
+    # Keys up to 128 wide keep the flash backward (the rule at 128 was
+    # measured with it; on torch's twin kernel it is the faster one there).
     if width <= 64:
-        config = Config(block_q=128, block_k=64, warps=4)
+        config = Config(block_q=128, block_k=64, warps=4,
+                        score_gradient_bytes=0)
     elif width <= 128:
-        config = Config(block_q=128, block_k=64, warps=8)
+        config = Config(block_q=128, block_k=64, warps=8,
+                        score_gradient_bytes=0)
     elif width <= 256:
         config = Config(block_q=64, block_k=64, warps=4, block_q_bwd=64,
                         block_k_bwd=32, warps_bwd=4)
@@ -150,25 +154,33 @@ def applies(query, key, value, mixing=None, content=None, mask=None,
 # Where the automatic choice takes this kernel (`preferred`): shared key
 # width (up to) -> query length below which, the narrowest entry that
 # takes the width deciding; wider keys than every entry: never. Measured
-# on an H200 with the flash backward, attention core forward+backward,
-# bf16, 12 heads, values 64 wide, content term on
-# (benchmarks/attention_kernel.py, docs/performance.md): at length 128,
-# Dk 128, 0.29 ms against cuDNN's 0.48 and the explicit path's 0.47; at
-# length 512 it ties with cuDNN (1.27 / 1.31 ms), which is faster from
-# 2048 on. At Dk 192 and wider its backward was slower than cuDNN where
-# cuDNN applies, and than the explicit path where it does not.
-# `benchmarks/attention_kernel.py` prints this table as measured.
-PREFERRED_LENGTHS = {128: 512}
+# on an H200, attention core forward+backward, bf16, 12 heads, values 64
+# wide, content term on (benchmarks/attention_kernel.py, which prints this
+# table as measured; docs/performance.md):
+# - Dk 128 (flash backward): at length 128, 0.29 ms against cuDNN's 0.48
+#   and the explicit path's 0.47; at 512 a tie with cuDNN, which is faster
+#   from 2048 on;
+# - Dk 256 (score gradient written): 1.34 / 4.26 ms at lengths 512 / 2048
+#   against the explicit path's 2.88 / 8.53 (cuDNN does not take the 257
+#   columns of the content term); at 8192 one batch row's score gradient
+#   is over the memory budget and the flash backward would run: not taken;
+# - Dk 384: 2.92 ms against 3.26 at 512, 9.68 against 9.24 at 2048.
+# Entries wider than 128 were measured against the explicit path only:
+# they apply where cuDNN does not take the inputs.
+PREFERRED_LENGTHS = {128: 512, 192: 0, 256: 4096, 384: 1024}
 
 
-def preferred(length, key_width, dtype):
+def preferred(length, key_width, dtype, cudnn_takes=False):
     """Whether the automatic choice runs this kernel (on a GPU, bfloat16 or
-    float16, see `PREFERRED_LENGTHS`)."""
+    float16, see `PREFERRED_LENGTHS`); `cudnn_takes`: whether cuDNN takes
+    the inputs (then only keys up to 128 wide come here)."""
     from collab_keras.ops import _jax_attention
 
     half = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     below = next((below for width, below in sorted(PREFERRED_LENGTHS.items())
                   if key_width <= width), 0)
+    if cudnn_takes and key_width > 128:
+        below = 0
     return (
         _jax_attention.on_gpu()
         and jnp.dtype(dtype) in half
@@ -193,15 +205,16 @@ def chosen(query, key, value, content=None, mask=None):
     half = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if not applies(query, key, value, mask=mask):
         return False
-    if preferred(query.shape[1], key.shape[-1], query.dtype):
+    cudnn_takes = _jax_attention.cudnn_applies(
+        key.shape[-1], value.shape[-1], query.dtype,
+        use_content=content is not None,
+    )
+    if preferred(query.shape[1], key.shape[-1], query.dtype, cudnn_takes):
         return True
     return (
         jnp.dtype(query.dtype) in half
         and key.shape[-1] <= 256
-        and not _jax_attention.cudnn_applies(
-            key.shape[-1], value.shape[-1], query.dtype,
-            use_content=content is not None,
-        )
+        and not cudnn_takes
     )
 
 

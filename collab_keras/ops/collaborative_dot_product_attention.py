@@ -125,12 +125,13 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
 
     The choice follows the measurements in docs/performance.md:
     - JAX on GPUs (bfloat16/float16), by the forward+backward time of the
-      attention core on an H200: the Pallas kernel for shared key widths
-      up to 128 at query lengths below 512
-      (`_pallas_attention.preferred`), cuDNN where its head size limit
-      allows (counting the content column) from length 256 on
-      (`_jax_attention.cudnn_preferred`), else the explicit path (Dk 256
-      with the content term, and wider); on CPUs the explicit path.
+      attention core on an H200: the Pallas kernel where
+      `_pallas_attention.PREFERRED_LENGTHS` says (keys up to 128 wide
+      below length 512; where cuDNN does not take the width, Dk 256 below
+      4096 and Dk 384 below 1024), cuDNN where its head size limit allows
+      (counting the content column) from length 256 on
+      (`_jax_attention.cudnn_preferred`), else the explicit path; on CPUs
+      the explicit path.
     - torch: on CUDA devices the Triton kernel (float16/bfloat16, keys up
       to 384 wide), else SDPA (cuDNN) while the key with its `N` content
       columns fits 256 wide (`_torch_attention.fused_preferred`); on CPUs
@@ -156,8 +157,11 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
         from collab_keras.ops import _jax_attention
         from collab_keras.ops import _pallas_attention
 
+        cudnn_takes = _jax_attention.cudnn_applies(
+            key_width, value_width, query.dtype, use_content=use_bias
+        )
         return _pallas_attention.preferred(
-            length, key_width, query.dtype
+            length, key_width, query.dtype, cudnn_takes
         ) or _jax_attention.cudnn_preferred(
             length, key_width, value_width, query.dtype, use_content=use_bias
         )
