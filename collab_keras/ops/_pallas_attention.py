@@ -164,10 +164,13 @@ def applies(query, key, value, mixing=None, content=None, mask=None,
 #   against the explicit path's 2.88 / 8.53 (cuDNN does not take the 257
 #   columns of the content term); at 8192 one batch row's score gradient
 #   is over the memory budget and the flash backward would run: not taken;
-# - Dk 384: 2.92 ms against 3.26 at 512, 9.68 against 9.24 at 2048.
+# - Dk 384: the core alone was faster at 512 (2.92 ms against the
+#   explicit path's 3.26), but the bert_base training step with it took
+#   1.31x concatenated heads' time against 1.02x with the explicit path
+#   (benchmarks/gpu_attention.py, bert part): not taken.
 # Entries wider than 128 were measured against the explicit path only:
 # they apply where cuDNN does not take the inputs.
-PREFERRED_LENGTHS = {128: 512, 192: 0, 256: 4096, 384: 1024}
+PREFERRED_LENGTHS = {128: 512, 192: 0, 256: 4096}
 
 
 def preferred(length, key_width, dtype, cudnn_takes=False):
