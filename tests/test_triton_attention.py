@@ -179,6 +179,19 @@ def test_interpreted_written_backward_in_chunks_of_batch_rows(ta, kind,
     _assert_close(chunked, want, 1e-5)
 
 
+def test_score_gradient_rows_fit_the_budget():
+    from collab_keras.ops._attention_utils import SCORE_GRADIENT_BYTES
+    from collab_keras.ops._attention_utils import score_gradient_rows
+
+    # bf16 dS rows of 12 heads: 8 x 2048^2 fit in 1 GiB, 8192^2 does not.
+    assert score_gradient_rows(8, 12, 2048, 2048 * 2) == 8
+    assert score_gradient_rows(2, 12, 8192, 8192 * 2) == 0
+    assert score_gradient_rows(64, 12, 2048, 2048 * 2) == (
+        SCORE_GRADIENT_BYTES // (12 * 2048 * 2048 * 2))
+    assert score_gradient_rows(3, 2, 4, 5, budget=2 * 4 * 5 * 2) == 2
+    assert score_gradient_rows(3, 2, 4, 5, budget=0) == 0
+
+
 class _Counting:
     """A Triton kernel that records the grids it is launched with."""
 

@@ -76,18 +76,19 @@ def head_groups(num_heads, programs):
     return num_heads
 
 
-# Bytes of score gradient `(B', N, T, S)` that the GPU kernels' backward
-# passes write at once (`score_gradient_rows`): 1 GiB, a transient buffer
-# next to a GPU's tens of GiB, and the cap on what the backward adds to the
-# forward's memory.
+# Bytes that the GPU kernels' backward with the score gradient `(B', N, T,
+# S)` written may hold at once (a chunk of batch rows, `score_gradient_rows`):
+# 1 GiB, a transient buffer next to a GPU's tens of GiB, and the cap on what
+# the backward adds to the forward's memory.
 SCORE_GRADIENT_BYTES = 1 << 30
 
 
-def score_gradient_rows(batch, heads, length, keys, itemsize,
+def score_gradient_rows(batch, heads, length, bytes_per_query,
                         budget=SCORE_GRADIENT_BYTES):
     """Batch rows per chunk of the GPU kernels' backward with the score
-    gradient written to memory: the most rows (at most `batch`) whose
-    `(rows, heads, length, keys)` gradient of `itemsize` bytes fits in
-    `budget`; 0 when one row does not (the flash backward then runs)."""
-    per_row = heads * length * keys * itemsize
+    gradient written: the most rows (at most `batch`) whose buffers, of
+    `bytes_per_query` per head and query (the score gradient's row and what
+    else the kernel keeps per query), fit in `budget`; 0 when one row does
+    not (the flash backward then runs)."""
+    per_row = heads * length * bytes_per_query
     return min(batch, budget // max(per_row, 1))

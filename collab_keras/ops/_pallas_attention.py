@@ -720,14 +720,13 @@ def written_rows(batch, heads, length, keys, key_width, dtype, config):
     written: the most rows whose buffers of shape `(rows, heads, length,
     .)` fit in `config.score_gradient_bytes` (the score gradient, `keys`
     wide in `dtype`; the mixed query and its float32 gradient, `key_width`
-    wide: `_attention_utils.score_gradient_rows` on their bytes per query),
+    wide: `_attention_utils.score_gradient_rows` of their bytes per query),
     rounded down to a divisor of `batch` so that the chunks are equal; 0:
     the flash backward runs."""
     itemsize = jnp.dtype(dtype).itemsize
     per_query = keys * itemsize + key_width * (itemsize + 4)
     rows = _attention_utils.score_gradient_rows(
-        batch, heads, length, 1, per_query,
-        budget=config.score_gradient_bytes)
+        batch, heads, length, per_query, budget=config.score_gradient_bytes)
     while rows and batch % rows:
         rows -= 1
     return rows

@@ -728,7 +728,8 @@ def _backward(q, k, v, m, c, mask, out, lse, d_out, static):
     d_out = d_out.to(q.dtype)
     delta = (out.float() * d_out.float()).sum(-1)  # (B, T, N)
     delta = delta.transpose(1, 2).contiguous()  # (B, N, T), lse's layout
-    rows = score_gradient_rows(batch, num_heads, length, keys, q.element_size(),
+    rows = score_gradient_rows(batch, num_heads, length,
+                               keys * q.element_size(),  # dS's row
                                static.config.score_gradient_bytes)
     if rows > 0:
         return _backward_written(q, k, v, m, c, mask, lse, delta, d_out,
