@@ -163,8 +163,8 @@ def test_interpreted_written_backward_in_chunks_of_batch_rows(ta, kind,
         mask = mask[:1]  # (1, N, T, S)
     row_bytes = heads * length * keys * args[0].element_size()
     launches = []
-    monkeypatch.setattr(ta, "_score_gradient_kernel",
-                        _Counting(ta._score_gradient_kernel, launches))
+    monkeypatch.setattr(ta, "_key_kernel",
+                        _Counting(ta._key_kernel, launches))
     kwargs = dict(mask=mask, scale=0.2)
     chunked = output_and_grads(
         ta.attention, args, g,

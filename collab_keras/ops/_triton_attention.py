@@ -34,7 +34,7 @@ every operand in place through its strides (no padding, no copy):
 Two backward passes, the same maths and the same roundings:
 
 - for keys wider than 128 (`default_config`), the score gradient is written
-  to memory: `_score_gradient_kernel` recomputes the scores once per key
+  to memory: `_key_kernel` (`WRITE_DS`) recomputes the scores once per key
   block, accumulates dV and dC and writes dS `(B, S, N, T)` in the input
   dtype; the products at width K (dQ, dK: two thirds of the backward's
   FLOPs at K = 4 V) then run in cuBLAS, and `_mixing_gradient_kernel`
@@ -362,20 +362,26 @@ def _forward_kernel(
 
 @triton.jit
 def _key_kernel(
-    Q, K, V, M, C, MASK, DO, LSE, DELTA, DK, DV, DC,
+    Q, K, V, M, C, MASK, DO, LSE, DELTA, DK, DS, DV, DC,
     sq_b, sq_t, sq_k, sk_b, sk_s, sk_k, sv_b, sv_s, sv_n, sv_v, sm_n, sm_k,
     sc_b, sc_s, sc_n, smask_b, smask_n, smask_t, smask_s,
     sdo_b, sdo_t, sdo_n, sdo_v, sl_b, sl_n, sl_t,
-    sdk_g, sdk_b, sdk_s, sdv_b, sdv_s, sdv_n, sdv_v, sdc_b, sdc_s, sdc_n,
+    sdk_g, sdk_b, sdk_s, sds_b, sds_n, sds_t, sds_s,
+    sdv_b, sdv_s, sdv_n, sdv_v, sdc_b, sdc_s, sdc_n,
     length, keys, key_width, value_width, qk_scale, scale, heads_per_group,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_A: tl.constexpr,
     K_B: tl.constexpr, V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EVEN_S: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, WRITE_DS: tl.constexpr,
 ):
-    """Per key block: dK (summed over heads), dV_h and dC_h for every head
-    of the group, the key tile loaded once. Tiles are transposed (key rows,
-    query columns), as in Triton's fused-attention tutorial."""
+    """Per key block: dV_h and dC_h for every head of the group, the key
+    tile loaded once, and either (flash backward) dK summed over heads, or
+    (`WRITE_DS`) the score gradient dS_h (d loss / d (scale * score), in the
+    input dtype: the value the flash kernels cast before their products)
+    written to `DS` laid out `(B, S, N, T)` (the tile's contiguous query
+    axis contiguous in memory, `(S, N*T)` a matrix for the products at width
+    K that then run in cuBLAS; no dK accumulator). Tiles are transposed (key
+    rows, query columns), as in Triton's fused-attention tutorial."""
     j = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2)
@@ -386,15 +392,25 @@ def _key_kernel(
     vv = tl.arange(0, V_TILE)
     q_ptr, k_ptr = Q + b * sq_b, K + b * sk_b
     k_a = _load(k_ptr, cols, keys, sk_s, ka, key_width, sk_k)  # (BK, Ka)
-    dk_a = tl.zeros((BLOCK_K, K_A), tl.float32)
     if K_B > 0:
         k_b = _load(k_ptr, cols, keys, sk_s, kb, key_width, sk_k)
-        dk_b = tl.zeros((BLOCK_K, K_B), tl.float32)
+    if not WRITE_DS:
+        dk_a = tl.zeros((BLOCK_K, K_A), tl.float32)
+        if K_B > 0:
+            dk_b = tl.zeros((BLOCK_K, K_B), tl.float32)
     lower = 0
     if CAUSAL:
         lower = (j * BLOCK_K // BLOCK_Q) * BLOCK_Q
+    key_cols = cols[:, None] < keys
     for hh in range(0, heads_per_group):
         h = g * heads_per_group + hh
+        if WRITE_DS:
+            ds_ptr = DS + b * sds_b + h * sds_n + cols[:, None] * sds_s
+            for start in range(0, lower, BLOCK_Q):  # causal: above diagonal
+                rows = start + tl.arange(0, BLOCK_Q)
+                tl.store(ds_ptr + rows[None, :] * sds_t,
+                         tl.zeros((BLOCK_K, BLOCK_Q), DS.dtype.element_ty),
+                         mask=key_cols & (rows[None, :] < length))
         v = _load(V + b * sv_b + h * sv_n, cols, keys, sv_s, vv, value_width,
                   sv_v)  # (BK, Vt)
         c = 0.0
@@ -428,24 +444,31 @@ def _key_kernel(
                             mask=rows < length, other=0.0)
             ds = _masked_zero(s, p * (dp - delta[None, :]), MASK_KIND, CAUSAL,
                               EVEN_S)  # d loss / d (scale * score)
-            dk_a += tl.dot(ds.to(qm_a.dtype), qm_a, input_precision=PRECISION)
-            if K_B > 0:
-                dk_b += tl.dot(ds.to(qm_b.dtype), qm_b,
+            if WRITE_DS:
+                tl.store(ds_ptr + rows[None, :] * sds_t,
+                         ds.to(DS.dtype.element_ty),
+                         mask=key_cols & (rows[None, :] < length))
+            else:
+                dk_a += tl.dot(ds.to(qm_a.dtype), qm_a,
                                input_precision=PRECISION)
+                if K_B > 0:
+                    dk_b += tl.dot(ds.to(qm_b.dtype), qm_b,
+                                   input_precision=PRECISION)
             if HAS_CONTENT:
                 dc += tl.sum(ds, 1)
         tl.store(DV + b * sdv_b + cols[:, None] * sdv_s + h * sdv_n
                  + vv[None, :] * sdv_v, dv.to(DV.dtype.element_ty),
-                 mask=(cols[:, None] < keys) & (vv[None, :] < value_width))
+                 mask=key_cols & (vv[None, :] < value_width))
         if HAS_CONTENT:
             tl.store(DC + b * sdc_b + cols * sdc_s + h * sdc_n, dc * scale,
                      mask=cols < keys)
-    dk_ptr = DK + g * sdk_g + b * sdk_b + cols[:, None] * sdk_s
-    tl.store(dk_ptr + ka[None, :], dk_a * scale,
-             mask=(cols[:, None] < keys) & (ka[None, :] < key_width))
-    if K_B > 0:
-        tl.store(dk_ptr + kb[None, :], dk_b * scale,
-                 mask=(cols[:, None] < keys) & (kb[None, :] < key_width))
+    if not WRITE_DS:
+        dk_ptr = DK + g * sdk_g + b * sdk_b + cols[:, None] * sdk_s
+        tl.store(dk_ptr + ka[None, :], dk_a * scale,
+                 mask=key_cols & (ka[None, :] < key_width))
+        if K_B > 0:
+            tl.store(dk_ptr + kb[None, :], dk_b * scale,
+                     mask=key_cols & (kb[None, :] < key_width))
 
 
 @triton.jit
@@ -543,96 +566,6 @@ def _query_kernel(
     if K_B == 0:
         tl.store(dq_ptr + ka[None, :], dq_a,
                  mask=query_rows & (ka[None, :] < key_width))
-
-
-@triton.jit
-def _score_gradient_kernel(
-    Q, K, V, M, C, MASK, DO, LSE, DELTA, DS, DV, DC,
-    sq_b, sq_t, sq_k, sk_b, sk_s, sk_k, sv_b, sv_s, sv_n, sv_v, sm_n, sm_k,
-    sc_b, sc_s, sc_n, smask_b, smask_n, smask_t, smask_s,
-    sdo_b, sdo_t, sdo_n, sdo_v, sl_b, sl_n, sl_t,
-    sds_b, sds_n, sds_t, sds_s, sdv_b, sdv_s, sdv_n, sdv_v, sdc_b, sdc_s, sdc_n,
-    length, keys, key_width, value_width, qk_scale, scale, heads_per_group,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, K_A: tl.constexpr,
-    K_B: tl.constexpr, V_TILE: tl.constexpr, HAS_CONTENT: tl.constexpr,
-    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EVEN_S: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """Per key block: dV_h and dC_h as `_key_kernel` does, and the score
-    gradient dS_h (d loss / d (scale * score), in the input dtype: the value
-    the flash kernels cast before their products) written to `DS` laid out
-    `(B, S, N, T)`: the query axis, the tile's contiguous one, is contiguous
-    in memory, and `(S, N*T)` is a matrix for the products. No dK
-    accumulator: the products with the key and the query at width K run
-    afterwards in cuBLAS."""
-    j = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    g = tl.program_id(2)
-    cols = j * BLOCK_K + tl.arange(0, BLOCK_K)
-    ka = tl.arange(0, K_A)
-    if K_B > 0:
-        kb = K_A + tl.arange(0, K_B)
-    vv = tl.arange(0, V_TILE)
-    q_ptr, k_ptr = Q + b * sq_b, K + b * sk_b
-    k_a = _load(k_ptr, cols, keys, sk_s, ka, key_width, sk_k)  # (BK, Ka)
-    if K_B > 0:
-        k_b = _load(k_ptr, cols, keys, sk_s, kb, key_width, sk_k)
-    lower = 0
-    if CAUSAL:
-        lower = (j * BLOCK_K // BLOCK_Q) * BLOCK_Q
-    key_cols = cols[:, None] < keys
-    for hh in range(0, heads_per_group):
-        h = g * heads_per_group + hh
-        ds_ptr = DS + b * sds_b + h * sds_n + cols[:, None] * sds_s
-        for start in range(0, lower, BLOCK_Q):  # causal: above the diagonal
-            rows = start + tl.arange(0, BLOCK_Q)
-            tl.store(ds_ptr + rows[None, :] * sds_t,
-                     tl.zeros((BLOCK_K, BLOCK_Q), DS.dtype.element_ty),
-                     mask=key_cols & (rows[None, :] < length))
-        v = _load(V + b * sv_b + h * sv_n, cols, keys, sv_s, vv, value_width,
-                  sv_v)  # (BK, Vt)
-        c = 0.0
-        if HAS_CONTENT:
-            c = tl.load(C + b * sc_b + cols * sc_s + h * sc_n,
-                        mask=cols < keys, other=0.0).to(tl.float32)[:, None]
-        mask_ptr = MASK + b * smask_b + h * smask_n
-        dv = tl.zeros((BLOCK_K, V_TILE), tl.float32)
-        dc = tl.zeros((BLOCK_K,), tl.float32)
-        for start in range(lower, length, BLOCK_Q):
-            rows = start + tl.arange(0, BLOCK_Q)
-            qm_a, _ = _mix(_load(q_ptr, rows, length, sq_t, ka, key_width, sq_k),
-                           M + h * sm_n, ka, sm_k, key_width)  # (BQ, Ka)
-            s = tl.dot(k_a, tl.trans(qm_a), input_precision=PRECISION)  # (BK, BQ)
-            if K_B > 0:
-                qm_b, _ = _mix(
-                    _load(q_ptr, rows, length, sq_t, kb, key_width, sq_k),
-                    M + h * sm_n, kb, sm_k, key_width)
-                s += tl.dot(k_b, tl.trans(qm_b), input_precision=PRECISION)
-            s = _masked_scores(s, rows[None, :], cols[:, None], c, mask_ptr,
-                               smask_t, smask_s, length, keys, qk_scale,
-                               HAS_CONTENT, MASK_KIND, CAUSAL, EVEN_S)
-            lse = tl.load(LSE + b * sl_b + h * sl_n + rows * sl_t,
-                          mask=rows < length, other=float("inf"))
-            p = tl.exp2(s - lse[None, :])  # (BK, BQ)
-            do = _load(DO + b * sdo_b + h * sdo_n, rows, length, sdo_t, vv,
-                       value_width, sdo_v)  # (BQ, Vt)
-            dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
-            dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BK, BQ)
-            delta = tl.load(DELTA + b * sl_b + h * sl_n + rows * sl_t,
-                            mask=rows < length, other=0.0)
-            ds = _masked_zero(s, p * (dp - delta[None, :]), MASK_KIND, CAUSAL,
-                              EVEN_S)  # (BK, BQ)
-            tl.store(ds_ptr + rows[None, :] * sds_t,
-                     ds.to(DS.dtype.element_ty),
-                     mask=key_cols & (rows[None, :] < length))
-            if HAS_CONTENT:
-                dc += tl.sum(ds, 1)
-        tl.store(DV + b * sdv_b + cols[:, None] * sdv_s + h * sdv_n
-                 + vv[None, :] * sdv_v, dv.to(DV.dtype.element_ty),
-                 mask=key_cols & (vv[None, :] < value_width))
-        if HAS_CONTENT:
-            tl.store(DC + b * sdc_b + cols * sdc_s + h * sdc_n, dc * scale,
-                     mask=cols < keys)
 
 
 @triton.jit
@@ -754,7 +687,7 @@ def _product(a, b):
 
 
 def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows):
-    """dS_h (B', S, N, T) from `_score_gradient_kernel` (with dV and dC),
+    """dS_h (B', S, N, T) from `_key_kernel` (`WRITE_DS`, with dV and dC),
     then the width-K products in cuBLAS, `rows` batch rows at a time:
 
         dQm_h = dS_h k                     (d loss / d (q * m_h))
@@ -795,12 +728,12 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows):
                                    _batch_rows(mask, part))
         ds_p, dv_p, qm_p = ds[:n], dv[part], qm[:n]
         dc_p = dc[part] if dc is not None else dv_p
-        _score_gradient_kernel[(n_kblocks, n, groups)](
-            *tensors, d_out[part], lse[part], delta[part], ds_p, dv_p, dc_p,
-            *strides, *d_out.stride(), *lse.stride(),
+        _key_kernel[(n_kblocks, n, groups)](
+            *tensors, d_out[part], lse[part], delta[part], ds_p, ds_p, dv_p,
+            dc_p, *strides, *d_out.stride(), *lse.stride(), 0, 0, 0,
             ds_p.stride(0), ds_p.stride(2), ds_p.stride(3), ds_p.stride(1),
             *dv.stride(), *_strides(dc, 3), *scalars,
-            BLOCK_Q=bq, BLOCK_K=bk, **constants,
+            BLOCK_Q=bq, BLOCK_K=bk, **constants, WRITE_DS=True,
             num_warps=cfg.warps_ds, num_stages=cfg.stages,
         )
         ds_p = ds_p.view(n, keys, num_heads * length)  # (B', S, N*T)
@@ -823,7 +756,8 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows):
 
 
 def _backward_flash(q, k, v, m, c, mask, lse, delta, d_out, static):
-    """dK, dV, dC per key block and dQ, dM per query block, each kernel
+    """dK, dV, dC per key block (`_key_kernel`) and dQ, dM per query block
+    (`_query_kernel`), each kernel
     recomputing the scores (FlashAttention-2's backward)."""
     cfg = static.config
     batch, length, key_width = q.shape
@@ -846,10 +780,11 @@ def _backward_flash(q, k, v, m, c, mask, lse, delta, d_out, static):
         dc = torch.empty((batch, keys, num_heads), dtype=torch.float32,
                          device=device)
     _key_kernel[(n_kblocks, batch, groups)](
-        *tensors, d_out, lse, delta, dk, dv, dc if dc is not None else dk,
-        *strides, *d_out.stride(), *lse.stride(), *dk.stride()[:3],
-        *dv.stride(), *_strides(dc, 3), *scalars,
-        BLOCK_Q=bq, BLOCK_K=bk, **constants,
+        *tensors, d_out, lse, delta, dk, dk, dv,
+        dc if dc is not None else dk, *strides, *d_out.stride(),
+        *lse.stride(), *dk.stride()[:3], 0, 0, 0, 0, *dv.stride(),
+        *_strides(dc, 3), *scalars,
+        BLOCK_Q=bq, BLOCK_K=bk, **constants, WRITE_DS=False,
         num_warps=cfg.warps_bwd, num_stages=cfg.stages,
     )
     dq = torch.empty((groups, batch, length, key_width), dtype=torch.float32,
