@@ -26,7 +26,7 @@ multi-head kernel:
   before the products that take it, as in the forward's `P V`):
 
   * written score gradient (`_backward_written`, the default where it
-    fits): one kernel per key block (`_score_gradient_kernel`) loops over
+    fits): one kernel per key block (`_key_kernel`, `write_ds`) loops over
     all heads and query blocks with the key tile loaded once, recomputes
     the probabilities, accumulates the values' and content term's
     gradients and writes the score gradient `dS` `(B, N, T, S)`; then XLA
@@ -491,17 +491,23 @@ def _params(warps, stages):
 
 
 def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
-                heads_per_group):
-    """Per key block: dK (summed over heads), dV_h and dC_h for every head."""
+                heads_per_group, write_ds=False):
+    """Per key block: dV_h and dC_h for every head, and either dK summed
+    over heads (the flash backward) or, with `write_ds`, the score gradient
+    `dS` of every head and query block, written (no key gradient: XLA's
+    products make it)."""
     refs = list(refs)
     q_ref, k_ref, v_ref, m_ref, do_ref, lse_ref, delta_ref = refs[:7]
     rest = refs[7:]
     c_ref = rest.pop(0) if has_content else None
     mask_ref = rest.pop(0) if static.mask_kind != "none" else None
-    dk_ref, dv_ref = rest[:2]
+    out_ref, dv_ref = rest[:2]  # out: dS (B, N, T, S) or dK (G, B, S, Kp)
     dc_ref = rest[2] if has_content else None
     cfg = static.config
-    bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
+    if write_ds:
+        bq, bk = cfg.block_q_ds, cfg.block_k_ds
+    else:
+        bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
     g, j, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     k = k_ref[b, pl.ds(j * bk, bk), :]  # (bk, Kp), loaded once for all heads
     start = lax.div(j * bk, bq) if static.causal else 0
@@ -512,7 +518,7 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
         v = v_ref[b, pl.ds(j * bk, bk), h, :]  # (bk, Vp)
 
         def body(i, carry):
-            dk, dv, dc = carry
+            *dk, dv, dc = carry  # dk: [] when dS is written
             # Transposed tiles (key rows, query columns), as in Triton's
             # fused-attention tutorial: no transpose before the products.
             qm = _mixed(q_ref[b, pl.ds(i * bq, bq), :], m)  # (bq, Kp)
@@ -526,25 +532,39 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
             delta = delta_ref[b, h, pl.ds(i * bq, bq)]
             ds = _masked_zero(s, p * (dp - delta[None, :]), static)
             # ds: d loss / d (scale * score)
-            dk = dk + _dot(ds.astype(qm.dtype), qm)
+            if write_ds:
+                out_ref[b, h, pl.ds(i * bq, bq), pl.ds(j * bk, bk)] = (
+                    ds.astype(out_ref.dtype).T)  # (bq, bk)
+            else:
+                dk = [dk[0] + _dot(ds.astype(qm.dtype), qm)]
             if c_ref is not None:
                 dc = dc + jnp.sum(ds, axis=1)
-            return dk, dv, dc
+            return (*dk, dv, dc)
 
+        if write_ds and static.causal:  # the blocks above the diagonal: 0
+
+            def skipped(i, carry):
+                out_ref[b, h, pl.ds(i * bq, bq), pl.ds(j * bk, bk)] = (
+                    jnp.zeros((bq, bk), out_ref.dtype))
+                return carry
+
+            lax.fori_loop(0, start, skipped, 0)
         dv = jnp.zeros((bk, v_ref.shape[-1]), jnp.float32)
         dc = jnp.zeros((bk,), jnp.float32)
-        dk, dv, dc = lax.fori_loop(start, n_qblocks, body, (dk, dv, dc))
+        carry = (dv, dc) if write_ds else (dk, dv, dc)
+        *new_dk, dv, dc = lax.fori_loop(start, n_qblocks, body, carry)
         dv_ref[b, pl.ds(j * bk, bk), h, :] = dv.astype(dv_ref.dtype)
         if dc_ref is not None:
             dc_ref[b, h, pl.ds(j * bk, bk)] = dc * static.scale
-        return dk
+        return new_dk[0] if new_dk else dk
 
-    dk = jnp.zeros((bk, k_ref.shape[-1]), jnp.float32)
+    dk = 0 if write_ds else jnp.zeros((bk, k_ref.shape[-1]), jnp.float32)
     if heads_per_group == 1:
         dk = head(0, dk)
     else:
         dk = lax.fori_loop(0, heads_per_group, head, dk)
-    dk_ref[g, b, pl.ds(j * bk, bk), :] = dk * static.scale
+    if not write_ds:
+        out_ref[g, b, pl.ds(j * bk, bk), :] = dk * static.scale
 
 
 def _query_kernel(*refs, static, has_content, heads_in_mask, n_kblocks,
@@ -651,70 +671,6 @@ def _backward_flash(static, q, k, v, m, c, mask_arr, lse, d_out, delta):
     return dq, dk, dv, dm, dc
 
 
-def _score_gradient_kernel(*refs, static, has_content, heads_in_mask,
-                           n_qblocks, heads_per_group):
-    """Per key block: the score gradient `dS` of every head and query
-    block (written), dV_h and dC_h; no key gradient (XLA's products)."""
-    refs = list(refs)
-    q_ref, k_ref, v_ref, m_ref, do_ref, lse_ref, delta_ref = refs[:7]
-    rest = refs[7:]
-    c_ref = rest.pop(0) if has_content else None
-    mask_ref = rest.pop(0) if static.mask_kind != "none" else None
-    ds_ref, dv_ref = rest[:2]
-    dc_ref = rest[2] if has_content else None
-    cfg = static.config
-    bq, bk = cfg.block_q_ds, cfg.block_k_ds
-    g, j, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    k = k_ref[b, pl.ds(j * bk, bk), :]  # (bk, Kp), loaded once for all heads
-    start = lax.div(j * bk, bq) if static.causal else 0
-
-    def head(hh, carry):
-        h = g * heads_per_group + hh
-        m = m_ref[h, :]
-        v = v_ref[b, pl.ds(j * bk, bk), h, :]  # (bk, Vp)
-
-        def body(i, carry):
-            dv, dc = carry
-            # Transposed tiles (key rows, query columns), as in `_key_kernel`.
-            qm = _mixed(q_ref[b, pl.ds(i * bq, bq), :], m)  # (bq, Kp)
-            s = _scores(qm, k, c_ref, mask_ref, b, h, i * bq, j * bk, static,
-                        heads_in_mask, transposed=True)  # (bk, bq)
-            lse = lse_ref[b, h, pl.ds(i * bq, bq)]
-            p = jnp.exp2(s - lse[None, :])  # (bk, bq)
-            do = do_ref[b, pl.ds(i * bq, bq), h, :]  # (bq, Vp)
-            dv = dv + _dot(p.astype(do.dtype), do)
-            dp = _dot(v, do, trans_b=True)  # (bk, bq)
-            delta = delta_ref[b, h, pl.ds(i * bq, bq)]
-            ds = _masked_zero(s, p * (dp - delta[None, :]), static)
-            # ds: d loss / d (scale * score)
-            ds_ref[b, h, pl.ds(i * bq, bq), pl.ds(j * bk, bk)] = (
-                ds.astype(ds_ref.dtype).T)  # (bq, bk)
-            if c_ref is not None:
-                dc = dc + jnp.sum(ds, axis=1)
-            return dv, dc
-
-        if static.causal:  # the blocks above the diagonal: dS = 0
-
-            def skipped(i, carry):
-                ds_ref[b, h, pl.ds(i * bq, bq), pl.ds(j * bk, bk)] = (
-                    jnp.zeros((bq, bk), ds_ref.dtype))
-                return carry
-
-            lax.fori_loop(0, start, skipped, 0)
-        dv = jnp.zeros((bk, v_ref.shape[-1]), jnp.float32)
-        dc = jnp.zeros((bk,), jnp.float32)
-        dv, dc = lax.fori_loop(start, n_qblocks, body, (dv, dc))
-        dv_ref[b, pl.ds(j * bk, bk), h, :] = dv.astype(dv_ref.dtype)
-        if dc_ref is not None:
-            dc_ref[b, h, pl.ds(j * bk, bk)] = dc * static.scale
-        return carry
-
-    if heads_per_group == 1:
-        head(0, 0)
-    else:
-        lax.fori_loop(0, heads_per_group, head, 0)
-
-
 def written_rows(batch, heads, length, keys, key_width, dtype, config):
     """Batch rows per chunk of the backward with the score gradient
     written: the most rows whose buffers of shape `(rows, heads, length,
@@ -735,7 +691,7 @@ def written_rows(batch, heads, length, keys, key_width, dtype, config):
 def _backward_written(static, q, k, v, m, c, mask_arr, lse, d_out, delta,
                       rows):
     """The backward with the score gradient written: per chunk of `rows`
-    batch rows, `_score_gradient_kernel` then XLA's products at width K;
+    batch rows, `_key_kernel` (`write_ds`) then XLA's products at width K;
     the chunks run one after the other (`lax.map`)."""
     cfg = static.config
     batch, t_pad, k_pad = q.shape
@@ -752,9 +708,9 @@ def _backward_written(static, q, k, v, m, c, mask_arr, lse, d_out, delta,
     # float32 inputs: products in float32 (not TF32), as the kernels'.
     precision = lax.Precision.HIGHEST if dtype == jnp.float32 else None
     kernel = functools.partial(
-        _score_gradient_kernel, static=static, has_content=has_content,
+        _key_kernel, static=static, has_content=has_content,
         heads_in_mask=heads_in_mask, n_qblocks=n_qblocks,
-        heads_per_group=per_group,
+        heads_per_group=per_group, write_ds=True,
     )
 
     def chunk(xs):
