@@ -55,6 +55,18 @@ def combine_causal(mask, query_length, key_length):
     return causal if mask is None else ops.logical_and(mask, causal)
 
 
+def unsupported_inputs_error(kernel, reason, query, key, value, mask):
+    """The `ValueError` of a GPU kernel (`kernel`: its name) called with
+    inputs it does not take (`reason`), echoing their shapes and dtype."""
+    return ValueError(
+        f"The {kernel} collaborative attention kernel does not take these "
+        f"inputs ({reason}). Received: query.shape={tuple(query.shape)}, "
+        f"key.shape={tuple(key.shape)}, value.shape={tuple(value.shape)}, "
+        f"mask.shape={None if mask is None else tuple(mask.shape)}, "
+        f"dtype={query.dtype}"
+    )
+
+
 def tile_width(n):
     """The kernel tile for a width of `n`: the next power of two, at least
     16 (the smallest matrix-product tile of the GPU kernels)."""

@@ -267,13 +267,8 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
     """
     reason = _supported(query, key, value, mask)
     if reason is not None:
-        raise ValueError(
-            "The Pallas collaborative attention kernel does not take these "
-            f"inputs ({reason}). Received: query.shape={query.shape}, "
-            f"key.shape={key.shape}, value.shape={value.shape}, "
-            f"mask.shape={None if mask is None else mask.shape}, "
-            f"dtype={query.dtype}"
-        )
+        raise _attention_utils.unsupported_inputs_error(
+            "Pallas", reason, query, key, value, mask)
     batch, length, key_width = query.shape
     keys, num_heads, value_width = value.shape[1:]
     if config is None:

@@ -68,6 +68,7 @@ from collab_keras.ops._attention_utils import SCORE_GRADIENT_BYTES
 from collab_keras.ops._attention_utils import head_groups
 from collab_keras.ops._attention_utils import score_gradient_rows
 from collab_keras.ops._attention_utils import tile_width
+from collab_keras.ops._attention_utils import unsupported_inputs_error
 
 MAX_KEY_WIDTH = 512
 MAX_VALUE_WIDTH = 256
@@ -178,13 +179,8 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
     """
     reason = _unsupported(query, key, value, mask)
     if reason is not None:
-        raise ValueError(
-            "The Triton collaborative attention kernel does not take these "
-            f"inputs ({reason}). Received: query.shape={tuple(query.shape)}, "
-            f"key.shape={tuple(key.shape)}, value.shape={tuple(value.shape)}, "
-            f"mask.shape={None if mask is None else tuple(mask.shape)}, "
-            f"dtype={query.dtype}"
-        )
+        raise unsupported_inputs_error("Triton", reason, query, key, value,
+                                       mask)
     if config is None:
         config = default_config(query.shape[-1], query.dtype)
     mixing = mixing.to(query.dtype)
