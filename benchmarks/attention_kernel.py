@@ -36,6 +36,9 @@ length where `pallas` forward+backward is no faster than the best of
 """
 
 import argparse
+import collections
+import glob
+import tempfile
 import time
 
 import jax
@@ -170,6 +173,57 @@ def sweep(lengths, key_width=256, kinds=("fwd", "flash", "written")):
                       f"fails {str(e)[:200]}")
 
 
+def device_kernel_ms(fn, *args, calls=3):
+    """GPU time per call of each kernel of `fn` (ms), longest first, from
+    a `jax.profiler` trace read back with `jax.profiler.ProfileData`: the
+    events of the device planes' stream lines (one per kernel launch)."""
+    jax.block_until_ready(fn(*args))
+    with tempfile.TemporaryDirectory() as log_dir:
+        jax.profiler.start_trace(log_dir)
+        for _ in range(calls):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        jax.profiler.stop_trace()
+        path = glob.glob(f"{log_dir}/**/*.xplane.pb", recursive=True)[0]
+        data = jax.profiler.ProfileData.from_file(path)
+    totals = collections.Counter()
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            if "Stream" not in line.name:  # not "XLA Modules" / "XLA Ops"
+                continue
+            for event in line.events:
+                totals[event.name] += event.duration_ns / 1e6 / calls
+    return totals.most_common()
+
+
+def profile(lengths, key_widths, flash=False):
+    """GPU time per kernel of one forward+backward of the Pallas core (the
+    default backward, or the flash one) and of MHA's (cuDNN)."""
+    for length in lengths:
+        batch = BATCH_FOR[length]
+        for key_width in key_widths:
+            q, k, v, m, c, g = make(batch, length, key_width)
+            kind = "pallas-flash" if flash else "pallas"
+            _, both = collab_fns(kind, key_width, False)
+            kernels = device_kernel_ms(both, q, k, v, m, c, g)
+            print(f"## profile Dk {key_width}, B{batch} T{length}, {kind} "
+                  f"fwd+bwd: {sum(t for _, t in kernels):.3f} ms of kernels")
+            for name, ms in kernels[:14]:
+                print(f"  {ms:8.3f} ms  {name[:100]}")
+        if not flash:
+            _, both = mha_fns(False)
+            q, k, v = (jax.random.normal(jax.random.key(i), (batch, length,
+                                         HEADS, 64), jnp.bfloat16)
+                       for i in range(3))
+            kernels = device_kernel_ms(both, q, k, v, q)
+            print(f"## profile mha (cuDNN), B{batch} T{length} fwd+bwd: "
+                  f"{sum(t for _, t in kernels):.3f} ms of kernels")
+            for name, ms in kernels[:6]:
+                print(f"  {ms:8.3f} ms  {name[:100]}")
+
+
 def table(lengths, key_widths, causal):
     print(f"\n## attention core, bf16, N{HEADS} V{VALUE}, content on, "
           f"causal={causal}, card: {jax.devices()[0].device_kind}")
@@ -250,12 +304,19 @@ def main():
     parser.add_argument("--lengths", default="128,512,2048,8192")
     parser.add_argument("--key-widths", default="128,192,256,384")
     parser.add_argument("--causal", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="GPU time per kernel at --lengths x --key-widths")
+    parser.add_argument("--no-table", action="store_true")
     args = parser.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]
     if args.sweep:
         sweep(ints(args.sweep_lengths), args.sweep_key_width,
               args.sweep_kinds.split(","))
-    table(ints(args.lengths), ints(args.key_widths), args.causal)
+    if args.profile:
+        profile(ints(args.lengths), ints(args.key_widths))
+        profile(ints(args.lengths), ints(args.key_widths), flash=True)
+    if not args.no_table:
+        table(ints(args.lengths), ints(args.key_widths), args.causal)
 
 
 if __name__ == "__main__":

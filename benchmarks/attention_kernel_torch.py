@@ -134,19 +134,23 @@ def mha(batch, length, causal):
 
 
 SWEEP = {  # key width: forward (bq, bk, warps, stages), flash backward
-    # (bq, bk, warps), backward with the score gradient written (bq, bk, warps)
+    # (bq, bk, warps), backward with the score gradient written
+    # (bq, bk, warps, stages)
     128: ([(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 2)],
           [(64, 64, 4), (32, 64, 4), (64, 128, 8), (32, 128, 4)],
-          [(64, 64, 4), (64, 128, 8), (128, 64, 8), (64, 64, 8)]),
-    256: ([(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
+          [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 8, 2)]),
+    256: ([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3),
+           (64, 128, 4, 2), (64, 128, 8, 2), (128, 128, 8, 2), (64, 32, 4, 3)],
           [(32, 64, 4), (32, 128, 8), (16, 64, 4), (32, 64, 8), (64, 64, 4)],
-          [(64, 64, 4), (64, 64, 8), (32, 64, 4), (64, 128, 8), (128, 64, 8),
-           (32, 128, 8)]),
-    384: ([(64, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 2),
-           (128, 32, 8, 2), (32, 64, 4, 2)],
+          [(32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 2),
+           (64, 128, 8, 3), (32, 128, 4, 2), (32, 128, 8, 3), (64, 64, 8, 3),
+           (128, 64, 8, 2)]),
+    384: ([(64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 8, 2), (64, 64, 8, 2),
+           (128, 32, 8, 2), (64, 64, 4, 2)],
           [(32, 32, 8), (32, 32, 4), (16, 32, 4), (32, 64, 8), (16, 64, 4),
            (64, 32, 8)],
-          [(64, 64, 8), (32, 64, 4), (64, 32, 4), (32, 64, 8), (64, 64, 4)]),
+          [(32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 8, 2), (64, 64, 8, 3),
+           (32, 64, 8, 2), (64, 32, 4, 2), (32, 128, 8, 2)]),
 }
 
 
@@ -171,10 +175,10 @@ def sweep(lengths, key_widths, parts):
                                         warps_bwd=w, score_gradient_bytes=0))
                          for bq, bk, w in flash_configs]
             if "written" in parts:
-                runs += [(f"fwd+bwd, written bwd bq{bq} bk{bk} w{w}", 1,
+                runs += [(f"fwd+bwd, written bwd bq{bq} bk{bk} w{w} s{st}", 1,
                           base._replace(block_q_ds=bq, block_k_ds=bk,
-                                        warps_ds=w))
-                         for bq, bk, w in written_configs]
+                                        warps_ds=w, stages_ds=st))
+                         for bq, bk, w, st in written_configs]
             for name, index, cfg in runs:
                 try:
                     fn = core("triton", key_width, False, cfg)

@@ -88,8 +88,8 @@ def head_groups(num_heads, programs):
     return num_heads
 
 
-# Bytes that the GPU kernels' backward with the score gradient `(B', N, T,
-# S)` written may hold at once (a chunk of batch rows, `score_gradient_rows`):
+# Bytes that the GPU kernels' backward with the score gradient `(B', S, N,
+# T)` written may hold at once (a chunk of batch rows, `score_gradient_rows`):
 # 1 GiB, a transient buffer next to a GPU's tens of GiB, and the cap on what
 # the backward adds to the forward's memory.
 SCORE_GRADIENT_BYTES = 1 << 30

@@ -29,7 +29,9 @@ multi-head kernel:
     fits): one kernel per key block (`_key_kernel`, `write_ds`) loops over
     all heads and query blocks with the key tile loaded once, recomputes
     the probabilities, accumulates the values' and content term's
-    gradients and writes the score gradient `dS` `(B, N, T, S)`; then XLA
+    gradients and writes the score gradient `dS` `(B, S, N, T)` (the
+    tile's query axis contiguous in memory, as it is computed; `(S, N T)`
+    a plain matrix for the key's product); then XLA
     products (cuBLAS) take the width-`K` part: `dS_h k` per head gives the
     mixed query's gradient (hence the query's, summed over heads with
     `m_h`, and the mixing's, summed over batch and queries with `q`), and
@@ -496,7 +498,7 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
     rest = refs[7:]
     c_ref = rest.pop(0) if has_content else None
     mask_ref = rest.pop(0) if static.mask_kind != "none" else None
-    out_ref, dv_ref = rest[:2]  # out: dS (B, N, T, S) or dK (G, B, S, Kp)
+    out_ref, dv_ref = rest[:2]  # out: dS (B, S, N, T) or dK (G, B, S, Kp)
     dc_ref = rest[2] if has_content else None
     cfg = static.config
     if write_ds:
@@ -527,9 +529,9 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
             delta = delta_ref[b, h, pl.ds(i * bq, bq)]
             ds = _masked_zero(s, p * (dp - delta[None, :]), static)
             # ds: d loss / d (scale * score)
-            if write_ds:
-                out_ref[b, h, pl.ds(i * bq, bq), pl.ds(j * bk, bk)] = (
-                    ds.astype(out_ref.dtype).T)  # (bq, bk)
+            if write_ds:  # the tile as it is: the query axis contiguous
+                out_ref[b, pl.ds(j * bk, bk), h, pl.ds(i * bq, bq)] = (
+                    ds.astype(out_ref.dtype))  # (bk, bq)
             else:
                 dk = [dk[0] + _dot(ds.astype(qm.dtype), qm)]
             if c_ref is not None:
@@ -539,8 +541,8 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
         if write_ds and static.causal:  # the blocks above the diagonal: 0
 
             def skipped(i, carry):
-                out_ref[b, h, pl.ds(i * bq, bq), pl.ds(j * bk, bk)] = (
-                    jnp.zeros((bq, bk), out_ref.dtype))
+                out_ref[b, pl.ds(j * bk, bk), h, pl.ds(i * bq, bq)] = (
+                    jnp.zeros((bk, bq), out_ref.dtype))
                 return carry
 
             lax.fori_loop(0, start, skipped, 0)
@@ -711,7 +713,7 @@ def _backward_written(static, q, k, v, m, c, mask_arr, lse, d_out, delta,
     def chunk(xs):
         q, k, v, d_out, lse, delta, c, mask_arr = xs  # `rows` batch rows
         out_shape = [
-            jax.ShapeDtypeStruct((rows, num_heads, t_pad, s_pad), dtype),
+            jax.ShapeDtypeStruct((rows, s_pad, num_heads, t_pad), dtype),
             jax.ShapeDtypeStruct(v.shape, v.dtype),
         ]
         if has_content:
@@ -727,13 +729,13 @@ def _backward_written(static, q, k, v, m, c, mask_arr, lse, d_out, delta,
             interpret=static.interpret,
             name="collaborative_attention_score_gradient",
         )(*args)
-        ds, dv = grads[:2]  # ds: (rows, N, T, S), unscaled
+        ds, dv = grads[:2]  # ds: (rows, S, N, T), unscaled
         dc = grads[2] if has_content else None
         mixed = (q.astype(jnp.float32)[:, None] * m32[None, :, None, :]
                  ).astype(dtype)  # (rows, N, T, Kp), as `_mixed`
-        dk = jnp.einsum("bnts,bntk->bsk", ds, mixed, precision=precision,
+        dk = jnp.einsum("bsnt,bntk->bsk", ds, mixed, precision=precision,
                         preferred_element_type=jnp.float32) * static.scale
-        dqm = jnp.einsum("bnts,bsk->bntk", ds, k, precision=precision,
+        dqm = jnp.einsum("bsnt,bsk->bntk", ds, k, precision=precision,
                          preferred_element_type=jnp.float32) * static.scale
         # dqm: d (q * m_h), (rows, N, T, Kp) float32
         dq = jnp.sum(dqm * m32[None, :, None, :], axis=1)  # (rows, T, Kp)
@@ -758,9 +760,10 @@ def _backward(static, residuals, d_out):
     batch, t_pad = q.shape[:2]
     s_pad, num_heads = v.shape[1:3]
     d_out = d_out.astype(q.dtype)
-    delta = jnp.einsum(
-        "btnv,btnv->bnt", out.astype(jnp.float32), d_out.astype(jnp.float32)
-    )  # (B, N, T)
+    # An elementwise product and a sum (one fusion), not a dot: as a dot it
+    # may run as a batched matrix-vector product, slow on GPUs.
+    delta = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32),
+                    axis=-1).transpose(0, 2, 1)  # (B, N, T)
     args = (static, q, k, v, m, c, mask_arr, lse, d_out, delta)
     rows = written_rows(batch, num_heads, t_pad, s_pad, q.shape[-1], q.dtype,
                         static.config)

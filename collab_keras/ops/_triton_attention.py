@@ -91,6 +91,7 @@ class Config(NamedTuple):
     block_q_ds: int = 32  # backward with the score gradient written
     block_k_ds: int = 64
     warps_ds: int = 4
+    stages_ds: int = 2
     score_gradient_bytes: int = SCORE_GRADIENT_BYTES  # 0: flash backward
 
 
@@ -565,6 +566,28 @@ def _query_kernel(
 
 
 @triton.jit
+def _delta_kernel(
+    O, DO, DELTA, so_b, so_t, so_n, so_v, sdo_b, sdo_t, sdo_n, sdo_v,
+    sd_b, sd_n, sd_t, length, value_width,
+    BLOCK_T: tl.constexpr, V_TILE: tl.constexpr,
+):
+    """delta = sum_v out * d_out in float32 on a block of query rows of one
+    head, `(B, N, T)` (lse's layout); out and d_out read through their
+    strides."""
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    vv = tl.arange(0, V_TILE)
+    out = _load(O + b * so_b + h * so_n, rows, length, so_t, vv, value_width,
+                so_v)  # (BT, Vt)
+    d_out = _load(DO + b * sdo_b + h * sdo_n, rows, length, sdo_t, vv,
+                  value_width, sdo_v)
+    delta = tl.sum(out.to(tl.float32) * d_out.to(tl.float32), 1)
+    tl.store(DELTA + b * sd_b + h * sd_n + rows * sd_t, delta,
+             mask=rows < length)
+
+
+@triton.jit
 def _mixing_gradient_kernel(
     DQM, Q, M, DQ, DM, QM,
     sdqm_b, sdqm_n, sdqm_t, sq_b, sq_t, sm_n, sdq_b, sdq_t, sdm_b, sdm_i,
@@ -655,8 +678,13 @@ def _backward(q, k, v, m, c, mask, out, lse, d_out, static):
     batch, length, _ = q.shape
     keys, num_heads = v.shape[1:3]
     d_out = d_out.to(q.dtype)
-    delta = (out.float() * d_out.float()).sum(-1)  # (B, T, N)
-    delta = delta.transpose(1, 2).contiguous()  # (B, N, T), lse's layout
+    delta = torch.empty_like(lse)  # (B, N, T)
+    block_t = 64
+    _delta_kernel[(triton.cdiv(length, block_t), num_heads, batch)](
+        out, d_out, delta, *_strides(out, 4), *_strides(d_out, 4),
+        *delta.stride(), length, out.shape[-1],
+        BLOCK_T=block_t, V_TILE=tile_width(out.shape[-1]),
+    )
     rows = score_gradient_rows(batch, num_heads, length,
                                keys * q.element_size(),  # dS's row
                                static.config.score_gradient_bytes)
@@ -730,7 +758,7 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows):
             ds_p.stride(0), ds_p.stride(2), ds_p.stride(3), ds_p.stride(1),
             *dv.stride(), *_strides(dc, 3), *scalars,
             BLOCK_Q=bq, BLOCK_K=bk, **constants, WRITE_DS=True,
-            num_warps=cfg.warps_ds, num_stages=cfg.stages,
+            num_warps=cfg.warps_ds, num_stages=cfg.stages_ds,
         )
         ds_p = ds_p.view(n, keys, num_heads * length)  # (B', S, N*T)
         dqm = _product(ds_p.transpose(1, 2), k_p)  # (B', N*T, K), unscaled
