@@ -5,7 +5,7 @@ FLOPs of the core: `2 B N T S (Dk + V)` forward (half with a causal mask),
 forward+backward 3.5x that; MultiHeadAttention's core has `Dk = V = 64`.
 """
 
-BATCH_FOR = {128: 64, 512: 32, 2048: 8, 8192: 2}
+BATCH_FOR = {128: 64, 512: 32, 2048: 8, 4096: 4, 8192: 2}
 HEADS, VALUE = 12, 64
 
 

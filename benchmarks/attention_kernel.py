@@ -130,12 +130,15 @@ def mha_fns(causal):
 
 
 def sweep(lengths, key_width=256, kinds=("fwd", "flash", "written")):
-    fwd_configs = [(64, 64, 4, 2)] if "fwd" in kinds else []
+    fwd_configs = [(64, 64, 4, 2), (128, 128, 8, 2), (128, 64, 8, 3),
+                   (64, 64, 4, 3)]
+    fwd_configs = fwd_configs if "fwd" in kinds else []
     bwd_configs = [(128, 64, 8, 0), (64, 32, 4, 0), (128, 32, 8, 0),
                    (64, 64, 4, 0), (128, 64, 8, HEADS)]
     bwd_configs = bwd_configs if "flash" in kinds else []
-    ds_configs = [(64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 128, 8),
-                  (128, 128, 8), (32, 64, 4), (64, 32, 4)]
+    ds_configs = [(64, 64, 4, 2), (32, 128, 8, 3), (64, 128, 8, 3),
+                  (32, 64, 4, 3), (64, 64, 4, 3), (32, 128, 8, 2),
+                  (64, 64, 8, 2)]
     ds_configs = ds_configs if "written" in kinds else []
     for length in lengths:
         batch = BATCH_FOR[length]
@@ -161,16 +164,16 @@ def sweep(lengths, key_width=256, kinds=("fwd", "flash", "written")):
             except Exception as e:  # noqa: BLE001
                 print(f"fwd+bwd flash bwd bq{bq} bk{bk} w{w} groups{groups}: "
                       f"fails {str(e)[:200]}")
-        for bq, bk, w in ds_configs:
-            cfg = base._replace(block_q_ds=bq, block_k_ds=bk, warps_ds=w)
+        for bq, bk, w, st in ds_configs:
+            cfg = base._replace(block_q_ds=bq, block_k_ds=bk, warps_ds=w,
+                                stages_ds=st)
+            name = f"fwd+bwd written bwd bq{bq} bk{bk} w{w} s{st}"
             try:
                 _, both = collab_fns("pallas", key_width, False, cfg)
                 ms = timed(both, q, k, v, m, c, g)
-                print(f"fwd+bwd written bwd bq{bq} bk{bk} w{w}: {ms:.3f} ms",
-                      flush=True)
+                print(f"{name}: {ms:.3f} ms", flush=True)
             except Exception as e:  # noqa: BLE001
-                print(f"fwd+bwd written bwd bq{bq} bk{bk} w{w}: "
-                      f"fails {str(e)[:200]}")
+                print(f"{name}: fails {str(e)[:200]}")
 
 
 def device_kernel_ms(fn, *args, calls=3):

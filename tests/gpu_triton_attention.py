@@ -16,8 +16,8 @@ fully masked rows, causal + mask), odd lengths, key widths 64 to 512, value
 widths 32, 64, 80; then that fully masked rows give 0, that NaN propagates,
 and that the dispatch (`collaborative_dot_product_attention`) routes
 bfloat16 CUDA inputs to this kernel. Every case runs both backward passes:
-the score gradient written to memory (in one chunk and in chunks of one
-batch row) and the flash backward. Exits non-zero
+the score gradient written to memory (in one chunk, in chunks of one
+batch row, and in chunks of one row's heads) and the flash backward. Exits non-zero
 if a case fails.
 """
 
@@ -103,10 +103,15 @@ def main():
                 mine = outputs(explicit, args, mask, grad, scale, causal)
                 yard = max(rel(e, t) for e, t in zip(mine, truth))
                 bound = 2 * yard + 1e-2
-            row_bytes = case[3] * case[1] * case[2] * args[0].element_size()
-            for backward, budget in (("written", ta.SCORE_GRADIENT_BYTES),
-                                     ("written rows", row_bytes),
-                                     ("flash", 0)):
+            head_bytes = case[1] * case[2] * args[0].element_size()
+            row_bytes = case[3] * head_bytes
+            for backward, budget in (
+                ("written", ta.SCORE_GRADIENT_BYTES),
+                ("written rows", row_bytes),
+                # one row's heads in chunks of N - 1 and 1
+                ("written heads", max(1, case[3] - 1) * head_bytes),
+                ("flash", 0),
+            ):
                 config = ta.default_config(case[4], dtype)._replace(
                     score_gradient_bytes=budget)
                 got = outputs(ta.attention, args, mask, grad, scale, causal,

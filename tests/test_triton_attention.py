@@ -179,8 +179,38 @@ def test_interpreted_written_backward_in_chunks_of_batch_rows(ta, kind,
     _assert_close(chunked, want, 1e-5)
 
 
+@pytest.mark.parametrize("kind", ["heads", "keys"])
+def test_interpreted_written_backward_in_chunks_of_heads(ta, kind,
+                                                         monkeypatch):
+    """Where one batch row's score gradient is over the budget, each row
+    runs in chunks of heads (3 + 1 of 4 here: the last chunk smaller), each
+    kernel reading its heads' slices (a per-head mask, the content term, the
+    values and their gradients); dq and dk summed over the chunks equal the
+    whole backward's."""
+    batch, length, keys, heads = 2, 21, 35, 4
+    args, mask, g = _inputs(batch, length, keys, heads, mask=kind)
+    head_bytes = length * keys * args[0].element_size()
+    launches = []
+    monkeypatch.setattr(ta, "_key_kernel",
+                        _Counting(ta._key_kernel, launches))
+    kwargs = dict(mask=mask, scale=0.2)
+    chunked = output_and_grads(
+        ta.attention, args, g,
+        config=_small_tiles(ta, score_gradient_bytes=3 * head_bytes),
+        **kwargs)
+    # (key blocks, batch rows, head groups): 2 rows x 2 head chunks.
+    assert [grid[1] for grid in launches] == [1, 1, 1, 1]
+    whole = output_and_grads(ta.attention, args, g,
+                             config=_small_tiles(ta), **kwargs)
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    want = output_and_grads(_explicit, args, g, **kwargs)
+    _assert_close(chunked, want, 1e-5)
+
+
 def test_score_gradient_rows_fit_the_budget():
     from collab_keras.ops._attention_utils import SCORE_GRADIENT_BYTES
+    from collab_keras.ops._attention_utils import score_gradient_heads
     from collab_keras.ops._attention_utils import score_gradient_rows
 
     # bf16 dS rows of 12 heads: 8 x 2048^2 fit in 1 GiB, 8192^2 does not.
@@ -190,6 +220,11 @@ def test_score_gradient_rows_fit_the_budget():
         SCORE_GRADIENT_BYTES // (12 * 2048 * 2048 * 2))
     assert score_gradient_rows(3, 2, 4, 5, budget=2 * 4 * 5 * 2) == 2
     assert score_gradient_rows(3, 2, 4, 5, budget=0) == 0
+    # One row over the budget: its heads in chunks, 8 of 12 at 8192^2.
+    assert score_gradient_heads(12, 8192, 8192 * 2) == 8
+    assert score_gradient_heads(12, 2048, 2048 * 2) == 12
+    assert score_gradient_heads(12, 32768, 32768 * 2) == 0
+    assert score_gradient_heads(4, 5, 6, budget=3 * 5 * 6) == 3
 
 
 class _Counting:

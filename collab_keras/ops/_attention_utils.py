@@ -104,3 +104,12 @@ def score_gradient_rows(batch, heads, length, bytes_per_query,
     not (the flash backward then runs)."""
     per_row = heads * length * bytes_per_query
     return min(batch, budget // max(per_row, 1))
+
+
+def score_gradient_heads(heads, length, bytes_per_query,
+                         budget=SCORE_GRADIENT_BYTES):
+    """Heads per chunk of one batch row where the whole row does not fit
+    in `budget` (`score_gradient_rows` gave 0): the most heads (at most
+    `heads`) whose buffers, of `bytes_per_query` per head and query, fit;
+    0 when one head does not (the flash backward then runs)."""
+    return min(heads, budget // max(length * bytes_per_query, 1))

@@ -93,6 +93,7 @@ class Config(NamedTuple):
     block_q_ds: int = 64  # backward with the score gradient written
     block_k_ds: int = 64
     warps_ds: int = 4
+    stages_ds: int = 2
     # Bytes that the written backward's chunk of batch rows may take (the
     # score gradient, the mixed query and its gradient, `written_rows`); 0:
     # always the flash backward.
@@ -112,7 +113,8 @@ def default_config(key_width, value_width, dtype=jnp.bfloat16):
                         score_gradient_bytes=0)
     elif width <= 256:
         config = Config(block_q=64, block_k=64, warps=4, block_q_bwd=64,
-                        block_k_bwd=32, warps_bwd=4)
+                        block_k_bwd=32, warps_bwd=4, block_q_ds=64,
+                        block_k_ds=128, warps_ds=8, stages_ds=3)
     else:
         config = Config(block_q=64, block_k=32, warps=4, block_q_bwd=32,
                         block_k_bwd=32, warps_bwd=8, block_q_ds=32,
@@ -725,7 +727,7 @@ def _backward_written(static, q, k, v, m, c, mask_arr, lse, d_out, delta,
             kernel,
             grid=(groups, n_kblocks, rows),
             out_shape=out_shape,
-            compiler_params=_params(cfg.warps_ds, cfg.stages),
+            compiler_params=_params(cfg.warps_ds, cfg.stages_ds),
             interpret=static.interpret,
             name="collaborative_attention_score_gradient",
         )(*args)

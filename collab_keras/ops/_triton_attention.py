@@ -66,6 +66,7 @@ import triton.language as tl
 
 from collab_keras.ops._attention_utils import SCORE_GRADIENT_BYTES
 from collab_keras.ops._attention_utils import head_groups
+from collab_keras.ops._attention_utils import score_gradient_heads
 from collab_keras.ops._attention_utils import score_gradient_rows
 from collab_keras.ops._attention_utils import tile_width
 from collab_keras.ops._attention_utils import unsupported_inputs_error
@@ -103,11 +104,13 @@ def default_config(key_width, dtype=torch.bfloat16):
         config = Config(block_q=128, block_k=64, warps=8, block_q_bwd=64,
                         block_k_bwd=64, warps_bwd=4, score_gradient_bytes=0)
     elif width <= 256:
-        config = Config(block_q=64, block_k=64, warps=4, block_q_bwd=32,
-                        block_k_bwd=64, warps_bwd=4)
+        config = Config(block_q=128, block_k=128, warps=8, block_q_bwd=32,
+                        block_k_bwd=64, warps_bwd=4, block_q_ds=32,
+                        block_k_ds=128, warps_ds=4, stages_ds=3)
     else:
-        config = Config(block_q=64, block_k=32, warps=4, block_q_bwd=32,
-                        block_k_bwd=64, warps_bwd=8)
+        config = Config(block_q=128, block_k=64, warps=8, block_q_bwd=32,
+                        block_k_bwd=64, warps_bwd=8, block_q_ds=32,
+                        block_k_ds=128, warps_ds=8, stages_ds=3)
     if dtype == torch.float32:  # float32 tiles: half the rows
         config = config._replace(
             block_q=config.block_q // 2, block_k=config.block_k // 2,
@@ -593,13 +596,14 @@ def _mixing_gradient_kernel(
     sdqm_b, sdqm_n, sdqm_t, sq_b, sq_t, sm_n, sdq_b, sdq_t, sdm_b, sdm_i,
     sdm_n, sqm_b, sqm_n, sqm_t,
     length, key_width, num_heads, scale,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):
     """From dQm_h = dS_h k (float32, `(B, N, T, K)`), on a block of query
     rows and key columns: dq = scale * sum_h m_h * dQm_h, this block's part
     of dm_h = scale * sum_t q * dQm_h, and the mixed query q * m_h (rounded
     to the input dtype, as `_mix`) for the key's product. Every axis but the
-    batch's and the heads' is contiguous."""
+    batch's and the heads' is contiguous. With `ACCUMULATE` (heads in
+    chunks), dq is added to what `DQ` (float32) holds."""
     i = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     col0 = tl.program_id(2) * BLOCK_C
@@ -620,8 +624,11 @@ def _mixing_gradient_kernel(
                  tl.sum(dqm * q32, 0) * scale, mask=cols < key_width)
         tl.store(QM + b * sqm_b + h * sqm_n + rows[:, None] * sqm_t
                  + cols[None, :], (q32 * m32[None, :]).to(q.dtype), mask=inside)
-    tl.store(DQ + b * sdq_b + rows[:, None] * sdq_t + cols[None, :],
-             (dq * scale).to(DQ.dtype.element_ty), mask=inside)
+    dq_ptr = DQ + b * sdq_b + rows[:, None] * sdq_t + cols[None, :]
+    dq = dq * scale
+    if ACCUMULATE:
+        dq += tl.load(dq_ptr, mask=inside, other=0.0)
+    tl.store(dq_ptr, dq.to(DQ.dtype.element_ty), mask=inside)
 
 
 # ---------------------------------------------------------------------------
@@ -673,8 +680,10 @@ def _forward(q, k, v, m, c, mask, static):
 
 def _backward(q, k, v, m, c, mask, out, lse, d_out, static):
     """The gradients: with the score gradient written to memory in chunks of
-    batch rows (`score_gradient_rows`) where a row fits in
-    `Config.score_gradient_bytes`, else the flash backward."""
+    batch rows (`score_gradient_rows`) that fit in
+    `Config.score_gradient_bytes`, or of one batch row and some of its heads
+    (`score_gradient_heads`) where a whole row does not; else (one head's dS
+    over the budget, or a budget of 0) the flash backward."""
     batch, length, _ = q.shape
     keys, num_heads = v.shape[1:3]
     d_out = d_out.to(q.dtype)
@@ -685,12 +694,16 @@ def _backward(q, k, v, m, c, mask, out, lse, d_out, static):
         *delta.stride(), length, out.shape[-1],
         BLOCK_T=block_t, V_TILE=tile_width(out.shape[-1]),
     )
-    rows = score_gradient_rows(batch, num_heads, length,
-                               keys * q.element_size(),  # dS's row
-                               static.config.score_gradient_bytes)
-    if rows > 0:
+    row_bytes = keys * q.element_size()  # a row of dS
+    budget = static.config.score_gradient_bytes
+    rows = score_gradient_rows(batch, num_heads, length, row_bytes, budget)
+    heads = num_heads
+    if rows == 0:  # one batch row at a time, its heads in chunks
+        rows, heads = 1, score_gradient_heads(num_heads, length, row_bytes,
+                                              budget)
+    if heads > 0:
         return _backward_written(q, k, v, m, c, mask, lse, delta, d_out,
-                                 static, rows)
+                                 static, rows, heads)
     return _backward_flash(q, k, v, m, c, mask, lse, delta, d_out, static)
 
 
@@ -710,24 +723,29 @@ def _product(a, b):
     return torch.bmm(a.float(), b.float())
 
 
-def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows):
-    """dS_h (B', S, N, T) from `_key_kernel` (`WRITE_DS`, with dV and dC),
-    then the width-K products in cuBLAS, `rows` batch rows at a time:
+def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows,
+                      heads):
+    """dS_h (B', S, N', T) from `_key_kernel` (`WRITE_DS`, with dV and dC),
+    then the width-K products in cuBLAS, on chunks of `rows` batch rows and
+    `heads` heads (all of them, or one row's heads in chunks):
 
         dQm_h = dS_h k                     (d loss / d (q * m_h))
         dq = sum_h m_h * dQm_h,   dm_h = sum_{b,t} q * dQm_h
                                            (`_mixing_gradient_kernel`),
         dk = sum_{h,t} dS_h^T (q * m_h)    (one product over (h, t)).
+
+    Every kernel reads a chunk through views (its heads' slices of the
+    values, mixing, content term, mask, output gradient, lse and delta);
+    dq and dk are summed over head chunks in float32.
     """
     cfg = static.config
     batch, length, key_width = q.shape
     keys, num_heads, value_width = v.shape[1:]
     bq, bk = cfg.block_q_ds, cfg.block_k_ds
     n_kblocks = triton.cdiv(keys, bk)
-    groups = cfg.head_groups or head_groups(num_heads, rows * n_kblocks)
     constants = _constants(q, k, v, c, mask, static, bk)
-    scalars = (length, keys, key_width, value_width, static.scale * _LOG2E,
-               static.scale, num_heads // groups)
+    head_chunks = [slice(h, min(h + heads, num_heads))
+                   for h in range(0, num_heads, heads)]
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty_like(v)
@@ -735,10 +753,17 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows):
     if c is not None:
         dc = torch.empty((batch, keys, num_heads), dtype=torch.float32,
                          device=q.device)
-    ds = torch.empty((rows, keys, num_heads, length), dtype=q.dtype,
-                     device=q.device)  # (B', S, N, T)
-    qm = torch.empty((rows, num_heads, length, key_width), dtype=q.dtype,
+    # Flat buffers: a chunk's dS (B', S, N', T) and mixed query (B', N', T,
+    # K) are contiguous views of their first elements, also where the last
+    # chunk has fewer rows or heads.
+    ds = torch.empty(rows * keys * heads * length, dtype=q.dtype,
                      device=q.device)
+    qm = torch.empty(rows * heads * length * key_width, dtype=q.dtype,
+                     device=q.device)
+    dq32 = None
+    if len(head_chunks) > 1:  # dq summed over head chunks
+        dq32 = torch.empty((rows, length, key_width), dtype=torch.float32,
+                           device=q.device)
     block_t, block_c = 32, 64
     n_tblocks = triton.cdiv(length, block_t)
     dm = torch.empty((batch, n_tblocks, num_heads, key_width),
@@ -748,35 +773,63 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows):
         part = slice(first, min(first + rows, batch))
         n = part.stop - part.start
         q_p, k_p = q[part], k[part]
-        tensors, strides = _common(q_p, k_p, v[part], m, _batch_rows(c, part),
-                                   _batch_rows(mask, part))
-        ds_p, dv_p, qm_p = ds[:n], dv[part], qm[:n]
-        dc_p = dc[part] if dc is not None else dv_p
-        _key_kernel[(n_kblocks, n, groups)](
-            *tensors, d_out[part], lse[part], delta[part], ds_p, ds_p, dv_p,
-            dc_p, *strides, *d_out.stride(), *lse.stride(), 0, 0, 0,
-            ds_p.stride(0), ds_p.stride(2), ds_p.stride(3), ds_p.stride(1),
-            *dv.stride(), *_strides(dc, 3), *scalars,
-            BLOCK_Q=bq, BLOCK_K=bk, **constants, WRITE_DS=True,
-            num_warps=cfg.warps_ds, num_stages=cfg.stages_ds,
-        )
-        ds_p = ds_p.view(n, keys, num_heads * length)  # (B', S, N*T)
-        dqm = _product(ds_p.transpose(1, 2), k_p)  # (B', N*T, K), unscaled
-        dm_p, dq_p = dm[part], dq[part]
-        _mixing_gradient_kernel[(n_tblocks, n, triton.cdiv(key_width,
-                                                           block_c))](
-            dqm, q_p, m, dq_p, dm_p, qm_p,
-            dqm.stride(0), length * dqm.stride(1), dqm.stride(1),
-            q_p.stride(0), q_p.stride(1), m.stride(0), dq_p.stride(0),
-            dq_p.stride(1), *dm_p.stride()[:3], *qm_p.stride()[:3],
-            length, key_width, num_heads, static.scale,
-            BLOCK_T=block_t, BLOCK_C=block_c,
-        )
-        dk_p = _product(ds_p, qm_p.view(n, num_heads * length, key_width))
-        dk[part] = (dk_p * static.scale).to(k.dtype)  # (B', S, K)
+        v_p, c_p, mask_p = v[part], _batch_rows(c, part), _batch_rows(mask,
+                                                                       part)
+        dk_p = None
+        for chunk in head_chunks:
+            h = chunk.stop - chunk.start
+            groups = cfg.head_groups or head_groups(h, n * n_kblocks)
+            tensors, strides = _common(
+                q_p, k_p, v_p[:, :, chunk], m[chunk],
+                None if c_p is None else c_p[..., chunk],
+                _head_rows(mask_p, chunk))
+            ds_p = ds[:n * keys * h * length].view(n, keys, h, length)
+            qm_p = qm[:n * h * length * key_width].view(n, h, length,
+                                                         key_width)
+            dv_p = dv[part][:, :, chunk]
+            dc_p = dc[part][..., chunk] if dc is not None else None
+            d_out_p = d_out[part][:, :, chunk]
+            lse_p, delta_p = lse[part][:, chunk], delta[part][:, chunk]
+            _key_kernel[(n_kblocks, n, groups)](
+                *tensors, d_out_p, lse_p, delta_p, ds_p, ds_p, dv_p,
+                dv_p if dc_p is None else dc_p, *strides, *d_out_p.stride(), *lse_p.stride(), 0, 0, 0,
+                ds_p.stride(0), ds_p.stride(2), ds_p.stride(3),
+                ds_p.stride(1), *dv_p.stride(), *_strides(dc_p, 3),
+                length, keys, key_width, value_width,
+                static.scale * _LOG2E, static.scale, h // groups,
+                BLOCK_Q=bq, BLOCK_K=bk, **constants, WRITE_DS=True,
+                num_warps=cfg.warps_ds, num_stages=cfg.stages_ds,
+            )
+            ds_p = ds_p.view(n, keys, h * length)  # (B', S, N'*T)
+            dqm = _product(ds_p.transpose(1, 2), k_p)  # (B', N'*T, K)
+            dm_p = dm[part][:, :, chunk]
+            dq_p = dq[part] if dq32 is None else dq32[:n]
+            _mixing_gradient_kernel[(n_tblocks, n, triton.cdiv(key_width,
+                                                               block_c))](
+                dqm, q_p, m[chunk], dq_p, dm_p, qm_p,
+                dqm.stride(0), length * dqm.stride(1), dqm.stride(1),
+                q_p.stride(0), q_p.stride(1), m.stride(0), dq_p.stride(0),
+                dq_p.stride(1), *dm_p.stride()[:3], *qm_p.stride()[:3],
+                length, key_width, h, static.scale,
+                BLOCK_T=block_t, BLOCK_C=block_c,
+                ACCUMULATE=dq32 is not None and chunk.start > 0,
+            )
+            product = _product(ds_p, qm_p.view(n, h * length, key_width))
+            dk_p = product if dk_p is None else dk_p + product  # (B', S, K)
+        if dq32 is not None:
+            dq[part] = dq32[:n].to(q.dtype)
+        dk[part] = (dk_p * static.scale).to(k.dtype)
     if dc is not None:
         dc = dc.to(c.dtype)
     return dq, dk, dv, dm.sum((0, 1)).to(m.dtype), dc
+
+
+def _head_rows(mask, chunk):
+    """`mask[:, chunk]` along the heads' axis, or `mask` where it is `None`
+    or broadcast over heads."""
+    if mask is None or mask.shape[1] == 1:
+        return mask
+    return mask[:, chunk]
 
 
 def _backward_flash(q, k, v, m, c, mask, lse, delta, d_out, static):
