@@ -112,7 +112,7 @@ def main():
                 ("written heads", max(1, case[3] - 1) * head_bytes),
                 ("flash", 0),
             ):
-                config = ta.default_config(case[4], dtype)._replace(
+                config = ta.default_config(case[4], dtype, case[5])._replace(
                     score_gradient_bytes=budget)
                 got = outputs(ta.attention, args, mask, grad, scale, causal,
                               config=config)

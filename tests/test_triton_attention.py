@@ -227,6 +227,26 @@ def test_score_gradient_rows_fit_the_budget():
     assert score_gradient_heads(4, 5, 6, budget=3 * 5 * 6) == 3
 
 
+def test_default_tiles_fit_shared_memory(ta):
+    """The tiles measured with values 64 wide, made smaller where they do
+    not fit in an H200's shared memory: on the H200 the forward's 128 x 128
+    tiles at keys 192 (a 256 tile) and values 80 (a 128 tile) asked for
+    262144 bytes of its 232448."""
+    from collab_keras.ops._attention_utils import SHARED_MEMORY_BYTES
+    from collab_keras.ops._attention_utils import fit_tiles
+
+    assert SHARED_MEMORY_BYTES == 232448
+    measured = ta.default_config(256)
+    assert (measured.block_q, measured.block_k) == (128, 128)
+    wide_values = ta.default_config(192, value_width=80)
+    assert (wide_values.block_q, wide_values.block_k) == (128, 64)
+    # (128 * 256 + 2 * 128 * 384) * 2 bytes = 262144: halve the streamed
+    # key and value tiles.
+    assert fit_tiles(128, 128, 2, 256, 384, 2) == (128, 64)
+    assert fit_tiles(128, 128, 2, 256, 320, 2) == (128, 128)
+    assert fit_tiles(64, 64, 3, 10**6, 10**6, 4) == (16, 16)  # the floor
+
+
 class _Counting:
     """A Triton kernel that records the grids it is launched with."""
 

@@ -73,6 +73,32 @@ def tile_width(n):
     return max(16, 1 << (int(n) - 1).bit_length())
 
 
+# Shared memory a block of the GPU kernels may use on an H100 / H200.
+SHARED_MEMORY_BYTES = 227 * 1024
+
+
+def fit_tiles(resident, streamed, stages, resident_width, streamed_width,
+              itemsize, limit=SHARED_MEMORY_BYTES):
+    """Tile rows of a GPU kernel that holds one `(resident, resident_width)`
+    tile and `stages` buffers of `(streamed, streamed_width)` tiles in shared
+    memory (a forward or query kernel: the query tile, then key and value
+    tiles; a key kernel: the key and value tiles, then query and output
+    gradient tiles), as `(resident, streamed)`: the given rows, the larger
+    halved first (not below 16) until they fit in `limit` bytes with 1 KiB
+    to spare. Tile sizes measured for values 64 wide would not fit wider
+    values (e.g. 80, a 128-wide tile) or float32."""
+    def size(resident, streamed):
+        return (resident * resident_width
+                + stages * streamed * streamed_width) * itemsize + 1024
+
+    while size(resident, streamed) > limit and max(resident, streamed) > 16:
+        if streamed >= resident:
+            streamed //= 2
+        else:
+            resident //= 2
+    return resident, streamed
+
+
 # Programs that fill an H200: two per multiprocessor (132 of them).
 PROGRAMS_TO_FILL = 264
 

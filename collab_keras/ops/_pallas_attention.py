@@ -124,7 +124,26 @@ def default_config(key_width, value_width, dtype=jnp.bfloat16):
             name: max(16, getattr(config, name) // 2)
             for name in _BLOCKS
         })
-    return config
+    return _fitted(config, tile_width(key_width), tile_width(value_width),
+                   jnp.dtype(dtype).itemsize)
+
+
+def _fitted(config, keys, values, itemsize):
+    """`config` with tiles that fit in shared memory
+    (`_attention_utils.fit_tiles`; `keys`, `values`: the padded widths):
+    the forward and query kernels hold a query tile and stream key and
+    value tiles, the key kernels the reverse."""
+    fit = functools.partial(_attention_utils.fit_tiles, itemsize=itemsize)
+    both = keys + values
+    bq, bk = fit(config.block_q, config.block_k, config.stages, keys, both)
+    bk_ds, bq_ds = fit(config.block_k_ds, config.block_q_ds,
+                       config.stages_ds, both, both)
+    bk_bwd, bq_bwd = fit(config.block_k_bwd, config.block_q_bwd,
+                         config.stages, both, both)
+    bq_bwd, bk_bwd = fit(bq_bwd, bk_bwd, config.stages, keys, both)
+    return config._replace(block_q=bq, block_k=bk, block_q_ds=bq_ds,
+                           block_k_ds=bk_ds, block_q_bwd=bq_bwd,
+                           block_k_bwd=bk_bwd)
 
 
 _BLOCKS = ("block_q", "block_k", "block_q_bwd", "block_k_bwd", "block_q_ds",
@@ -164,17 +183,19 @@ def applies(query, key, value, mixing=None, content=None, mask=None,
 # - Dk 128 (flash backward): at length 128, 0.29 ms against cuDNN's 0.48
 #   and the explicit path's 0.47; at 512 a tie with cuDNN, which is faster
 #   from 2048 on;
-# - Dk 256 (score gradient written): 1.34 / 4.26 ms at lengths 512 / 2048
-#   against the explicit path's 2.88 / 8.53 (cuDNN does not take the 257
-#   columns of the content term); at 8192 one batch row's score gradient
-#   is over the memory budget and the flash backward would run: not taken;
+# - Dk 256 (score gradient written): 2.98 / 5.32 ms at lengths 2048 /
+#   4096 against the explicit path's 8.54 / 16.77, 1.29 ms at 512 against
+#   2.90 (cuDNN does not take the 257 columns of the content term); at
+#   8192 one batch row's score gradient is over the memory budget and the
+#   flash backward runs (21.7 ms; the explicit path not measured there, its
+#   float32 scores take 6 GiB at batch 2): not taken;
 # - Dk 384: the core alone was faster at 512 (2.92 ms against the
 #   explicit path's 3.26), but the bert_base training step with it took
 #   1.31x concatenated heads' time against 1.02x with the explicit path
 #   (benchmarks/gpu_attention.py, bert part): not taken.
 # Entries wider than 128 were measured against the explicit path only:
 # they apply where cuDNN does not take the inputs.
-PREFERRED_LENGTHS = {128: 512, 192: 0, 256: 4096}
+PREFERRED_LENGTHS = {128: 512, 192: 0, 256: 8192}
 
 
 def preferred(length, key_width, dtype, cudnn_takes=False):

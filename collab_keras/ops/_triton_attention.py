@@ -65,6 +65,7 @@ import triton
 import triton.language as tl
 
 from collab_keras.ops._attention_utils import SCORE_GRADIENT_BYTES
+from collab_keras.ops._attention_utils import fit_tiles
 from collab_keras.ops._attention_utils import head_groups
 from collab_keras.ops._attention_utils import score_gradient_heads
 from collab_keras.ops._attention_utils import score_gradient_rows
@@ -96,9 +97,11 @@ class Config(NamedTuple):
     score_gradient_bytes: int = SCORE_GRADIENT_BYTES  # 0: flash backward
 
 
-def default_config(key_width, dtype=torch.bfloat16):
+def default_config(key_width, dtype=torch.bfloat16, value_width=64):
     """Tile sizes by the key width's tile (a power of two) and dtype,
-    measured on an H200 (`benchmarks/attention_kernel_torch.py --sweep`)."""
+    measured on an H200 (`benchmarks/attention_kernel_torch.py --sweep`,
+    values 64 wide), made smaller where the kernels' tiles would not fit
+    in shared memory (`fit_tiles`: wider values, float32)."""
     width = tile_width(key_width)
     if width <= 128:  # the flash backward: faster at these widths
         config = Config(block_q=128, block_k=64, warps=8, block_q_bwd=64,
@@ -119,7 +122,33 @@ def default_config(key_width, dtype=torch.bfloat16):
             block_q_ds=config.block_q_ds // 2,
             block_k_ds=config.block_k_ds // 2,
         )
-    return config
+    return _fitted(config, key_width, value_width, dtype.itemsize)
+
+
+def _fitted(config, key_width, value_width, itemsize):
+    """`config` with tiles that fit in shared memory (`fit_tiles`): the
+    forward and query kernels hold a query tile and stream key and value
+    tiles, the key kernels the reverse."""
+    keys = _tile_widths(key_width)
+    both = keys + tile_width(value_width)
+    bq, bk = fit_tiles(config.block_q, config.block_k, config.stages, keys,
+                       both, itemsize)
+    bk_ds, bq_ds = fit_tiles(config.block_k_ds, config.block_q_ds,
+                             config.stages_ds, both, both, itemsize)
+    bk_bwd, bq_bwd = fit_tiles(config.block_k_bwd, config.block_q_bwd,
+                               config.stages, both, both, itemsize)
+    bq_bwd, bk_bwd = fit_tiles(bq_bwd, bk_bwd, config.stages, keys, both,
+                               itemsize)
+    return config._replace(block_q=bq, block_k=bk, block_q_ds=bq_ds,
+                           block_k_ds=bk_ds, block_q_bwd=bq_bwd,
+                           block_k_bwd=bk_bwd)
+
+
+def _tile_widths(key_width):
+    """Columns of the key's tiles: A (up to 256) plus B (the rest)."""
+    if key_width <= 256:
+        return tile_width(key_width)
+    return 256 + tile_width(key_width - 256)
 
 
 def applies(query, key, value, mask=None):
@@ -186,7 +215,8 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
         raise unsupported_inputs_error("Triton", reason, query, key, value,
                                        mask)
     if config is None:
-        config = default_config(query.shape[-1], query.dtype)
+        config = default_config(query.shape[-1], query.dtype,
+                                value.shape[-1])
     mixing = mixing.to(query.dtype)
     if mask is not None:
         mask = mask.to(torch.bool)
