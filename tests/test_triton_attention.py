@@ -245,6 +245,11 @@ def test_default_tiles_fit_shared_memory(ta):
     assert fit_tiles(128, 128, 2, 256, 384, 2) == (128, 64)
     assert fit_tiles(128, 128, 2, 256, 320, 2) == (128, 128)
     assert fit_tiles(64, 64, 3, 10**6, 10**6, 4) == (16, 16)  # the floor
+    # A general mask's uint8 tiles (the layer check's (B, T, S) padding
+    # mask was refused on the H200 at 128 x 128): the key tiles halved.
+    masked = ta.default_config(256, full_mask=True)
+    assert (masked.block_q, masked.block_k) == (128, 64)
+    assert fit_tiles(128, 128, 2, 256, 320, 2, mask_itemsize=1) == (128, 64)
 
 
 class _Counting:

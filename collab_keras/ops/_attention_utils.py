@@ -78,18 +78,21 @@ SHARED_MEMORY_BYTES = 227 * 1024
 
 
 def fit_tiles(resident, streamed, stages, resident_width, streamed_width,
-              itemsize, limit=SHARED_MEMORY_BYTES):
+              itemsize, mask_itemsize=0, limit=SHARED_MEMORY_BYTES):
     """Tile rows of a GPU kernel that holds one `(resident, resident_width)`
     tile and `stages` buffers of `(streamed, streamed_width)` tiles in shared
     memory (a forward or query kernel: the query tile, then key and value
     tiles; a key kernel: the key and value tiles, then query and output
-    gradient tiles), as `(resident, streamed)`: the given rows, the larger
-    halved first (not below 16) until they fit in `limit` bytes with 1 KiB
-    to spare. Tile sizes measured for values 64 wide would not fit wider
-    values (e.g. 80, a 128-wide tile) or float32."""
+    gradient tiles), plus, with a general mask, `stages` `(resident,
+    streamed)` mask tiles of `mask_itemsize` bytes, as `(resident,
+    streamed)`: the given rows, the larger halved first (not below 16) until
+    they fit in `limit` bytes with 1 KiB to spare. Tile sizes measured for
+    values 64 wide and no mask would not fit wider values (e.g. 80, a
+    128-wide tile), a mask tile or float32 (the H200 refused them)."""
     def size(resident, streamed):
-        return (resident * resident_width
-                + stages * streamed * streamed_width) * itemsize + 1024
+        return ((resident * resident_width
+                 + stages * streamed * streamed_width) * itemsize
+                + stages * resident * streamed * mask_itemsize + 1024)
 
     while size(resident, streamed) > limit and max(resident, streamed) > 16:
         if streamed >= resident:

@@ -100,8 +100,12 @@ class Config(NamedTuple):
     score_gradient_bytes: int = _attention_utils.SCORE_GRADIENT_BYTES
 
 
-def default_config(key_width, value_width, dtype=jnp.bfloat16):
-    """Tile sizes by the padded key width and dtype, measured on an H200."""
+def default_config(key_width, value_width, dtype=jnp.bfloat16,
+                   full_mask=False):
+    """Tile sizes by the padded key width and dtype, measured on an H200
+    (values 64 wide, no mask), made smaller where the kernels' tiles would
+    not fit in shared memory (`_attention_utils.fit_tiles`: wider values,
+    a general mask's int8 tiles (`full_mask`), float32)."""
     width = tile_width(key_width)
     # Keys up to 128 wide keep the flash backward (the rule at 128 was
     # measured with it; on torch's twin kernel it is the faster one there).
@@ -125,15 +129,16 @@ def default_config(key_width, value_width, dtype=jnp.bfloat16):
             for name in _BLOCKS
         })
     return _fitted(config, tile_width(key_width), tile_width(value_width),
-                   jnp.dtype(dtype).itemsize)
+                   jnp.dtype(dtype).itemsize, 1 if full_mask else 0)
 
 
-def _fitted(config, keys, values, itemsize):
+def _fitted(config, keys, values, itemsize, mask_itemsize):
     """`config` with tiles that fit in shared memory
     (`_attention_utils.fit_tiles`; `keys`, `values`: the padded widths):
     the forward and query kernels hold a query tile and stream key and
     value tiles, the key kernels the reverse."""
-    fit = functools.partial(_attention_utils.fit_tiles, itemsize=itemsize)
+    fit = functools.partial(_attention_utils.fit_tiles, itemsize=itemsize,
+                            mask_itemsize=mask_itemsize)
     both = keys + values
     bq, bk = fit(config.block_q, config.block_k, config.stages, keys, both)
     bk_ds, bq_ds = fit(config.block_k_ds, config.block_q_ds,
@@ -297,7 +302,11 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
     batch, length, key_width = query.shape
     keys, num_heads, value_width = value.shape[1:]
     if config is None:
-        config = default_config(key_width, value_width, query.dtype)
+        shape = (1,) * 4 if mask is None else (
+            (1,) * (4 - len(mask.shape)) + tuple(mask.shape))
+        full_mask = shape[1] != 1 or shape[2] != 1  # as `mask_kind` below
+        config = default_config(key_width, value_width, query.dtype,
+                                full_mask)
     auto_groups = not config.head_groups
     if auto_groups:  # the flash backward's; the written one's: per chunk
         config = config._replace(head_groups=head_groups(

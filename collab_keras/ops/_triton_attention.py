@@ -57,6 +57,7 @@ in Triton's interpreter on CPUs when `TRITON_INTERPRET=1` is set before this
 module is imported (the CPU tests do).
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -97,11 +98,13 @@ class Config(NamedTuple):
     score_gradient_bytes: int = SCORE_GRADIENT_BYTES  # 0: flash backward
 
 
-def default_config(key_width, dtype=torch.bfloat16, value_width=64):
+def default_config(key_width, dtype=torch.bfloat16, value_width=64,
+                   full_mask=False):
     """Tile sizes by the key width's tile (a power of two) and dtype,
     measured on an H200 (`benchmarks/attention_kernel_torch.py --sweep`,
-    values 64 wide), made smaller where the kernels' tiles would not fit
-    in shared memory (`fit_tiles`: wider values, float32)."""
+    values 64 wide, no mask), made smaller where the kernels' tiles would
+    not fit in shared memory (`fit_tiles`: wider values, a general mask's
+    tiles (`full_mask`), float32)."""
     width = tile_width(key_width)
     if width <= 128:  # the flash backward: faster at these widths
         config = Config(block_q=128, block_k=64, warps=8, block_q_bwd=64,
@@ -110,10 +113,13 @@ def default_config(key_width, dtype=torch.bfloat16, value_width=64):
         config = Config(block_q=128, block_k=128, warps=8, block_q_bwd=32,
                         block_k_bwd=64, warps_bwd=4, block_q_ds=32,
                         block_k_ds=128, warps_ds=4, stages_ds=3)
-    else:
+    elif key_width <= 384:
         config = Config(block_q=128, block_k=64, warps=8, block_q_bwd=32,
                         block_k_bwd=64, warps_bwd=8, block_q_ds=32,
                         block_k_ds=128, warps_ds=8, stages_ds=3)
+    else:  # not swept: the tiles of the first GPU checks
+        config = Config(block_q=64, block_k=32, warps=4, block_q_bwd=32,
+                        block_k_bwd=64, warps_bwd=8)
     if dtype == torch.float32:  # float32 tiles: half the rows
         config = config._replace(
             block_q=config.block_q // 2, block_k=config.block_k // 2,
@@ -122,23 +128,24 @@ def default_config(key_width, dtype=torch.bfloat16, value_width=64):
             block_q_ds=config.block_q_ds // 2,
             block_k_ds=config.block_k_ds // 2,
         )
-    return _fitted(config, key_width, value_width, dtype.itemsize)
+    return _fitted(config, key_width, value_width, dtype.itemsize,
+                   1 if full_mask else 0)
 
 
-def _fitted(config, key_width, value_width, itemsize):
+def _fitted(config, key_width, value_width, itemsize, mask_itemsize):
     """`config` with tiles that fit in shared memory (`fit_tiles`): the
     forward and query kernels hold a query tile and stream key and value
     tiles, the key kernels the reverse."""
     keys = _tile_widths(key_width)
     both = keys + tile_width(value_width)
-    bq, bk = fit_tiles(config.block_q, config.block_k, config.stages, keys,
-                       both, itemsize)
-    bk_ds, bq_ds = fit_tiles(config.block_k_ds, config.block_q_ds,
-                             config.stages_ds, both, both, itemsize)
-    bk_bwd, bq_bwd = fit_tiles(config.block_k_bwd, config.block_q_bwd,
-                               config.stages, both, both, itemsize)
-    bq_bwd, bk_bwd = fit_tiles(bq_bwd, bk_bwd, config.stages, keys, both,
-                               itemsize)
+    fit = functools.partial(fit_tiles, itemsize=itemsize,
+                            mask_itemsize=mask_itemsize)
+    bq, bk = fit(config.block_q, config.block_k, config.stages, keys, both)
+    bk_ds, bq_ds = fit(config.block_k_ds, config.block_q_ds,
+                       config.stages_ds, both, both)
+    bk_bwd, bq_bwd = fit(config.block_k_bwd, config.block_q_bwd,
+                         config.stages, both, both)
+    bq_bwd, bk_bwd = fit(bq_bwd, bk_bwd, config.stages, keys, both)
     return config._replace(block_q=bq, block_k=bk, block_q_ds=bq_ds,
                            block_k_ds=bk_ds, block_q_bwd=bq_bwd,
                            block_k_bwd=bk_bwd)
@@ -216,7 +223,7 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
                                        mask)
     if config is None:
         config = default_config(query.shape[-1], query.dtype,
-                                value.shape[-1])
+                                value.shape[-1], _mask_args(mask)[1] == 2)
     mixing = mixing.to(query.dtype)
     if mask is not None:
         mask = mask.to(torch.bool)
