@@ -28,8 +28,10 @@ forward's 2); TFLOP/s columns use it. Ratios are times against `mha`.
 `--sweep` first times several tile configurations at Dk 256 and prints
 them (to choose `_pallas_attention.default_config`): the forward's, the
 flash backward's and the written backward's (`block_q_ds`, `block_k_ds`,
-`warps_ds`; `--sweep-kinds` picks among `fwd,flash,written`, and
-`--sweep-key-width` the width). The table ends with
+`warps_ds`, `stages_ds`; `--sweep-kinds` picks among `fwd,flash,written`,
+and `--sweep-key-width` the width). `--profile` prints the GPU time of
+each kernel of one forward+backward (a `jax.profiler` trace read back with
+`jax.profiler.ProfileData`), for the Pallas core and cuDNN's MHA core. The table ends with
 `_pallas_attention.PREFERRED_LENGTHS` as measured: per key width, the first
 length where `pallas` forward+backward is no faster than the best of
 `bcast` and `explicit`.

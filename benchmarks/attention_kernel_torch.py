@@ -28,7 +28,11 @@ against `mha`.
         [--sweep] [--lengths 128,512,2048,8192] [--key-widths 128,256,384]
 
 `--sweep` first times the tile configurations of `SWEEP` at the lengths
-of `--sweep-lengths` (to choose `_triton_attention.default_config`).
+of `--sweep-lengths` (to choose `_triton_attention.default_config`): the
+event-timed wall time and the summed kernel time (torch profiler), the
+second the steadier at short lengths, where launch gaps and clocks make the
+first vary by 10-20% between calls. `--profile` prints the GPU time of
+each kernel of one forward+backward.
 """
 
 import argparse
@@ -41,6 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from collab_keras.ops import _torch_attention  # noqa: E402
 from collab_keras.ops import _triton_attention as ta  # noqa: E402
+from attention_layer import torch_kernel_ms  # noqa: E402
 from _attention_core_table import BATCH_FOR  # noqa: E402
 from _attention_core_table import HEADS  # noqa: E402
 from _attention_core_table import VALUE  # noqa: E402
@@ -106,7 +111,8 @@ def core(kind, key_width, causal, config=None):
     return lambda q, k, v, m, c: explicit(q, k, v, m, c, scale, causal)
 
 
-def fwd_and_both(fn, args, g):
+def steps(fn, args, g):
+    """The forward (no autograd) and the forward+backward of `fn`."""
     def fwd():
         with torch.no_grad():
             fn(*args)
@@ -115,7 +121,11 @@ def fwd_and_both(fn, args, g):
         out = fn(*args)
         torch.autograd.grad(out, args, g)
 
-    return timed(fwd), timed(both)
+    return fwd, both
+
+
+def fwd_and_both(fn, args, g):
+    return tuple(timed(step) for step in steps(fn, args, g))
 
 
 def mha(batch, length, causal):
@@ -143,8 +153,8 @@ SWEEP = {  # key width: forward (bq, bk, warps, stages), flash backward
            (128, 64, 8, 3), (64, 128, 4, 3), (64, 64, 4, 2)],
           [(32, 64, 4), (32, 128, 8), (16, 64, 4), (32, 64, 8), (64, 64, 4)],
           [(32, 64, 4, 2), (32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3),
-           (32, 128, 8, 4),
-           (64, 128, 8, 4), (32, 128, 4, 3), (16, 128, 4, 3)]),
+           (32, 128, 8, 4), (64, 128, 8, 4), (32, 128, 4, 3),
+           (16, 128, 4, 3)]),
     384: ([(64, 32, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 8, 2),
            (128, 64, 8, 3)],
           [(32, 32, 8), (32, 32, 4), (16, 32, 4), (32, 64, 8), (16, 64, 4),
@@ -182,7 +192,10 @@ def sweep(lengths, key_widths, parts):
             for name, index, cfg in runs:
                 try:
                     fn = core("triton", key_width, False, cfg)
-                    print(f"{name}: {fwd_and_both(fn, args, g)[index]:.3f} ms",
+                    step = steps(fn, args, g)[index]
+                    wall = timed(step)
+                    kernels = torch_kernel_ms({"step": step})["step"]
+                    print(f"{name}: {wall:.3f} ms, kernels {kernels:.3f} ms",
                           flush=True)
                 except Exception as e:  # noqa: BLE001 (report and go on)
                     print(f"{name}: fails {str(e)[:200]}")

@@ -208,6 +208,22 @@ def test_interpreted_written_backward_in_chunks_of_heads(ta, kind,
     _assert_close(chunked, want, 1e-5)
 
 
+@pytest.mark.parametrize("backward", sorted(BACKWARDS))
+def test_interpreted_gradients_of_a_sum(ta, backward):
+    """The upstream gradient of `out.sum()` is a stride-0 view of one value
+    (not a tensor in memory); every backward kernel, `_delta_kernel` first,
+    reads it through its strides."""
+    args, mask, _ = _inputs(mask="keys")
+    config = _small_tiles(ta, **BACKWARDS[backward])
+    got_args = [x.detach().requires_grad_() for x in args]
+    out = ta.attention(*got_args, mask=mask, scale=0.2, config=config)
+    got = torch.autograd.grad(out.sum(), got_args)
+    want_args = [x.detach().double().requires_grad_() for x in args]
+    want = torch.autograd.grad(
+        _explicit(*want_args, mask=mask, scale=0.2).sum(), want_args)
+    _assert_close(got, want, 1e-5)
+
+
 def test_score_gradient_rows_fit_the_budget():
     from collab_keras.ops._attention_utils import SCORE_GRADIENT_BYTES
     from collab_keras.ops._attention_utils import score_gradient_heads

@@ -40,16 +40,19 @@ Two backward passes, the same maths and the same roundings:
   FLOPs at K = 4 V) then run in cuBLAS, and `_mixing_gradient_kernel`
   turns d(q * m_h) into dq and dm. It runs on chunks of batch rows whose
   dS fits in `Config.score_gradient_bytes` (1 GiB; `score_gradient_rows`),
-  which caps the memory it adds;
-- otherwise (narrower keys, or one batch row's dS over the budget), the
-  flash backward of FlashAttention-2: `_key_kernel` (dK, dV, dC per key
-  block) and `_query_kernel` (dQ, dM per query block), each recomputing
-  the scores, with no `(T, S)` tensor in memory.
+  or, where one row's does not (length 8192), of that row's heads
+  (`score_gradient_heads`), which caps the memory it adds;
+- otherwise (narrower keys, or one head's dS over the budget), the flash
+  backward of FlashAttention-2: `_key_kernel` (dK, dV, dC per key block)
+  and `_query_kernel` (dQ, dM per query block), each recomputing the
+  scores, with no `(T, S)` tensor in memory.
 
-On an H200 at K = 256, 12 heads, V = 64, the first is 1.38x faster than
-the second at length 2048 and as fast at 512; 2x at K = 384
-(`benchmarks/attention_kernel_torch.py`, `triton` and `triton-flash`
-columns).
+On an H200 at K = 256, 12 heads, V = 64, the first takes 1.02 ms of kernel
+time against the second's 1.29 at length 512 (batch 32), 3.07 against 4.40
+ms at 2048 (batch 8) and 11.6 against 16.7 ms at 8192 (batch 2, heads in
+chunks); 15.1 against 41.2 ms at K = 384 and 8192
+(`benchmarks/attention_kernel_torch.py`: `--profile`, and the `triton` and
+`triton-flash` columns).
 
 `applies` says when the kernel runs; `attention` is the kernel contract of
 every backend (see `collaborative_dot_product_attention.py`). The kernels run

@@ -128,7 +128,7 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
       attention core on an H200: the Pallas kernel where
       `_pallas_attention.PREFERRED_LENGTHS` says (keys up to 128 wide
       below length 512; where cuDNN does not take the width, Dk 256 below
-      4096), cuDNN where its head size limit allows
+      8192), cuDNN where its head size limit allows
       (counting the content column) from length 256 on
       (`_jax_attention.cudnn_preferred`), else the explicit path; on CPUs
       the explicit path.
