@@ -150,58 +150,46 @@ def test_interpreted_kernel_wide_keys_and_head_groups(ta, shape, groups,
     _assert_close(got, want, 1e-5)
 
 
-@pytest.mark.parametrize("kind", ["keys", "heads", "broadcast"])
-def test_interpreted_written_backward_in_chunks_of_batch_rows(ta, kind,
-                                                               monkeypatch):
-    """A budget of one batch row's score gradient runs the backward one row
-    at a time (a per-batch mask sliced with the rows, a broadcast one not)
-    and gives the gradients of the whole batch in one go."""
-    batch, length, keys, heads = 3, 21, 35, 3
+@pytest.mark.parametrize(
+    "kind,batch,heads,budget_heads,launches",
+    [
+        # A budget of one batch row's score gradient (3 heads): one row at a
+        # time, a per-batch mask sliced with the rows, a broadcast one not.
+        ("keys", 3, 3, 3, 3),
+        ("heads", 3, 3, 3, 3),
+        ("broadcast", 3, 3, 3, 3),
+        # A row over the budget: its heads in chunks (3 + 1 of 4: the last
+        # chunk smaller), each kernel reading its heads' slices (a per-head
+        # mask, the content term, the values and their gradients); dq and dk
+        # summed over the chunks.
+        ("heads", 2, 4, 3, 4),
+        ("keys", 2, 4, 3, 4),
+    ],
+)
+def test_interpreted_written_backward_in_chunks(ta, kind, batch, heads,
+                                                budget_heads, launches,
+                                                monkeypatch):
+    """The written backward in chunks (of batch rows, or of one row's heads)
+    gives the gradients of the whole batch in one go."""
+    length, keys = 21, 35
     args, mask, g = _inputs(batch, length, keys, heads,
                             mask="heads" if kind == "broadcast" else kind)
     if kind == "broadcast":
         mask = mask[:1]  # (1, N, T, S)
-    row_bytes = heads * length * keys * args[0].element_size()
-    launches = []
-    monkeypatch.setattr(ta, "_key_kernel",
-                        _Counting(ta._key_kernel, launches))
-    kwargs = dict(mask=mask, scale=0.2)
-    chunked = output_and_grads(
-        ta.attention, args, g,
-        config=_small_tiles(ta, score_gradient_bytes=row_bytes), **kwargs)
-    assert [grid[1] for grid in launches] == [1, 1, 1]
-    whole = output_and_grads(ta.attention, args, g,
-                             config=_small_tiles(ta), **kwargs)
-    assert launches[-1][1] == batch
-    for a, b in zip(chunked, whole):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    want = output_and_grads(_explicit, args, g, **kwargs)
-    _assert_close(chunked, want, 1e-5)
-
-
-@pytest.mark.parametrize("kind", ["heads", "keys"])
-def test_interpreted_written_backward_in_chunks_of_heads(ta, kind,
-                                                         monkeypatch):
-    """Where one batch row's score gradient is over the budget, each row
-    runs in chunks of heads (3 + 1 of 4 here: the last chunk smaller), each
-    kernel reading its heads' slices (a per-head mask, the content term, the
-    values and their gradients); dq and dk summed over the chunks equal the
-    whole backward's."""
-    batch, length, keys, heads = 2, 21, 35, 4
-    args, mask, g = _inputs(batch, length, keys, heads, mask=kind)
     head_bytes = length * keys * args[0].element_size()
-    launches = []
-    monkeypatch.setattr(ta, "_key_kernel",
-                        _Counting(ta._key_kernel, launches))
+    grids = []
+    monkeypatch.setattr(ta, "_key_kernel", _Counting(ta._key_kernel, grids))
     kwargs = dict(mask=mask, scale=0.2)
     chunked = output_and_grads(
         ta.attention, args, g,
-        config=_small_tiles(ta, score_gradient_bytes=3 * head_bytes),
+        config=_small_tiles(ta, score_gradient_bytes=budget_heads
+                            * head_bytes),
         **kwargs)
-    # (key blocks, batch rows, head groups): 2 rows x 2 head chunks.
-    assert [grid[1] for grid in launches] == [1, 1, 1, 1]
+    # grids: (key blocks, batch rows, head groups), one launch per chunk.
+    assert [grid[1] for grid in grids] == [1] * launches
     whole = output_and_grads(ta.attention, args, g,
                              config=_small_tiles(ta), **kwargs)
+    assert grids[-1][1] == batch
     for a, b in zip(chunked, whole):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     want = output_and_grads(_explicit, args, g, **kwargs)

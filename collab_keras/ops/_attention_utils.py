@@ -7,6 +7,8 @@ A leaf module: it imports only Keras, so that the dispatch
 import cycle.
 """
 
+import functools
+
 from keras import ops
 
 
@@ -100,6 +102,26 @@ def fit_tiles(resident, streamed, stages, resident_width, streamed_width,
         else:
             resident //= 2
     return resident, streamed
+
+
+def fitted_config(config, keys, values, itemsize, mask_itemsize=0):
+    """A GPU kernel's tile `config` (the `Config` of the Triton or the Pallas
+    kernel) with tiles that fit in shared memory (`fit_tiles`; `keys`,
+    `values`: the widths of the key's and the values' tiles): the forward
+    and query kernels hold a query tile and stream key and value tiles, the
+    key kernels the reverse."""
+    fit = functools.partial(fit_tiles, itemsize=itemsize,
+                            mask_itemsize=mask_itemsize)
+    both = keys + values
+    bq, bk = fit(config.block_q, config.block_k, config.stages, keys, both)
+    bk_ds, bq_ds = fit(config.block_k_ds, config.block_q_ds,
+                       config.stages_ds, both, both)
+    bk_bwd, bq_bwd = fit(config.block_k_bwd, config.block_q_bwd,
+                         config.stages, both, both)
+    bq_bwd, bk_bwd = fit(bq_bwd, bk_bwd, config.stages, keys, both)
+    return config._replace(block_q=bq, block_k=bk, block_q_ds=bq_ds,
+                           block_k_ds=bk_ds, block_q_bwd=bq_bwd,
+                           block_k_bwd=bk_bwd)
 
 
 # Programs that fill an H200: two per multiprocessor (132 of them).

@@ -128,27 +128,9 @@ def default_config(key_width, value_width, dtype=jnp.bfloat16,
             name: max(16, getattr(config, name) // 2)
             for name in _BLOCKS
         })
-    return _fitted(config, tile_width(key_width), tile_width(value_width),
-                   jnp.dtype(dtype).itemsize, 1 if full_mask else 0)
-
-
-def _fitted(config, keys, values, itemsize, mask_itemsize):
-    """`config` with tiles that fit in shared memory
-    (`_attention_utils.fit_tiles`; `keys`, `values`: the padded widths):
-    the forward and query kernels hold a query tile and stream key and
-    value tiles, the key kernels the reverse."""
-    fit = functools.partial(_attention_utils.fit_tiles, itemsize=itemsize,
-                            mask_itemsize=mask_itemsize)
-    both = keys + values
-    bq, bk = fit(config.block_q, config.block_k, config.stages, keys, both)
-    bk_ds, bq_ds = fit(config.block_k_ds, config.block_q_ds,
-                       config.stages_ds, both, both)
-    bk_bwd, bq_bwd = fit(config.block_k_bwd, config.block_q_bwd,
-                         config.stages, both, both)
-    bq_bwd, bk_bwd = fit(bq_bwd, bk_bwd, config.stages, keys, both)
-    return config._replace(block_q=bq, block_k=bk, block_q_ds=bq_ds,
-                           block_k_ds=bk_ds, block_q_bwd=bq_bwd,
-                           block_k_bwd=bk_bwd)
+    return _attention_utils.fitted_config(
+        config, tile_width(key_width), tile_width(value_width),
+        jnp.dtype(dtype).itemsize, 1 if full_mask else 0)
 
 
 _BLOCKS = ("block_q", "block_k", "block_q_bwd", "block_k_bwd", "block_q_ds",

@@ -60,7 +60,6 @@ in Triton's interpreter on CPUs when `TRITON_INTERPRET=1` is set before this
 module is imported (the CPU tests do).
 """
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -69,7 +68,7 @@ import triton
 import triton.language as tl
 
 from collab_keras.ops._attention_utils import SCORE_GRADIENT_BYTES
-from collab_keras.ops._attention_utils import fit_tiles
+from collab_keras.ops._attention_utils import fitted_config
 from collab_keras.ops._attention_utils import head_groups
 from collab_keras.ops._attention_utils import score_gradient_heads
 from collab_keras.ops._attention_utils import score_gradient_rows
@@ -131,27 +130,9 @@ def default_config(key_width, dtype=torch.bfloat16, value_width=64,
             block_q_ds=config.block_q_ds // 2,
             block_k_ds=config.block_k_ds // 2,
         )
-    return _fitted(config, key_width, value_width, dtype.itemsize,
-                   1 if full_mask else 0)
-
-
-def _fitted(config, key_width, value_width, itemsize, mask_itemsize):
-    """`config` with tiles that fit in shared memory (`fit_tiles`): the
-    forward and query kernels hold a query tile and stream key and value
-    tiles, the key kernels the reverse."""
-    keys = _tile_widths(key_width)
-    both = keys + tile_width(value_width)
-    fit = functools.partial(fit_tiles, itemsize=itemsize,
-                            mask_itemsize=mask_itemsize)
-    bq, bk = fit(config.block_q, config.block_k, config.stages, keys, both)
-    bk_ds, bq_ds = fit(config.block_k_ds, config.block_q_ds,
-                       config.stages_ds, both, both)
-    bk_bwd, bq_bwd = fit(config.block_k_bwd, config.block_q_bwd,
-                         config.stages, both, both)
-    bq_bwd, bk_bwd = fit(bq_bwd, bk_bwd, config.stages, keys, both)
-    return config._replace(block_q=bq, block_k=bk, block_q_ds=bq_ds,
-                           block_k_ds=bk_ds, block_q_bwd=bq_bwd,
-                           block_k_bwd=bk_bwd)
+    return fitted_config(config, _tile_widths(key_width),
+                         tile_width(value_width), dtype.itemsize,
+                         1 if full_mask else 0)
 
 
 def _tile_widths(key_width):
