@@ -53,7 +53,8 @@ BACKWARDS = ("written", "flash", "chunks")  # `--backwards` picks some
 def backwards(case, dtype):
     """The backwards to check on `case`: name -> `Config`."""
     batch, t, s, n, k, v = case[:6]
-    config = pa.default_config(k, v, dtype)
+    config = pa.default_config(k, v, dtype,
+                               full_mask=case[7] in ("full", "full_heads"))
     kinds = {"written": config,
              "flash": config._replace(score_gradient_bytes=0)}
     if case in CHUNKED:

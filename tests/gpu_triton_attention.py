@@ -112,8 +112,10 @@ def main():
                 ("written heads", max(1, case[3] - 1) * head_bytes),
                 ("flash", 0),
             ):
-                config = ta.default_config(case[4], dtype, case[5])._replace(
-                    score_gradient_bytes=budget)
+                config = ta.default_config(
+                    case[4], dtype, case[5],
+                    full_mask=case[7] in ("full", "full_heads"),
+                )._replace(score_gradient_bytes=budget)
                 got = outputs(ta.attention, args, mask, grad, scale, causal,
                               config=config)
                 errs = [rel(g, t) for g, t in zip(got, truth)]
