@@ -794,8 +794,8 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows,
         part = slice(first, min(first + rows, batch))
         n = part.stop - part.start
         q_p, k_p = q[part], k[part]
-        v_p, c_p, mask_p = v[part], _batch_rows(c, part), _batch_rows(mask,
-                                                                       part)
+        v_p, c_p = v[part], _batch_rows(c, part)
+        mask_p = _batch_rows(mask, part)
         dk_p = None
         for chunk in head_chunks:
             h = chunk.stop - chunk.start
@@ -803,7 +803,7 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows,
             tensors, strides = _common(
                 q_p, k_p, v_p[:, :, chunk], m[chunk],
                 None if c_p is None else c_p[..., chunk],
-                _head_rows(mask_p, chunk))
+                _mask_heads(mask_p, chunk))
             ds_p = ds[:n * keys * h * length].view(n, keys, h, length)
             qm_p = qm[:n * h * length * key_width].view(n, h, length,
                                                          key_width)
@@ -813,7 +813,8 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows,
             lse_p, delta_p = lse[part][:, chunk], delta[part][:, chunk]
             _key_kernel[(n_kblocks, n, groups)](
                 *tensors, d_out_p, lse_p, delta_p, ds_p, ds_p, dv_p,
-                dv_p if dc_p is None else dc_p, *strides, *d_out_p.stride(), *lse_p.stride(), 0, 0, 0,
+                dv_p if dc_p is None else dc_p,
+                *strides, *d_out_p.stride(), *lse_p.stride(), 0, 0, 0,
                 ds_p.stride(0), ds_p.stride(2), ds_p.stride(3),
                 ds_p.stride(1), *dv_p.stride(), *_strides(dc_p, 3),
                 length, keys, key_width, value_width,
@@ -845,7 +846,7 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows,
     return dq, dk, dv, dm.sum((0, 1)).to(m.dtype), dc
 
 
-def _head_rows(mask, chunk):
+def _mask_heads(mask, chunk):
     """`mask[:, chunk]` along the heads' axis, or `mask` where it is `None`
     or broadcast over heads."""
     if mask is None or mask.shape[1] == 1:
