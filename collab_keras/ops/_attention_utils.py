@@ -104,6 +104,18 @@ def fit_tiles(resident, streamed, stages, resident_width, streamed_width,
     return resident, streamed
 
 
+# The tile rows of a GPU kernel's `Config` (Triton's and Pallas').
+_TILE_ROWS = ("block_q", "block_k", "block_q_bwd", "block_k_bwd",
+              "block_q_ds", "block_k_ds")
+
+
+def halved_tiles(config):
+    """A GPU kernel's tile `config` with every tile's rows halved (not below
+    16): the float32 tiles, twice the bytes and registers per row."""
+    return config._replace(**{name: max(16, getattr(config, name) // 2)
+                              for name in _TILE_ROWS})
+
+
 def fitted_config(config, keys, values, itemsize, mask_itemsize=0):
     """A GPU kernel's tile `config` (the `Config` of the Triton or the Pallas
     kernel) with tiles that fit in shared memory (`fit_tiles`; `keys`,

@@ -123,18 +123,11 @@ def default_config(key_width, value_width, dtype=jnp.bfloat16,
         config = Config(block_q=64, block_k=32, warps=4, block_q_bwd=32,
                         block_k_bwd=32, warps_bwd=8, block_q_ds=32,
                         block_k_ds=64, warps_ds=8)
-    if jnp.dtype(dtype).itemsize == 4:  # float32 tiles: half the blocks
-        config = config._replace(**{
-            name: max(16, getattr(config, name) // 2)
-            for name in _BLOCKS
-        })
+    if jnp.dtype(dtype).itemsize == 4:
+        config = _attention_utils.halved_tiles(config)
     return _attention_utils.fitted_config(
         config, tile_width(key_width), tile_width(value_width),
         jnp.dtype(dtype).itemsize, 1 if full_mask else 0)
-
-
-_BLOCKS = ("block_q", "block_k", "block_q_bwd", "block_k_bwd", "block_q_ds",
-           "block_k_ds")
 
 
 def _key_block(config):
@@ -283,12 +276,15 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
             "Pallas", reason, query, key, value, mask)
     batch, length, key_width = query.shape
     keys, num_heads, value_width = value.shape[1:]
+    mask_kind = "none"
+    if mask is not None:
+        mask = mask.astype(jnp.bool_)
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        # (B, S) key padding, or any (B, 1 or N, T, S) mask
+        mask_kind = "keys" if mask.shape[1] == mask.shape[2] == 1 else "full"
     if config is None:
-        shape = (1,) * 4 if mask is None else (
-            (1,) * (4 - len(mask.shape)) + tuple(mask.shape))
-        full_mask = shape[1] != 1 or shape[2] != 1  # as `mask_kind` below
         config = default_config(key_width, value_width, query.dtype,
-                                full_mask)
+                                full_mask=mask_kind == "full")
     auto_groups = not config.head_groups
     if auto_groups:  # the flash backward's; the written one's: per chunk
         config = config._replace(head_groups=head_groups(
@@ -306,20 +302,15 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
     if content is not None:
         c = jnp.transpose(content.astype(jnp.float32), (0, 2, 1))  # (B, N, S)
         c = _pad(c, (0, 0, s_pad - keys))
-    mask_kind, mask_arr = "none", None
-    if mask is not None:
-        mask = mask.astype(jnp.bool_)
-        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-        if mask.shape[1] == 1 and mask.shape[2] == 1:
-            mask_kind = "keys"  # (B, S): key padding
-            mask_arr = jnp.broadcast_to(mask[:, 0, 0, :], (batch, keys))
-            mask_arr = _pad(mask_arr.astype(jnp.int8), (0, s_pad - keys))
-        else:
-            mask_kind = "full"  # (B, 1 or N, T, S)
-            heads = mask.shape[1]
-            mask_arr = jnp.broadcast_to(mask, (batch, heads, length, keys))
-            mask_arr = _pad(mask_arr.astype(jnp.int8),
-                            (0, 0, t_pad - length, s_pad - keys))
+    mask_arr = None
+    if mask_kind == "keys":
+        mask_arr = jnp.broadcast_to(mask[:, 0, 0, :], (batch, keys))
+        mask_arr = _pad(mask_arr.astype(jnp.int8), (0, s_pad - keys))
+    elif mask_kind == "full":
+        heads = mask.shape[1]
+        mask_arr = jnp.broadcast_to(mask, (batch, heads, length, keys))
+        mask_arr = _pad(mask_arr.astype(jnp.int8),
+                        (0, 0, t_pad - length, s_pad - keys))
     static = _Static(
         scale=float(scale), causal=bool(is_causal), mask_kind=mask_kind,
         keys=keys, config=config, interpret=bool(interpret),

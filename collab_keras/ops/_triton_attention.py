@@ -69,6 +69,7 @@ import triton.language as tl
 
 from collab_keras.ops._attention_utils import SCORE_GRADIENT_BYTES
 from collab_keras.ops._attention_utils import fitted_config
+from collab_keras.ops._attention_utils import halved_tiles
 from collab_keras.ops._attention_utils import head_groups
 from collab_keras.ops._attention_utils import score_gradient_heads
 from collab_keras.ops._attention_utils import score_gradient_rows
@@ -122,14 +123,8 @@ def default_config(key_width, dtype=torch.bfloat16, value_width=64,
     else:  # not swept: the tiles of the first GPU checks
         config = Config(block_q=64, block_k=32, warps=4, block_q_bwd=32,
                         block_k_bwd=64, warps_bwd=8)
-    if dtype == torch.float32:  # float32 tiles: half the rows
-        config = config._replace(
-            block_q=config.block_q // 2, block_k=config.block_k // 2,
-            block_q_bwd=config.block_q_bwd // 2,
-            block_k_bwd=config.block_k_bwd // 2,
-            block_q_ds=config.block_q_ds // 2,
-            block_k_ds=config.block_k_ds // 2,
-        )
+    if dtype == torch.float32:
+        config = halved_tiles(config)
     return fitted_config(config, _tile_widths(key_width),
                          tile_width(value_width), dtype.itemsize,
                          1 if full_mask else 0)
