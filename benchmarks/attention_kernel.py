@@ -31,10 +31,11 @@ flash backward's and the written backward's (`block_q_ds`, `block_k_ds`,
 `warps_ds`, `stages_ds`; `--sweep-kinds` picks among `fwd,flash,written`,
 and `--sweep-key-width` the width). `--profile` prints the GPU time of
 each kernel of one forward+backward (a `jax.profiler` trace read back with
-`jax.profiler.ProfileData`), for the Pallas core and cuDNN's MHA core. The table ends with
-`_pallas_attention.PREFERRED_LENGTHS` as measured: per key width, the first
-length where `pallas` forward+backward is no faster than the best of
-`bcast` and `explicit`.
+`jax.profiler.ProfileData`), for the Pallas core and cuDNN's MHA core. The
+table ends with `_pallas_attention.PREFERRED_LENGTHS` as measured: per key
+width, the first length where `pallas` forward+backward is no faster than
+the best of `bcast` and `explicit` (lengths where neither was timed do not
+count).
 """
 
 import argparse
@@ -273,10 +274,10 @@ def table(lengths, key_widths, causal):
                        "pallas", others)
             alternatives = [res[kind][1] for kind in ("bcast", "explicit")
                             if res[kind][1] is not None]
-            if res["pallas"][1] is not None:
+            # A length where no other path was timed decides nothing.
+            if res["pallas"][1] is not None and alternatives:
                 wins.setdefault(key_width, []).append(
-                    (length, not alternatives
-                     or res["pallas"][1] < min(alternatives)))
+                    (length, res["pallas"][1] < min(alternatives)))
     print_preferred_lengths(wins)
 
 
