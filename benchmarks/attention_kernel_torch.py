@@ -153,20 +153,27 @@ SWEEP = {  # key width: forward (bq, bk, warps, stages), flash backward
            (128, 64, 8, 3), (64, 128, 4, 3), (64, 64, 4, 2)],
           [(32, 64, 4), (32, 128, 8), (16, 64, 4), (32, 64, 8), (64, 64, 4)],
           [(32, 64, 4, 2), (32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3),
-           (32, 128, 8, 4), (64, 128, 8, 4), (32, 128, 4, 3),
-           (16, 128, 4, 3)]),
+           (32, 128, 8, 4), (32, 128, 4, 3), (16, 128, 4, 3), (32, 64, 4, 4),
+           (64, 64, 4, 3), (32, 64, 8, 3), (64, 64, 8, 3)]),
     384: ([(64, 32, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 8, 2),
            (128, 64, 8, 3)],
           [(32, 32, 8), (32, 32, 4), (16, 32, 4), (32, 64, 8), (16, 64, 4),
            (64, 32, 8)],
           [(32, 64, 4, 2), (32, 64, 4, 3), (32, 128, 8, 3), (64, 128, 8, 3),
-           (64, 64, 8, 3)]),
+           (64, 64, 8, 3), (32, 64, 8, 3), (64, 64, 4, 3)]),
 }
 
 
+# The written backward's `_mixing_gradient_kernel` (query rows, key
+# columns; every key width).
+MIXING_SWEEP = [(32, 64), (64, 64), (32, 128), (64, 128), (16, 128),
+                (128, 32)]
+
+
 def sweep(lengths, key_widths, parts):
-    """Times each tile configuration of `SWEEP` (`parts`: "fwd", "flash",
-    "written") at each length and key width."""
+    """Times each tile configuration of `SWEEP` and `MIXING_SWEEP`
+    (`parts`: "fwd", "flash", "written", "mixing") at each length and key
+    width."""
     for length in lengths:
         batch = BATCH_FOR[length]
         for key_width in key_widths:
@@ -189,6 +196,10 @@ def sweep(lengths, key_widths, parts):
                           base._replace(block_q_ds=bq, block_k_ds=bk,
                                         warps_ds=w, stages_ds=st))
                          for bq, bk, w, st in written_configs]
+            if "mixing" in parts:
+                runs += [(f"fwd+bwd, mixing bt{bt} bc{bc}", 1, base._replace(
+                    block_t_mix=bt, block_c_mix=bc))
+                    for bt, bc in MIXING_SWEEP]
             for name, index, cfg in runs:
                 try:
                     fn = core("triton", key_width, False, cfg)
@@ -256,7 +267,7 @@ def main():
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--sweep-lengths", default="512")
     parser.add_argument("--sweep-key-widths", default="128,256,384")
-    parser.add_argument("--sweep-parts", default="fwd,flash,written")
+    parser.add_argument("--sweep-parts", default="fwd,flash,written,mixing")
     parser.add_argument("--no-table", action="store_true")
     parser.add_argument("--profile", action="store_true",
                         help="CUDA time per kernel at --lengths x --key-widths")

@@ -104,7 +104,8 @@ def _assert_close(got, want, rtol):
 
 def _small_tiles(ta, **changes):
     return ta.Config(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16,
-                     block_q_ds=16, block_k_ds=16, **changes)
+                     block_q_ds=16, block_k_ds=16, block_t_mix=16,
+                     block_c_mix=16, **changes)
 
 
 # The two backward passes: the score gradient written to memory (the

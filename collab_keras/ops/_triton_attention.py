@@ -47,12 +47,11 @@ Two backward passes, the same maths and the same roundings:
   and `_query_kernel` (dQ, dM per query block), each recomputing the
   scores, with no `(T, S)` tensor in memory.
 
-On an H200 at K = 256, 12 heads, V = 64, the first takes 1.02 ms of kernel
-time against the second's 1.29 at length 512 (batch 32), 3.07 against 4.40
-ms at 2048 (batch 8) and 11.6 against 16.7 ms at 8192 (batch 2, heads in
-chunks); 15.1 against 41.2 ms at K = 384 and 8192
-(`benchmarks/attention_kernel_torch.py`: `--profile`, and the `triton` and
-`triton-flash` columns).
+On an H200 at K = 256, 12 heads, V = 64, the first takes 0.92 ms of kernel
+time against the second's 1.30 at length 512 (batch 32) and 2.66 against
+4.33 ms at 2048 (batch 8) (`benchmarks/attention_kernel_torch.py
+--profile`); docs/performance.md has length 8192 (heads in chunks) and
+K = 384.
 
 `applies` says when the kernel runs; `attention` is the kernel contract of
 every backend (see `collaborative_dot_product_attention.py`). The kernels run
@@ -98,6 +97,8 @@ class Config(NamedTuple):
     block_k_ds: int = 64
     warps_ds: int = 4
     stages_ds: int = 2
+    block_t_mix: int = 64  # and its `_mixing_gradient_kernel` (query rows,
+    block_c_mix: int = 64  # key columns)
     score_gradient_bytes: int = SCORE_GRADIENT_BYTES  # 0: flash backward
 
 
@@ -105,7 +106,8 @@ def default_config(key_width, dtype=torch.bfloat16, value_width=64,
                    full_mask=False):
     """Tile sizes by the key width's tile (a power of two) and dtype,
     measured on an H200 (`benchmarks/attention_kernel_torch.py --sweep`,
-    values 64 wide, no mask), made smaller where the kernels' tiles would
+    values 64 wide, no mask; the written backward's by kernel time, the
+    others by wall time), made smaller where the kernels' tiles would
     not fit in shared memory (`fit_tiles`: wider values, a general mask's
     tiles (`full_mask`), float32)."""
     width = tile_width(key_width)
@@ -114,8 +116,8 @@ def default_config(key_width, dtype=torch.bfloat16, value_width=64,
                         block_k_bwd=64, warps_bwd=4, score_gradient_bytes=0)
     elif width <= 256:
         config = Config(block_q=128, block_k=128, warps=8, block_q_bwd=32,
-                        block_k_bwd=64, warps_bwd=4, block_q_ds=32,
-                        block_k_ds=128, warps_ds=4, stages_ds=3)
+                        block_k_bwd=64, warps_bwd=4, block_q_ds=64,
+                        block_k_ds=128, warps_ds=8, stages_ds=3)
     elif key_width <= 384:
         config = Config(block_q=128, block_k=64, warps=8, block_q_bwd=32,
                         block_k_bwd=64, warps_bwd=8, block_q_ds=32,
@@ -780,7 +782,7 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows,
     if len(head_chunks) > 1:  # dq summed over head chunks
         dq32 = torch.empty((rows, length, key_width), dtype=torch.float32,
                            device=q.device)
-    block_t, block_c = 32, 64
+    block_t, block_c = cfg.block_t_mix, cfg.block_c_mix
     n_tblocks = triton.cdiv(length, block_t)
     dm = torch.empty((batch, n_tblocks, num_heads, key_width),
                      dtype=torch.float32, device=q.device)
@@ -834,8 +836,8 @@ def _backward_written(q, k, v, m, c, mask, lse, delta, d_out, static, rows,
             product = _product(ds_p, qm_p.view(n, h * length, key_width))
             dk_p = product if dk_p is None else dk_p + product  # (B', S, K)
         if dq32 is not None:
-            dq[part] = dq32[:n].to(q.dtype)
-        dk[part] = (dk_p * static.scale).to(k.dtype)
+            dq[part].copy_(dq32[:n])
+        torch.mul(dk_p, static.scale, out=dk[part])  # float32, then cast
     if dc is not None:
         dc = dc.to(c.dtype)
     return dq, dk, dv, dm.sum((0, 1)).to(m.dtype), dc
