@@ -20,7 +20,8 @@ import numpy as np  # noqa: E402
 from collab_keras.ops import _pallas_attention as pa  # noqa: E402
 
 TILES = pa.Config(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16,
-                  block_q_ds=16, block_k_ds=16)
+                  block_q_ds=16, block_k_ds=16, block_t_mix=16,
+                  block_c_mix=16)
 # The two backwards: the score gradient written (the default where it fits)
 # and the flash one (`score_gradient_bytes=0`).
 FLASH = {"score_gradient_bytes": 0}

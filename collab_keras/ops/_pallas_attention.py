@@ -34,8 +34,9 @@ multi-head kernel:
     a plain matrix for the key's product); then XLA
     products (cuBLAS) take the width-`K` part: `dS_h k` per head gives the
     mixed query's gradient (hence the query's, summed over heads with
-    `m_h`, and the mixing's, summed over batch and queries with `q`), and
-    one contraction of `dS` with the mixed query `(B, N, T, K)` over heads
+    `m_h`, and the mixing's, summed over batch and queries with `q`, both
+    in one pass of `_mixing_kernel`, which also writes the mixed query),
+    and one contraction of `dS` with the mixed query `(B, N, T, K)` over heads
     and queries gives the key's. Why: the width-`K` products are the bulk
     of the backward's FLOPs (`K` 256 against `V` 64), and the flash form
     runs them twice in Triton-lowered kernels (once per kernel, each
@@ -94,6 +95,8 @@ class Config(NamedTuple):
     block_k_ds: int = 64
     warps_ds: int = 4
     stages_ds: int = 2
+    block_t_mix: int = 64  # and its `_mixing_kernel` (query rows, key
+    block_c_mix: int = 64  # columns; the divisors of the padded sizes)
     # Bytes that the written backward's chunk of batch rows may take (the
     # score gradient, the mixed query and its gradient, `written_rows`); 0:
     # always the flash backward.
@@ -673,6 +676,29 @@ def _backward_flash(static, q, k, v, m, c, mask_arr, lse, d_out, delta):
     return dq, dk, dv, dm, dc
 
 
+def _mixing_kernel(dqm_ref, q_ref, m_ref, dq_ref, dm_ref, mixed_ref, *,
+                   scale, num_heads, block_t, block_c):
+    """The written backward's query side on a block of query rows and key
+    columns, from dQm_h = dS_h k (unscaled, float32, `(B, N, T, K)`):
+    dq = scale * sum_h m_h * dQm_h, this block's part of dm_h =
+    scale * sum_t q * dQm_h, and the mixed query q * m_h (`_mixed`) for
+    the key's product, in one pass over dQm."""
+    i, b, c = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    rows, cols = pl.ds(i * block_t, block_t), pl.ds(c * block_c, block_c)
+    q = q_ref[b, rows, cols]  # (bt, bc)
+
+    def head(h, dq):
+        m = m_ref[h, cols]
+        dqm = dqm_ref[b, h, rows, cols] * scale  # d (q * m_h)
+        dm_ref[b, i, h, cols] = jnp.sum(dqm * q.astype(jnp.float32), axis=0)
+        mixed_ref[b, h, rows, cols] = _mixed(q, m)
+        return dq + dqm * m.astype(jnp.float32)[None, :]
+
+    dq = lax.fori_loop(0, num_heads, head,
+                       jnp.zeros((block_t, block_c), jnp.float32))
+    dq_ref[b, rows, cols] = dq.astype(dq_ref.dtype)
+
+
 def written_rows(batch, heads, length, keys, key_width, dtype, config):
     """Batch rows per chunk of the backward with the score gradient
     written: the most rows whose buffers of shape `(rows, heads, length,
@@ -706,7 +732,9 @@ def _backward_written(static, q, k, v, m, c, mask_arr, lse, d_out, delta,
     per_group = num_heads // groups
     heads_in_mask = 1 if mask_arr is None or mask_arr.ndim != 4 else mask_arr.shape[1]
     has_content = c is not None
-    m32 = m.astype(jnp.float32)
+    # `_mixing_kernel`'s tiles: divisors of the padded sizes.
+    block_t = math.gcd(cfg.block_t_mix, t_pad)
+    block_c = math.gcd(cfg.block_c_mix, k_pad)
     # float32 inputs: products in float32 (not TF32), as the kernels'.
     precision = lax.Precision.HIGHEST if dtype == jnp.float32 else None
     kernel = functools.partial(
@@ -736,16 +764,27 @@ def _backward_written(static, q, k, v, m, c, mask_arr, lse, d_out, delta,
         )(*args)
         ds, dv = grads[:2]  # ds: (rows, S, N, T), unscaled
         dc = grads[2] if has_content else None
-        mixed = (q.astype(jnp.float32)[:, None] * m32[None, :, None, :]
-                 ).astype(dtype)  # (rows, N, T, Kp), as `_mixed`
+        dqm = jnp.einsum("bsnt,bsk->bntk", ds, k, precision=precision,
+                         preferred_element_type=jnp.float32)
+        # dqm: d (q * m_h) / scale, (rows, N, T, Kp) float32
+        dq, dm, mixed = pl.pallas_call(
+            functools.partial(_mixing_kernel, scale=static.scale,
+                              num_heads=num_heads, block_t=block_t,
+                              block_c=block_c),
+            grid=(t_pad // block_t, rows, k_pad // block_c),
+            out_shape=[
+                jax.ShapeDtypeStruct(q.shape, dtype),
+                jax.ShapeDtypeStruct(
+                    (rows, t_pad // block_t, num_heads, k_pad), jnp.float32),
+                jax.ShapeDtypeStruct((rows, num_heads, t_pad, k_pad), dtype),
+            ],
+            compiler_params=_params(4, 1),
+            interpret=static.interpret,
+            name="collaborative_attention_mixing_gradient",
+        )(dqm, q, m)
         dk = jnp.einsum("bsnt,bntk->bsk", ds, mixed, precision=precision,
                         preferred_element_type=jnp.float32) * static.scale
-        dqm = jnp.einsum("bsnt,bsk->bntk", ds, k, precision=precision,
-                         preferred_element_type=jnp.float32) * static.scale
-        # dqm: d (q * m_h), (rows, N, T, Kp) float32
-        dq = jnp.sum(dqm * m32[None, :, None, :], axis=1)  # (rows, T, Kp)
-        dm = jnp.sum(dqm * q.astype(jnp.float32)[:, None], axis=(0, 2))
-        return dq.astype(dtype), dk.astype(k.dtype), dv, dm, dc
+        return dq, dk.astype(k.dtype), dv, jnp.sum(dm, axis=(0, 1)), dc
 
     xs = (q, k, v, d_out, lse, delta, c, mask_arr)
     if rows == batch:
