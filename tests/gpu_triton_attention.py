@@ -16,9 +16,9 @@ fully masked rows, causal + mask), odd lengths, key widths 64 to 512, value
 widths 32, 64, 80; then that fully masked rows give 0, that NaN propagates,
 and that the dispatch (`collaborative_dot_product_attention`) routes
 bfloat16 CUDA inputs to this kernel. Every case runs both backward passes:
-the score gradient written to memory (in one chunk, in chunks of one
-batch row, and in chunks of one row's heads) and the flash backward. Exits non-zero
-if a case fails.
+the score gradient written to memory (in one chunk, in chunks of one batch
+row, and in chunks of one row's heads) and the flash backward. Exits
+non-zero if a case fails.
 """
 
 import os

@@ -153,8 +153,9 @@ def head_groups(num_heads, programs):
 
 # Bytes that the GPU kernels' backward with the score gradient `(B', S, N,
 # T)` written may hold at once (a chunk of batch rows, `score_gradient_rows`):
-# 1 GiB, a transient buffer next to a GPU's tens of GiB, and the cap on what
-# the backward adds to the forward's memory.
+# 1 GiB, a transient buffer next to a GPU's tens of GiB. What it caps is
+# what each kernel counts per query: the score gradient's row (Triton), or
+# that and the mixed query and its float32 gradient (Pallas).
 SCORE_GRADIENT_BYTES = 1 << 30
 
 
@@ -174,5 +175,6 @@ def score_gradient_heads(heads, length, bytes_per_query,
     """Heads per chunk of one batch row where the whole row does not fit
     in `budget` (`score_gradient_rows` gave 0): the most heads (at most
     `heads`) whose buffers, of `bytes_per_query` per head and query, fit;
-    0 when one head does not (the flash backward then runs)."""
-    return min(heads, budget // max(length * bytes_per_query, 1))
+    0 when one head does not (the flash backward then runs): the rows of
+    `score_gradient_rows` with a head for a row."""
+    return score_gradient_rows(heads, 1, length, bytes_per_query, budget)

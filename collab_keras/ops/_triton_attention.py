@@ -853,8 +853,8 @@ def _mask_heads(mask, chunk):
 
 def _backward_flash(q, k, v, m, c, mask, lse, delta, d_out, static):
     """dK, dV, dC per key block (`_key_kernel`) and dQ, dM per query block
-    (`_query_kernel`), each kernel
-    recomputing the scores (FlashAttention-2's backward)."""
+    (`_query_kernel`), each kernel recomputing the scores
+    (FlashAttention-2's backward)."""
     cfg = static.config
     batch, length, key_width = q.shape
     keys, num_heads, value_width = v.shape[1:]
