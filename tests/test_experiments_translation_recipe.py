@@ -1,0 +1,70 @@
+"""benchmarks/experiments/translation_recipe.py: its variants, batches, the
+detokenization without TensorFlow, the model it builds, and (slow) the whole
+`--quick` run."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "experiments")
+sys.path.insert(0, os.path.abspath(EXPERIMENTS))
+recipe = pytest.importorskip("translation_recipe")
+
+
+def test_variants_change_one_thing_each():
+    concat, collab = recipe.settings("concat-128"), recipe.settings("collab-128")
+    assert (concat["attention"], concat["keys"], concat["key_dim"]) == ("concatenate", 128, 32)
+    # The issue's setting: key_dim 64, so the scale is 1/8 at every width.
+    assert (collab["attention"], collab["keys"], collab["key_dim"]) == ("collaborative", 128, 64)
+    scale = recipe.settings("collab-128-scale")
+    assert scale["key_dim"] == 32 and not scale["frozen_mixing"]
+    assert recipe.settings("collab-128-frozen")["frozen_mixing"]
+    assert not recipe.settings("collab-128-nodecay")["decay_mixing"]
+    paper = recipe.settings("paper-concat-128")
+    assert (paper["weight_decay"], paper["label_smoothing"], paper["dropout"]) == (0.0, 0.1, 0.3)
+    with pytest.raises(ValueError, match="variant='collab-7'"):
+        recipe.settings("collab-7")
+
+
+def test_batches_are_bucketed_shifted_and_masked():
+    source = [[5, 6, 7], [8] * 40, [9]]
+    target = [[10, 11], [12] * 33, [13, 14, 15]]
+    out = list(recipe.batches(source, target, batch_size=2))
+    assert sum(len(x["source"]) for x, _, _ in out) == 3
+    for x, labels, weights in out:
+        length = x["source"].shape[1]
+        assert length in recipe.BUCKETS and x["target"].shape == labels.shape == weights.shape == (len(labels), length)
+        assert np.all(x["target"][:, 0] == recipe.START)
+        for row in range(len(labels)):
+            n = int(weights[row].sum())  # target + [END]
+            assert labels[row, n - 1] == recipe.END and np.all(labels[row, n:] == recipe.PAD)
+            # The decoder input is the labels shifted right by one.
+            np.testing.assert_array_equal(x["target"][row, 1:n], labels[row, : n - 1])
+    # The 40-token verse needs the 48 bucket; short ones share a 32 batch.
+    assert sorted(x["source"].shape[1] for x, _, _ in out) == [32, 48]
+
+
+def test_detokenize_glues_pieces_and_cleans_punctuation():
+    vocabulary = ["[PAD]", "[START]", "[END]", "[UNK]", "Es", "werde", "Li", "##cht", "!", "»", "«"]
+    ids = [1, 9, 4, 5, 6, 7, 8, 10, 2, 0]
+    assert recipe.detokenize(ids, vocabulary) == "»Es werde Licht!«"
+
+
+def test_frozen_mixing_is_not_trained_and_the_scale_follows_key_dim():
+    model = recipe.build_model(recipe.settings("collab-128-frozen"), vocabulary_size=50, seed=0)
+    layers = [layer for layer in model.layers if hasattr(layer, "mixing")]
+    assert len(layers) == 3 * recipe.MODEL["layers"]  # encoder self, decoder self and cross
+    assert all(not layer.mixing.trainable and layer._scale == pytest.approx(32**-0.5) for layer in layers)
+    assert all(layer.shared_key_dim == 128 for layer in layers)
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end(tmp_path):
+    recipe.main(["quick", "--output", str(tmp_path)])
+    records = sorted((tmp_path / "records").glob("*_seed0.json"))
+    assert [p.name for p in records] == ["collab-128-scale_seed0.json", "concat-128_seed0.json"]
+    record = json.loads(records[0].read_text())
+    assert record["steps"] == 2 and np.isfinite(record["final_validation_ce"]) and "nrefs:1" in record["bleu_signature"]
