@@ -15,6 +15,7 @@ BACKEND_TESTS = [
     "tests/test_cached_collaborative_attention.py",
     "tests/test_collaborative_attention.py",
     "tests/test_multi_head_attention_parity.py",
+    "tests/test_one_hot_embedding.py",
 ]
 
 

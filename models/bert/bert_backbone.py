@@ -9,6 +9,7 @@ from collab_keras.argument_checks import check_integer
 from collab_keras.argument_checks import check_rate
 
 from ..input_checks import check_inputs
+from ..one_hot_embedding import OneHotEmbedding
 from ..presets import BERT_ARCHITECTURES
 from ..transformer_encoder_block import TransformerEncoderBlock
 from ..zoo_model import ZooBackbone
@@ -129,7 +130,9 @@ class BertBackbone(ZooBackbone):
             dtype=dtype,
             name="position_embedding",
         )
-        self.segment_embedding = keras.layers.Embedding(
+        # A one-hot product, not a lookup: its gradient is a float32-accumulated
+        # matmul instead of a bfloat16 scatter of every token into one row.
+        self.segment_embedding = OneHotEmbedding(
             num_segments,
             hidden_dim,
             embeddings_initializer=initializer,

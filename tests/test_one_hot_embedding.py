@@ -1,0 +1,73 @@
+"""OneHotEmbedding: the lookup's values, gradients, weights and masks."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from collab_keras.models.one_hot_embedding import OneHotEmbedding
+
+
+def _value_and_gradient(layer, ids, upstream):
+    """The layer's output and the gradient of `sum(output * upstream)`
+    with respect to its table, on the current backend."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def loss(table):
+            out, _ = layer.stateless_call([table], [], ids)
+            return ops.sum(out * upstream), out
+
+        (_, out), grad = jax.value_and_grad(loss, has_aux=True)(layer.embeddings.value)
+        return np.asarray(out), np.asarray(grad)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            out = layer(ids)
+            loss = tf.reduce_sum(out * upstream)
+        return out.numpy(), tf.convert_to_tensor(tape.gradient(loss, layer.embeddings.value)).numpy()
+    import torch
+
+    layer.embeddings.value.grad = None
+    out = layer(ids)
+    torch.sum(out * torch.as_tensor(upstream)).backward()
+    return out.detach().cpu().numpy(), layer.embeddings.value.grad.cpu().numpy()
+
+
+@pytest.mark.parametrize("rows", [2, 3, 16])
+def test_values_and_gradients_are_the_lookups(rows):
+    rng = np.random.default_rng(rows)
+    ids = rng.integers(0, rows, (4, 33)).astype("int32")
+    ids[:2] = 0  # heavily repeated, as segment ids are
+    upstream = rng.normal(size=(4, 33, 8)).astype("float32")
+    lookup = keras.layers.Embedding(rows, 8)
+    one_hot = OneHotEmbedding(rows, 8)
+    lookup.build(None)
+    one_hot.build(None)
+    one_hot.set_weights(lookup.get_weights())
+    want, want_grad = _value_and_gradient(lookup, ids, upstream)
+    got, got_grad = _value_and_gradient(one_hot, ids, upstream)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_masks_and_config_are_the_lookups():
+    lookup = keras.layers.Embedding(3, 4, mask_zero=True, name="segment_embedding")
+    one_hot = OneHotEmbedding.from_config(lookup.get_config())
+    lookup.build(None)
+    one_hot.build(None)
+    assert [w.path for w in one_hot.weights] == [w.path for w in lookup.weights]
+    one_hot.set_weights(lookup.get_weights())  # a lookup's checkpoint loads
+    ids = np.array([[1, 2, 0]], "int32")
+    np.testing.assert_array_equal(ops.convert_to_numpy(one_hot.compute_mask(ids)), [[True, True, False]])
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(one_hot))
+    assert isinstance(restored, OneHotEmbedding) and restored.get_config() == one_hot.get_config()
+
+
+def test_mixed_precision_output_dtype():
+    layer = OneHotEmbedding(2, 4, dtype="mixed_bfloat16")
+    out = layer(np.zeros((2, 3), "int32"))
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert layer.embeddings.dtype == "float32"
