@@ -62,6 +62,33 @@ def check_float(
     return float(value)
 
 
+# How much wider than the heads' concatenated query/key width (`num_heads *
+# key_dim`) the shared width may be.
+MAX_SHARED_KEY_DIM_FACTOR = 16
+
+
+def check_shared_key_dim(shared_key_dim, num_heads, key_dim):
+    """`shared_key_dim` as a Python int in `[1, 16 * num_heads * key_dim]`,
+    or a ValueError saying why.
+
+    The shared query/key projections replace heads of `num_heads * key_dim`
+    columns in all; a shared width many times that adds parameters and
+    memory (a typo such as 10**6 exhausts memory while building) without
+    adding heads.
+    """
+    shared_key_dim = check_integer("shared_key_dim", shared_key_dim)
+    limit = MAX_SHARED_KEY_DIM_FACTOR * num_heads * key_dim
+    if shared_key_dim > limit:
+        raise ValueError(
+            f"Argument `shared_key_dim` must be at most {MAX_SHARED_KEY_DIM_FACTOR} * "
+            f"num_heads * key_dim = {limit}: the shared query/key width replaces "
+            f"the heads' {num_heads * key_dim} columns, and a far wider one only "
+            "adds parameters and memory. Received: "
+            f"shared_key_dim={shared_key_dim}"
+        )
+    return shared_key_dim
+
+
 def check_rate(name, value, allow_none=False):
     """`value` as a Python float in `[0, 1)` (a dropout rate), or a
     ValueError naming `name`."""

@@ -237,8 +237,11 @@ class RunConfig:
         if unknown:
             raise ValueError(f"Unknown keys in the run config: {unknown}. Received: {unknown}")
         values.update(changes)
-        missing = sorted(n for n, f in fields.items()
-                         if f.default is dataclasses.MISSING and n not in values)
+        missing = sorted(
+            n for n, f in fields.items()
+            if n not in values and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
         if missing:
             raise ValueError(
                 f"The run config lacks the required keys {missing}. "
@@ -246,7 +249,7 @@ class RunConfig:
             )
         if base_dir is not None:
             def resolve(path):
-                return os.path.join(base_dir, path) if isinstance(path, str) else path
+                return os.path.join(base_dir, path) if isinstance(path, str) and path else path
 
             for name in PATHS:
                 if name not in changes:
