@@ -114,8 +114,10 @@ def describe_os_error(error):
         errno.EACCES: "permission denied; choose a folder you can write, or "
                       "change its permissions",
         errno.EPERM: "permission denied; choose a folder you can write",
-    }.get(error.errno, "")
-    return f"cannot write {where}: {error.strerror or error}" + (f" ({advice})" if advice else "")
+    }.get(error.errno)
+    if advice is None:
+        return f"{where}: {error.strerror or error}"
+    return f"cannot write {where}: {error.strerror or error} ({advice})"
 
 
 def _optimizer(config):
