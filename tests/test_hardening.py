@@ -336,7 +336,7 @@ def _mount(path, options):
 
 
 def _umount(path):
-    subprocess.run(["umount", str(path)], check=False)
+    subprocess.run(["umount", "-l", str(path)], check=False)  # -l: even if busy
 
 
 @tensorflow_only
