@@ -327,9 +327,10 @@ def test_new_arguments_in_config_and_keras_file(tmp_path):
     "kwargs,error,message",
     [
         ({"flash_attention": "false"}, ValueError, "flash_attention='false'"),
-        ({"flash_attention": 0}, ValueError, "flash_attention=0"),
+        # 0 and 1 are False and True, as Keras' layers read them (issue 22).
+        ({"flash_attention": 2}, ValueError, "flash_attention=2"),
         ({"use_bias": "no"}, ValueError, "use_bias='no'"),
-        ({"use_gate": 1}, ValueError, "use_gate=1"),
+        ({"use_gate": 2}, ValueError, "use_gate=2"),
         ({"sliding_window": 0}, ValueError, "sliding_window=0"),
         ({"sliding_window": 2.5}, ValueError, "sliding_window=2.5"),
         ({"mixing_initializer": None}, ValueError, "mixing_initializer=None"),
@@ -365,7 +366,7 @@ def test_numpy_integer_sizes_are_accepted():
         ("batch", ValueError, "query.shape=(2, 4, 8), value.shape=(3, 4, 8)"),
         ("width", ValueError, "query.shape=(2, 4, 6)"),
         ("scores_flag", ValueError, "return_attention_scores='yes'"),
-        ("causal_flag", ValueError, "use_causal_mask=1"),
+        ("causal_flag", ValueError, "use_causal_mask=2"),
     ],
 )
 def test_bad_call_arguments(case, error, message):
@@ -384,7 +385,7 @@ def test_bad_call_arguments(case, error, message):
     elif case == "scores_flag":
         kwargs["return_attention_scores"] = "yes"
     else:
-        kwargs["use_causal_mask"] = 1
+        kwargs["use_causal_mask"] = 2
     with pytest.raises(error, match="Received: .*" + re.escape(message)):
         layer(query, value, **kwargs)
 

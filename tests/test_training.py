@@ -99,7 +99,7 @@ def test_every_task_trains_and_writes_its_run_folder(task, attention, tmp_path):
     if task == "bert-mlm":
         assert metrics["test_perplexity"] == pytest.approx(np.exp(metrics["test_loss"]))
     # The config written next to the outputs repeats the run.
-    again = RunConfig.from_json((tmp_path / "config.json").read_text())
+    again = RunConfig.from_json((tmp_path / "config.json").read_text(), str(tmp_path))
     assert again == tiny_config(task, tmp_path, attention=attention)
 
 
@@ -108,9 +108,13 @@ def test_finished_run_is_resumed_not_overwritten(tmp_path):
     run.train(config)
     checkpoint = tmp_path / "checkpoints" / "step-00000004" / "model.weights.h5"
     before = checkpoint.read_bytes()
+    first = json.loads((tmp_path / "metrics.json").read_text())["final"]
     metrics = run.train(config)  # same config: resumes at step 4 of 4
-    assert metrics["steps_per_second"] is None  # no step trained again
-    assert checkpoint.read_bytes() == before
+    assert checkpoint.read_bytes() == before  # no step trained again
+    # The timing of the run is kept, not replaced with null (issue 22, wrong 10).
+    again = json.loads((tmp_path / "metrics.json").read_text())["final"]
+    for key in ("train_seconds", "steps_per_second", "examples_per_second"):
+        assert metrics[key] == again[key] == first[key] is not None, key
 
 
 def test_run_settings_end_with_the_run(tmp_path):

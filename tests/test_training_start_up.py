@@ -50,6 +50,8 @@ import collab_keras
 from collab_keras.training.start_up import _stderr_without_start_up_lines
 with _stderr_without_start_up_lines():
     os.write(2, b"I0000 00:00:1.5 1 port.cc:153] noise\\nW0000 noise\\n"
+                b"E0000 00:00:1.5 1 cuda_executor.cc:1228] INTERNAL: CUDA error: "
+                b"Failed call to cuInit: UNKNOWN ERROR (303)\\n"
                 b"E0000 00:00:1.5 1 x.cc:1] an error\\nother line\\n")
     print("python line", file=sys.stderr)
 print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"))

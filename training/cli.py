@@ -10,6 +10,8 @@ TASK is nmt, bert-mlm, bert-classify or vit. See docs/training.md.
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 
 from collab_keras.training import data
@@ -73,26 +75,51 @@ def _train_parser(subparsers):
     return p
 
 
-def config_from_args(args):
-    """The `RunConfig` of parsed `train` arguments."""
+def config_from_args(args, parser=None):
+    """The `RunConfig` of parsed `train` arguments.
+
+    With `--config`, relative paths in the file are read relative to its
+    folder, and no other flag may be given (the file says how the run goes);
+    `--output-dir` may, to repeat the run in another folder.
+    """
+    names = {f.name for f in dataclasses.fields(RunConfig)}
     if args.config:
+        if parser is not None:
+            given = sorted(
+                "--" + name.replace("_", "-") for name, value in vars(args).items()
+                if name in names - {"output_dir"} and value != parser.get_default(name)
+            )
+            if args.task is not None or args.set:
+                given = ["TASK" if args.task is not None else "--set"] + given
+            if given:
+                raise ValueError(
+                    "With --config the run's settings come from the file; change "
+                    f"them there. Received: {' '.join(given)} with config={args.config!r}"
+                )
         try:
-            with open(args.config) as file:
+            with open(args.config, encoding="utf-8") as file:
                 text = file.read()
-        except OSError as error:
+        except (OSError, UnicodeDecodeError) as error:
             raise ValueError(
                 f"Cannot read the run config ({error}). Received: config={args.config!r}"
             ) from error
-        return RunConfig.from_json(text)
+        changes = {} if args.output_dir is None else {"output_dir": args.output_dir}
+        base_dir = os.path.dirname(os.path.abspath(args.config))
+        return RunConfig.from_json(text, base_dir, **changes)
     if args.task is None or args.output_dir is None:
         raise ValueError(
             "`train` needs TASK and --output-dir (or --config). "
             f"Received: task={args.task!r}, output_dir={args.output_dir!r}"
         )
-    names = {f.name for f in dataclasses.fields(RunConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["overrides"] = tasks.parse_overrides(args.set)
     return RunConfig(**values)
+
+
+def _exit_on_sigterm(signum, frame):
+    """SIGTERM ends the command as Ctrl-C does: through Python's cleanup, so
+    a file being written is removed, not left half-written."""
+    raise KeyboardInterrupt
 
 
 def main(argv=None):
@@ -116,16 +143,24 @@ def main(argv=None):
         demo_module.main(args.rest)
         return None
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, subparsers.choices["train"])
     except ValueError as error:
         parser.error(str(error))
     from collab_keras.training import run
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         metrics = run.train(config)
     except (ValueError, RuntimeError) as error:
         print(f"collab-keras: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:  # a full or read-only disk, a missing file
+        print(f"collab-keras: error: {run.describe_os_error(error)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("collab-keras: interrupted; the last checkpoint is kept (rerun the "
+              "same command to resume).", file=sys.stderr)
+        sys.exit(130)
     print(run.summary(metrics))
     return None  # console scripts exit with main()'s value
 

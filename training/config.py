@@ -1,18 +1,30 @@
 """The configuration of a run: every setting, written as `config.json`.
 
 `collab-keras train --config RUN_DIR/config.json` repeats the run (or resumes
-it, in the same output directory).
+it, in the same output directory). Relative paths in a config file are read
+relative to the file's folder; `config.json` records the run folder as "."
+(the folder it lies in) and every other path absolute, so a run folder can be
+moved and resumed from anywhere. Every number has a valid range, checked when
+a `RunConfig` is made (see docs/training.md).
 """
 
 import dataclasses
 import json
 import os
 
+from collab_keras.argument_checks import check_bool
+from collab_keras.argument_checks import check_float
 from collab_keras.argument_checks import check_integer
 from collab_keras.training import data
 
 ATTENTIONS = ("concatenate", "collaborative")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker", "tpu", "data-parallel", "model-parallel")
+# The settings that name files or folders, read relative to a config file's folder.
+PATHS = ("output_dir", "vocabulary_file", "data_dir")
+# Upper bounds of the sizes: beyond them a run cannot fit in memory (or a
+# typo such as an extra zero is far more likely than intent).
+MAX_VOCABULARY_SIZE = 1_000_000
+MAX_SEQUENCE_LENGTH = 8192
 
 
 @dataclasses.dataclass
@@ -36,15 +48,18 @@ class RunConfig:
         max_train_examples: use only the first N training examples.
         vocabulary_file: an existing vocabulary (one token a line) to use
             instead of training one; copied into the run folder.
-        vocabulary_size: WordPiece vocabulary size (architecture presets).
-        sequence_length: token length of every text input.
+        vocabulary_size: WordPiece vocabulary size (architecture presets),
+            in [8, 1_000_000].
+        sequence_length: token length of every text input, in [2, 8192].
         batch_size: global batch size (divided across replicas).
         steps: optimizer steps in the whole run.
         checkpoint_every: optimizer steps between checkpoints (one Keras epoch).
-        learning_rate: peak learning rate of the warmup + cosine decay schedule.
-        warmup_steps: linear warmup steps.
-        weight_decay: AdamW weight decay.
-        clip_norm: clip each gradient update to this global norm (0: off).
+        learning_rate: peak learning rate of the warmup + cosine decay
+            schedule, finite and > 0.
+        warmup_steps: linear warmup steps, in [0, steps).
+        weight_decay: AdamW weight decay, finite and >= 0.
+        clip_norm: clip each gradient update to this global norm (0: off;
+            finite and >= 0).
             Under tf.distribute Keras clips every replica's gradients before
             they are summed, so a clipped step differs from one device's.
         mixed_precision: train in `mixed_bfloat16`.
@@ -98,6 +113,24 @@ class RunConfig:
 
         if self.task not in data.TASKS:
             raise ValueError(f"`task` must be one of {data.TASKS}. Received: task={self.task!r}")
+        if not isinstance(self.output_dir, (str, os.PathLike)) or not os.fspath(self.output_dir):
+            raise ValueError(
+                "`output_dir` must name a folder (an empty name would be the "
+                f"current folder). Received: output_dir={self.output_dir!r}"
+            )
+        for name in PATHS:
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+                    raise ValueError(
+                        f"`{name}` must be a path or None. Received: {name}={value!r}"
+                    )
+                setattr(self, name, os.path.abspath(os.fspath(value)))
+        if not isinstance(self.overrides, dict):
+            raise ValueError(
+                "`overrides` must be a dict of architecture arguments. "
+                f"Received: overrides={self.overrides!r}"
+            )
         if self.attention not in ATTENTIONS:
             raise ValueError(
                 f"`attention` must be one of {ATTENTIONS}. Received: attention={self.attention!r}"
@@ -111,16 +144,28 @@ class RunConfig:
                 f"`dataset` of task {self.task!r} must be one of "
                 f"{data.datasets_for(self.task)}. Received: dataset={self.dataset!r}"
             )
-        for name in ("batch_size", "steps", "checkpoint_every", "sequence_length",
+        for name in ("batch_size", "steps", "checkpoint_every",
                      "eval_examples", "beam_width", "model_parallel"):
             positive(name)
         positive("warmup_steps", 0)
         positive("seed", 0)
+        positive("vocabulary_size", 8)
+        positive("sequence_length", 2)
+        for name, limit in (("vocabulary_size", MAX_VOCABULARY_SIZE),
+                            ("sequence_length", MAX_SEQUENCE_LENGTH)):
+            if getattr(self, name) > limit:
+                raise ValueError(
+                    f"`{name}` must be at most {limit:_} (a model that large does "
+                    f"not fit in memory). Received: {name}={getattr(self, name)}"
+                )
         positive("shared_key_dim", allow_none=True)
         if self.attention == "concatenate" and self.shared_key_dim is not None:
             self._check_key_size_splits()
         positive("cpu_devices", allow_none=True)
         positive("max_train_examples", allow_none=True)
+        for name in ("mixed_precision", "deterministic", "export"):
+            setattr(self, name, check_bool(name, getattr(self, name)))
+        self.jit_compile = check_bool("jit_compile", self.jit_compile, allow_none=True)
         if self.vocabulary_file is not None and not os.path.isfile(self.vocabulary_file):
             raise ValueError(
                 "`vocabulary_file` must be an existing file. "
@@ -131,10 +176,15 @@ class RunConfig:
                 "`steps` must be a multiple of `checkpoint_every`. Received: "
                 f"steps={self.steps}, checkpoint_every={self.checkpoint_every}"
             )
-        if not self.learning_rate > 0:
+        if self.warmup_steps >= self.steps:
             raise ValueError(
-                f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}"
+                "`warmup_steps` must be fewer than `steps` (the schedule decays "
+                f"after the warmup). Received: warmup_steps={self.warmup_steps}, "
+                f"steps={self.steps}"
             )
+        self.learning_rate = check_float("learning_rate", self.learning_rate, strict=True)
+        self.weight_decay = check_float("weight_decay", self.weight_decay)
+        self.clip_norm = check_float("clip_norm", self.clip_norm)
 
     def _check_key_size_splits(self):
         """Concatenated heads split `shared_key_dim` across the heads: with an
@@ -159,15 +209,54 @@ class RunConfig:
             )
 
     def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+        """The config as `config.json` text: the run folder as "." (the
+        folder the file lies in), every other path absolute."""
+        values = dataclasses.asdict(self)
+        values["output_dir"] = "."
+        return json.dumps(values, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text, **changes):
-        values = json.loads(text)
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    def from_json(cls, text, base_dir=None, **changes):
+        """The config of a config file's `text`.
+
+        Args:
+            text: the file's JSON text.
+            base_dir: the file's folder: relative paths in it (`output_dir`,
+                `vocabulary_file`, `data_dir`, a preset folder) are read
+                relative to it. None: the current folder.
+            **changes: settings replaced after reading.
+        """
+        try:
+            values = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"The run config is not JSON ({error}). Received: {text[:80]!r}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"The run config must be a JSON object. Received: {text[:80]!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"Unknown keys in the run config: {unknown}. Received: {unknown}")
         values.update(changes)
+        missing = sorted(
+            n for n, f in fields.items()
+            if n not in values and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
+        if missing:
+            raise ValueError(
+                f"The run config lacks the required keys {missing}. "
+                f"Received: keys={sorted(values)}"
+            )
+        if base_dir is not None:
+            def resolve(path):
+                return os.path.join(base_dir, path) if isinstance(path, str) and path else path
+
+            for name in PATHS:
+                if name not in changes:
+                    values[name] = resolve(values.get(name))
+            preset = values.get("preset")
+            if isinstance(preset, str) and os.path.isdir(resolve(preset)):
+                values["preset"] = os.path.abspath(resolve(preset))
         return cls(**values)
 
     def same_run(self, other):

@@ -13,13 +13,17 @@ Offline splits are fixed: Bible verses by a hash of the verse reference (see
 `collab_keras.training.bible`), tweets by a hash of the text (md5 % 100: 0 test,
 1 validation; duplicates dropped, ordered by the hash), digits by a seeded permutation (80 % / 10 % / 10 %).
 tfds sets use their own splits (`validation_matched` etc. are mapped below);
-`data_dir` is passed to `tfds.load` and must exist.
+`data_dir` is passed to `tfds.load` and must exist. A tfds set that is not
+prepared in `data_dir` is downloaded; offline (TFDS_HOST not reached within
+`CONNECT_TIMEOUT` seconds) that is a one-line RuntimeError at once, instead of
+minutes of retries.
 """
 
 import csv
 import hashlib
 import importlib.util
 import os
+import socket
 
 import numpy as np
 
@@ -35,6 +39,10 @@ TFDS = {
 }
 TWEET_LABELS = ("negative", "neutral", "positive")
 SPLITS = ("train", "validation", "test")
+# Where tensorflow-datasets downloads from first (its GCS mirror), and how
+# long to wait for it before calling the machine offline.
+TFDS_HOST = ("storage.googleapis.com", 443)
+CONNECT_TIMEOUT = 10.0
 
 
 def _check(name, value, allowed):
@@ -104,11 +112,34 @@ def _tfds(name, split, data_dir):
             f"`data_dir` must be an existing folder. Received: data_dir={data_dir!r}"
         )
     builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        _check_online(name, builder.data_dir)
     available = builder.info.splits.keys()
     if split not in available:
         # glue/sst2 has no labelled test split; use validation in its place.
         split = {"validation": "validation", "test": "validation"}.get(split, split)
-    return builder, tfds.load(name, split=split, data_dir=data_dir)
+    try:
+        return builder, tfds.load(name, split=split, data_dir=data_dir)
+    except OSError as error:  # requests' and urllib's errors are OSErrors
+        raise RuntimeError(
+            f"tensorflow-datasets could not download or read {name!r} "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            f"Received: dataset={name!r}"
+        ) from error
+
+
+def _check_online(name, prepared_dir):
+    """A RuntimeError at once when the tfds download host cannot be reached."""
+    try:
+        socket.create_connection(TFDS_HOST, timeout=CONNECT_TIMEOUT).close()
+    except OSError as error:
+        raise RuntimeError(
+            f"The dataset {name!r} is not prepared in {prepared_dir} and "
+            f"{TFDS_HOST[0]} cannot be reached ({error}): this machine looks "
+            f"offline. Prepare it where there is network (`tfds build {name} "
+            "--data_dir DIR`) and pass --data-dir DIR, or use the offline "
+            f"default dataset. Received: dataset={name!r}"
+        ) from None
 
 
 def load(task, split, dataset=None, data_dir=None, source=None, target=None):

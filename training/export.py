@@ -26,6 +26,13 @@ contract) with a greedy sampler, `translate_beam` with a
 (`decoder_sequence_length` long) and decoding stops at the tokenizer's end
 token, exactly as `task.generate(text)`. For any other task `logits` is also
 `serving_default`.
+
+Token ids outside `[0, vocabulary_size)` are rejected inside the graph (a
+stock `tf.debugging.assert_non_negative` / `assert_less`): TF Serving answers
+such a request with an `InvalidArgumentError` naming the input, instead of
+wrapping the id round to another token's embedding. The version folder and
+its files get the modes the umask gives (readable by TF Serving running as
+another user under the usual umask 022).
 """
 
 import contextlib
@@ -38,6 +45,8 @@ import tempfile
 import keras
 
 from collab_keras.argument_checks import check_integer
+from collab_keras.training.checkpoint import TMP_PREFIX
+from collab_keras.training.checkpoint import honour_umask
 
 INFO_DIR = "assets.extra"
 PREPROCESSOR_DIR = "preprocessor"
@@ -121,10 +130,11 @@ def export_saved_model(task, export_dir, version=None, *, num_beams=4):
     _add_logits_endpoint(archive, task)
 
     # Write aside (a name TF Serving ignores: not an integer), then rename.
-    staging = tempfile.mkdtemp(prefix=f".export-{version}-", dir=export_dir)
+    staging = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}export-{version}-", dir=export_dir)
     try:
         archive.write_out(staging, verbose=False)
         _write_info(staging, task)
+        honour_umask(staging)
         os.rename(staging, version_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -190,6 +200,28 @@ def _int_spec(name):
     return tf.TensorSpec((None, None), tf.int32, name=name)
 
 
+def _checked_ids(inputs, task):
+    """`inputs` with every `*token_ids` tensor checked to lie in
+    `[0, vocabulary_size)` (an InvalidArgumentError at run time if not)."""
+    import tensorflow as tf
+
+    vocabulary_size = getattr(getattr(task, "backbone", None), "vocabulary_size", None)
+    if not isinstance(inputs, dict) or vocabulary_size is None:
+        return inputs
+    checked = dict(inputs)
+    for name, ids in inputs.items():
+        if name.endswith("token_ids"):
+            message = (f"`{name}` must hold ids in [0, vocabulary_size={vocabulary_size}) "
+                       f"(the exported model's vocabulary). Received: {name}")
+            with tf.control_dependencies([
+                tf.debugging.assert_non_negative(ids, message=message),
+                tf.debugging.assert_less(ids, tf.cast(vocabulary_size, ids.dtype),
+                                         message=message),
+            ]):
+                checked[name] = tf.identity(ids)
+    return checked
+
+
 def _add_logits_endpoint(archive, task):
     """`logits`: the task's forward pass, inputs named as the task's."""
     import tensorflow as tf
@@ -205,7 +237,7 @@ def _add_logits_endpoint(archive, task):
 
     def logits(inputs):
         with _stock_tensorflow_ops():
-            return {"logits": task(inputs, training=False)}
+            return {"logits": task(_checked_ids(inputs, task), training=False)}
 
     archive.add_endpoint("logits", logits, input_signature=[signature])
 
@@ -231,7 +263,7 @@ def _add_translate_endpoints(archive, task, num_beams):
     def make_translate(sampler):
         def translate(inputs):
             # (batch, encoder_length) int32 in; the decoder prompt is a constant
-            encoder_token_ids = inputs["encoder_token_ids"]
+            encoder_token_ids = _checked_ids(inputs, task)["encoder_token_ids"]
             batch = tf.shape(encoder_token_ids)[0]
             generate_inputs = {
                 "encoder_token_ids": encoder_token_ids,

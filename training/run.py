@@ -11,11 +11,19 @@ Everything a run writes goes to `config.output_dir`:
     metrics.json           history and final scores
     learning_curves.png    the history, plotted
 
+    vocabulary.json        the vocabulary's fingerprint (see vocabulary.py)
+
 A directory holding the same run's config is resumed from its latest
-checkpoint; one holding another run or other files is refused.
+checkpoint; one holding another run or other files is refused, and so are an
+empty name, `/`, the home folder and the current folder (unless it holds this
+same run). Every argument is checked (the data found, the vocabulary read,
+the model built) before the first byte is written: a refused command leaves
+nothing behind. A run writes only inside its folder, and removes only what
+it wrote there (old checkpoints, temporary files of an interrupted write).
 """
 
 import dataclasses
+import errno
 import json
 import os
 import time
@@ -32,26 +40,49 @@ from collab_keras.training import vocabulary as vocabularies
 from collab_keras.training.config import RunConfig
 
 
-def prepare_output_dir(config):
-    """Creates the run folder or checks it holds this same run.
+def check_output_dir(config):
+    """Checks that the run may write in `config.output_dir`; writes nothing.
 
     Returns:
-        True when it already holds this run (resume), False when new.
+        True when the folder holds this same run (resume), False when it is
+        new (missing or empty).
     """
     path = config.output_dir
+    real = os.path.realpath(path)
+    if real in {os.path.realpath(os.sep), os.path.realpath(os.path.expanduser("~"))}:
+        raise ValueError(
+            "`output_dir` must not be / or the home folder: a run writes its "
+            f"files and folders at the top of it. Received: output_dir={path!r}"
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`output_dir` is a file. Received: output_dir={path!r}")
     saved = os.path.join(path, "config.json")
-    if os.path.exists(saved):
-        with open(saved) as file:
-            previous = RunConfig.from_json(file.read(), output_dir=path)
+    if os.path.isfile(saved):
+        try:
+            with open(saved, encoding="utf-8") as file:
+                previous = RunConfig.from_json(file.read(), path, output_dir=path)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"{path} holds a config.json that is not a valid run config "
+                f"({error}); nothing there is overwritten. Choose a new "
+                f"--output-dir. Received: output_dir={path!r}"
+            ) from None
         if not config.same_run(previous):
             mine, theirs = dataclasses.asdict(config), dataclasses.asdict(previous)
             changed = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+            changed.pop("output_dir", None)
             raise ValueError(
                 f"{path} holds another run (changed settings, as (saved, new): "
                 f"{changed}). Resume it with `collab-keras train --config {saved}` "
                 f"or choose a new --output-dir. Received: output_dir={path!r}"
             )
         return True
+    if real == os.path.realpath(os.getcwd()):
+        raise ValueError(
+            "`output_dir` must not be the current folder (a run writes its files "
+            "and folders at the top of it). Choose a new folder. "
+            f"Received: output_dir={path!r}"
+        )
     # workers/ is where the other workers of this multi-worker run write.
     if os.path.isdir(path) and set(os.listdir(path)) - {"workers"}:
         raise ValueError(
@@ -59,10 +90,34 @@ def prepare_output_dir(config):
             "nothing there is overwritten. Choose a new or empty --output-dir. "
             f"Received: output_dir={path!r}"
         )
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"`output_dir` is a file. Received: output_dir={path!r}")
-    checkpoint.atomic_write_text(saved, config.to_json())
     return False
+
+
+def claim_output_dir(config, resume):
+    """Creates the run folder and writes `config.json` (a new run), or
+    removes what an interrupted write left there (a resumed run)."""
+    path = config.output_dir
+    os.makedirs(path, exist_ok=True)
+    if not resume:
+        checkpoint.atomic_write_text(os.path.join(path, "config.json"), config.to_json())
+    for folder in (path, os.path.join(path, "checkpoints"), os.path.join(path, "export")):
+        checkpoint.remove_temporaries(folder)
+
+
+def describe_os_error(error):
+    """One line for an OSError of a run: the path, the cause, what to do."""
+    where = error.filename or "a file"
+    advice = {
+        errno.ENOSPC: "the disk is full; free some space and rerun the same "
+                      "command to resume from the last checkpoint",
+        errno.EROFS: "the file system is read-only; choose another --output-dir",
+        errno.EACCES: "permission denied; choose a folder you can write, or "
+                      "change its permissions",
+        errno.EPERM: "permission denied; choose a folder you can write",
+    }.get(error.errno)
+    if advice is None:
+        return f"{where}: {error.strerror or error}"
+    return f"cannot write {where}: {error.strerror or error} ({advice})"
 
 
 def _optimizer(config):
@@ -170,15 +225,16 @@ def _train(config):
             f"strategy={config.strategy!r}"
         )
     chief = strategy is None or distribution.is_chief(strategy)
-    own_dir = config.output_dir
     if chief:
-        resume = prepare_output_dir(config)
+        own_dir = config.output_dir
+        resume = check_output_dir(config)
     else:  # the chief checks the folder; the others write under workers/
         resume = False
         own_dir = os.path.join(config.output_dir, "workers", str(distribution.worker_id(strategy)))
-        os.makedirs(own_dir, exist_ok=True)
 
-    # Data: raw examples; the task's preprocessor runs inside fit's tf.data.
+    # Everything the arguments decide is checked (data, vocabulary, model)
+    # before the first byte is written.
+    tasks.check_preset(config.task, config.preset)
     load = lambda split: data.load(  # noqa: E731
         config.task, split, config.dataset, config.data_dir, config.source, config.target
     )
@@ -190,19 +246,23 @@ def _train(config):
         if config.task in ("bert-classify", "vit")
         else None
     )
-    tasks.check_preset(config.task, config.preset)
     vocabulary = None
+    vocabulary_path = os.path.join(own_dir, "vocabulary.txt")
     if config.task != "vit" and tasks.is_architecture(config.task, config.preset):
-        vocabulary = vocabularies.load_or_train(
-            os.path.join(own_dir, "vocabulary.txt"),
-            lambda: vocabularies.read(config.vocabulary_file)
-            if config.vocabulary_file
-            else tasks.train_vocabulary(
+        vocabulary = vocabularies.load_saved(vocabulary_path)
+        given = None if config.vocabulary_file is None else vocabularies.read(
+            config.vocabulary_file)
+        if vocabulary is None:
+            vocabulary = given or tasks.train_vocabulary(
                 config.task,
                 data.text_sample(config.task, train_examples),
                 config.vocabulary_size,
-            ),
-        )
+            )
+        elif given is not None and given != vocabulary:
+            raise ValueError(
+                f"`vocabulary_file` is not the vocabulary the run {config.output_dir} "
+                f"uses ({vocabulary_path}). Received: vocabulary={config.vocabulary_file!r}"
+            )
 
     def build():
         keras.utils.set_random_seed(config.seed)
@@ -223,20 +283,28 @@ def _train(config):
         task_model.compile(optimizer=_optimizer(config), jit_compile=(
             "auto" if config.jit_compile is None else config.jit_compile))
         fingerprint = {
+            "task": config.task,
             "vocabulary": None if vocabulary is None else vocabularies.fingerprint(vocabulary),
             "parameters": int(task_model.count_params()),
         }
         distribution.work_around_multi_worker_fit(task_model, strategy)
         checkpoints = os.path.join(own_dir, "checkpoints")
+        if chief:
+            claim_output_dir(config, resume)
+        else:
+            os.makedirs(own_dir, exist_ok=True)
+        if vocabulary is not None and not os.path.exists(vocabulary_path):
+            vocabularies.save(vocabulary_path, vocabulary)
         step, history = checkpoint.restore(task_model, checkpoints, fingerprint)
     if resume and step:
         print(f"Resuming {config.output_dir} from step {step} of {config.steps}.")
 
     train_batches = training_batches(train_examples, config.seed, config.batch_size, step)
     validation = load("validation").take(config.eval_examples).batch(config.batch_size)
-    callbacks = [
-        checkpoint.Checkpointer(checkpoints, config.checkpoint_every, fingerprint, history),
-    ]
+    checkpointer = checkpoint.Checkpointer(
+        checkpoints, config.checkpoint_every, fingerprint, history
+    )
+    callbacks = [checkpointer]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(own_dir, "logs")))
     started = time.perf_counter()
@@ -251,6 +319,17 @@ def _train(config):
         verbose=int(os.environ.get("COLLAB_KERAS_VERBOSE", "1")) if chief else 0,
     )
     seconds = time.perf_counter() - started
+    if checkpointer.diverged_at is not None:
+        kept = history[-1]["step"] if history else None
+        raise RuntimeError(
+            f"The training loss is not finite (NaN or inf) at step "
+            f"{checkpointer.diverged_at}; training stopped and nothing was saved "
+            "from the diverged weights. "
+            + (f"The last good checkpoint, step {kept}, is kept in {checkpoints}. "
+               if kept else "No checkpoint was written yet. ")
+            + "Try a lower --learning-rate or a --clip-norm, in a new --output-dir. "
+            f"Received: learning_rate={config.learning_rate}"
+        )
     trained_steps = config.steps - step
 
     test = load("test").take(config.eval_examples)
@@ -281,6 +360,8 @@ def _train(config):
             for s, r, h in list(zip(sources, references, hypotheses))[:5]
         ]
 
+    if not trained_steps:  # a finished run again: keep the timing it recorded
+        metrics.update(_recorded_timing(own_dir))
     if chief:
         task_model.save_to_preset(os.path.join(own_dir, "model"))
         if config.export and backend == "tensorflow":
@@ -298,6 +379,19 @@ def _train(config):
             f"{config.task} ({config.attention})",
         )
     return metrics
+
+
+TIMING = ("train_seconds", "steps_per_second", "examples_per_second", "tokens_per_second")
+
+
+def _recorded_timing(run_dir):
+    """The timing keys of the run's `metrics.json`, if it has one."""
+    try:
+        with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as file:
+            final = json.load(file)["final"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {k: final[k] for k in TIMING if k in final}
 
 
 def summary(metrics):

@@ -12,6 +12,12 @@ with `generate_preprocess`, calls the `translate` (greedy) or
 
 Python: `translate(texts, model=...)` or `translate(texts, server=...,
 vocabulary=...)`.
+
+An export that is not a translator (no `translate` signature in its
+`export.json`) is refused with a ValueError; a text longer than the model's
+`encoder_sequence_length` (start and end tokens included) is truncated with a
+`UserWarning` naming it; a TF Serving reply that is not the expected
+predictions (a missing key, a wrong shape) is a RuntimeError quoting it.
 """
 
 import argparse
@@ -20,6 +26,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+import warnings
 
 from collab_keras.training.export import EXPORT_FILE
 from collab_keras.training.export import INFO_DIR
@@ -46,14 +53,28 @@ def resolve_version_dir(path, argument="model"):
 
 
 def load_preprocessor(path, argument="model"):
-    """The preprocessor an export saved in `assets.extra/preprocessor`."""
+    """The preprocessor a translator export saved in `assets.extra/preprocessor`."""
     import keras
 
     import collab_keras.models  # noqa: F401  (registers the zoo's classes)
 
-    preset = os.path.join(
-        resolve_version_dir(path, argument), INFO_DIR, PREPROCESSOR_DIR
-    )
+    info_file = os.path.join(resolve_version_dir(path, argument), INFO_DIR, EXPORT_FILE)
+    try:
+        with open(info_file, encoding="utf-8") as f:
+            info = json.load(f)
+        task, signatures = info["task"], info["signatures"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"`{argument}` holds no readable {INFO_DIR}/{EXPORT_FILE} ({error}): was "
+            f"it written by collab_keras.training.export? Received: {argument}={path!r}"
+        ) from None
+    if SIGNATURES[False] not in signatures:
+        raise ValueError(
+            f"`{argument}` is an export of a {task}, not a translator (its "
+            f"signatures: {', '.join(sorted(signatures))}; `translate` needs a "
+            f"Seq2SeqLM export). Received: {argument}={path!r}"
+        )
+    preset = os.path.join(os.path.dirname(info_file), PREPROCESSOR_DIR)
     config_file = os.path.join(preset, "preprocessor.json")
     if not os.path.isfile(config_file):
         raise ValueError(
@@ -63,11 +84,28 @@ def load_preprocessor(path, argument="model"):
     with open(config_file) as f:
         preprocessor = keras.saving.deserialize_keras_object(json.load(f))
     preprocessor.load_preset_assets(preset)
-    with open(os.path.join(os.path.dirname(preset), EXPORT_FILE)) as f:
-        lengths = json.load(f)["preprocessor"]
-    for name, value in lengths.items():  # what get_config may leave out
+    for name, value in info["preprocessor"].items():  # what get_config may leave out
         setattr(preprocessor, name, value)
     return preprocessor
+
+
+def warn_truncated(preprocessor, texts):
+    """Warns for each text longer than the encoder's sequence length."""
+    import numpy as np
+
+    length = preprocessor.encoder_sequence_length
+    # The start and end tokens the packer adds: the length of an empty text.
+    special = int(np.asarray(preprocessor.generate_preprocess([""])["encoder_padding_mask"]).sum())
+    for i, ids in enumerate(preprocessor.tokenizer(texts)):
+        tokens = len(ids) + special
+        if tokens > length:
+            warnings.warn(
+                f"Text {i} is {tokens} tokens long (start and end tokens "
+                f"included); the model reads the first {length} "
+                f"(encoder_sequence_length) and the rest is not translated. "
+                f"Received: texts[{i}]={texts[i][:60]!r}",
+                stacklevel=3,
+            )
 
 
 def translate(
@@ -117,6 +155,7 @@ def translate(
         model if model is not None else vocabulary,
         "model" if model is not None else "vocabulary",
     )
+    warn_truncated(preprocessor, texts)
     x = preprocessor.generate_preprocess(texts)
     inputs = {
         # (batch, encoder_length) int32
@@ -185,16 +224,46 @@ def predict_rest(server, model_name, signature, inputs, timeout=60.0):
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
-            predictions = json.load(reply)["predictions"]
+            text = reply.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as error:
         message = error.read().decode("utf-8", "replace")
         raise RuntimeError(
             f"TF Serving at {url} answered {error.code}: {message}"
         ) from None
-    return {
-        name: np.asarray([p[name] for p in predictions])
-        for name in predictions[0]
-    }
+    return _predictions(text, url, len(instances))
+
+
+def _predictions(text, url, count):
+    """The row-format predictions of a TF Serving reply as a dict of
+    `(count, length)` int arrays; a RuntimeError quoting a malformed one."""
+    import numpy as np
+
+    def malformed(why):
+        return RuntimeError(
+            f"TF Serving at {url} sent a malformed reply ({why}). "
+            f"Received: {text[:200]!r}"
+        )
+
+    try:
+        predictions = json.loads(text)["predictions"]
+    except (ValueError, KeyError, TypeError):
+        raise malformed('not a JSON object with "predictions"') from None
+    if not isinstance(predictions, list) or len(predictions) != count:
+        raise malformed(f"expected a list of {count} predictions")
+    names = ("decoder_token_ids", "decoder_padding_mask")
+    if not all(isinstance(p, dict) and set(names) <= set(p) for p in predictions):
+        raise malformed(f"every prediction must hold {list(names)}")
+    outputs = {}
+    for name in names:
+        try:
+            outputs[name] = np.asarray([p[name] for p in predictions], dtype="int64")
+        except (ValueError, TypeError):
+            raise malformed(f"`{name}` must be equally long lists of integers") from None
+        if outputs[name].ndim != 2:
+            raise malformed(f"`{name}` must be one list of integers per text")
+    if outputs[names[0]].shape != outputs[names[1]].shape:
+        raise malformed("token ids and padding mask differ in shape")
+    return outputs
 
 
 def translate_main(argv=None):
@@ -234,15 +303,20 @@ def translate_main(argv=None):
     if not texts:
         parser.error("no text to translate (give sentences or lines on stdin)")
     try:
-        translations = translate(
-            texts,
-            model=args.model,
-            server=args.server,
-            vocabulary=args.vocabulary,
-            model_name=args.model_name,
-            beam=args.beam,
-            timeout=args.timeout,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            translations = translate(
+                texts,
+                model=args.model,
+                server=args.server,
+                vocabulary=args.vocabulary,
+                model_name=args.model_name,
+                beam=args.beam,
+                timeout=args.timeout,
+            )
+        for warning in caught:
+            if issubclass(warning.category, UserWarning):
+                print(f"collab-keras translate: warning: {warning.message}", file=sys.stderr)
     except (ValueError, RuntimeError, OSError) as error:
         print(f"collab-keras translate: error: {error}", file=sys.stderr)
         return 2

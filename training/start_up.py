@@ -17,11 +17,13 @@ import sys
 import threading
 
 # What TensorFlow writes while it loads, below the level the command sets:
-# absl INFO/WARNING lines ("I0000 00:00:...", "W0000 ..."), absl's banner and
-# the second line of TensorFlow's CPU-instructions notice.
+# absl INFO/WARNING lines ("I0000 00:00:...", "W0000 ..."), absl's banner,
+# the second line of TensorFlow's CPU-instructions notice, and the ERROR line
+# of a machine with CUDA libraries but no GPU ("E0000 ... failed call to
+# cuInit: ..."): the command runs on the CPU then, as it says elsewhere.
 _START_UP_LINE = re.compile(
     rb"(WARNING: All log messages before absl::InitializeLog"
-    rb"|[IW]\d{4} |To enable the following instructions)"
+    rb"|[IW]\d{4} |E\d{4} .*cuInit|To enable the following instructions)"
 )
 
 

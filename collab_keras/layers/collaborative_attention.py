@@ -20,6 +20,7 @@ from keras.src.backend import set_keras_mask
 from collab_keras.argument_checks import check_bool
 from collab_keras.argument_checks import check_integer
 from collab_keras.argument_checks import check_rate
+from collab_keras.argument_checks import check_shared_key_dim
 from collab_keras.initializers.concatenate_mixing import ConcatenateMixing
 from collab_keras.ops.collaborative_dot_product_attention import (
     collaborative_dot_product_attention,
@@ -200,7 +201,7 @@ class CollaborativeAttention(Layer):
         self.key_dim = check_integer("key_dim", key_dim)
         if shared_key_dim is None:
             shared_key_dim = self.num_heads * self.key_dim
-        self.shared_key_dim = check_integer("shared_key_dim", shared_key_dim)
+        self.shared_key_dim = check_shared_key_dim(shared_key_dim, self.num_heads, self.key_dim)
         self.value_dim = check_integer(
             "value_dim", self.key_dim if value_dim is None else value_dim
         )
