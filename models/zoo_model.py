@@ -69,6 +69,23 @@ class ZooBackbone(keras_hub.models.Backbone):
         check_model_kwargs(type(self), kwargs, ("inputs", "outputs"))
         super().__init__(*args, **kwargs)
 
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`, with the inputs checked first.
+
+        `predict` runs the model compiled, where token ids have no values to
+        check: an id outside the vocabulary would silently read another row
+        (or, below 0, wrap around). Arrays given directly are checked here,
+        on the host, as an eager call checks them; datasets and generators
+        are not read twice.
+        """
+        if isinstance(x, dict) or hasattr(x, "__array__"):
+            self._check_inputs(x)
+        return super().predict(x, *args, **kwargs)
+
+    def _check_inputs(self, inputs):
+        """Raises on inputs the model cannot take; subclasses define it."""
+        raise NotImplementedError
+
     def _init_switch(self, attention, shared_key_dim, attention_kwargs):
         """Validates the switch; returns `(attention, shared_key_dim,
         attention_kwargs)` as stored."""

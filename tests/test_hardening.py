@@ -276,6 +276,30 @@ def test_exported_graph_rejects_out_of_range_ids(bert_export, bad):
         loaded.signatures["logits"](**{k: tf.constant(v) for k, v in inputs.items()})
 
 
+@pytest.mark.parametrize("bad", [-1, 20])
+def test_backbone_predict_rejects_out_of_range_ids(bad):
+    # wrong 11, the `predict` half: inside the compiled predict step the ids
+    # have no values to check, so they wrapped round to real embeddings.
+    from collab_keras.models import BertBackbone
+    from collab_keras.models import TransformerNMTBackbone
+
+    ids = np.array([[2, 5, 19, 3]], "int32")
+    bert = BertBackbone(vocabulary_size=20, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+                        max_sequence_length=8)
+    inputs = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": np.ones_like(ids)}
+    bert.predict(inputs, verbose=0)
+    inputs["token_ids"] = np.array([[2, bad, 19, 3]], "int32")
+    with pytest.raises(ValueError, match=rf"`token_ids` must hold ids in \[0, vocabulary_size=20\)"):
+        bert.predict(inputs, verbose=0)
+    nmt = TransformerNMTBackbone(vocabulary_size=20, num_encoder_layers=1, num_decoder_layers=1, num_heads=2,
+                                 hidden_dim=8, intermediate_dim=16,
+                                 max_sequence_length=8)
+    inputs = {"encoder_token_ids": ids, "encoder_padding_mask": np.ones_like(ids),
+              "decoder_token_ids": np.array([[2, bad, 19, 3]], "int32"), "decoder_padding_mask": np.ones_like(ids)}
+    with pytest.raises(ValueError, match=rf"`decoder_token_ids` must hold ids in \[0, vocabulary_size=20\)"):
+        nmt.predict(inputs, verbose=0)
+
+
 def test_over_long_text_is_translated_with_a_warning():
     # wrong 12: translate cut long input to the encoder length silently.
     from collab_keras.training import serving

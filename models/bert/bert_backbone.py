@@ -218,6 +218,11 @@ class BertBackbone(ZooBackbone):
         self.cls_token_index = 0
 
     def call(self, inputs, training=None, mask=None):
+        self._check_inputs(inputs)
+        return super().call(inputs, training=training, mask=mask)
+
+    def _check_inputs(self, inputs):
+        """Names, ranks, lengths and (concrete) id ranges of the inputs."""
         length = (self.max_sequence_length, "max_sequence_length")
         check_inputs(
             inputs,
@@ -235,7 +240,6 @@ class BertBackbone(ZooBackbone):
                 "padding_mask": ("mask", 2, length),
             },
         )
-        return super().call(inputs, training=training, mask=mask)
 
     @classmethod
     def from_keras_hub(cls, backbone, **kwargs):

@@ -171,9 +171,12 @@ class ViTBackbone(ZooBackbone):
         self.attention_kwargs = attention_kwargs
 
     def call(self, inputs, training=None, mask=None):
+        self._check_inputs(inputs)
+        return super().call(inputs, training=training, mask=mask)
+
+    def _check_inputs(self, inputs):
         # Keras' input spec checks the image size.
         check_inputs(inputs, {"images": ("float", 4, None)})
-        return super().call(inputs, training=training, mask=mask)
 
     @classmethod
     def from_keras_hub(cls, backbone, **kwargs):
