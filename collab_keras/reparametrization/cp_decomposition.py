@@ -77,6 +77,14 @@ def cp_decompose_heads(
             "(d_q, heads, key_dim) and (d_k, heads, key_dim). Received: "
             f"query_kernel.shape={wq.shape}, key_kernel.shape={wk.shape}"
         )
+    for name, kernel in (("query_kernel", wq), ("key_kernel", wk)):
+        if not np.isfinite(kernel).all():
+            raise ValueError(
+                f"`{name}` must be finite; a decomposition of NaN or Inf "
+                "weights has no meaning. Received: "
+                f"{name} with {int(kernel.size - np.isfinite(kernel).sum())} "
+                f"non-finite values of {kernel.size}"
+            )
     rank = check_integer("rank", rank)
     if method not in ("als", "parafac"):
         raise ValueError(
@@ -113,6 +121,40 @@ def cp_decompose_heads(
         "iterations": iterations,
     }
     return a, m, b, info
+
+
+def weighted_relative_error(
+    query_kernel, key_kernel, factors, query_metric=None, key_metric=None
+):
+    """`||Lq^T (T - T_hat) Lk|| / ||Lq^T T Lk||` for CP `factors`.
+
+    The error of `cp_decompose_heads`'s `"weighted_relative_error"`, for
+    any metrics: `reparametrize` scores a decomposition on held-out
+    activations with it.
+
+    Args:
+        query_kernel: array `(d_q, H, key_dim)`.
+        key_kernel: array `(d_k, H, key_dim)`.
+        factors: `(query_factor, mixing, key_factor)` as returned by
+            `cp_decompose_heads`.
+        query_metric: optional `(d_q, d_q)` matrix `Lq` (identity if None).
+        key_metric: optional `(d_k, d_k)` matrix `Lk`.
+
+    Returns:
+        A float.
+    """
+    wq = np.asarray(query_kernel, dtype="float64")
+    wk = np.asarray(key_kernel, dtype="float64")
+    lq = _metric(query_metric, wq.shape[0], "query_metric")
+    lk = _metric(key_metric, wk.shape[0], "key_metric")
+    a, m, b = (np.asarray(f, dtype="float64") for f in factors)
+    return _relative_error(
+        np.tensordot(lq, wq, axes=(0, 0)),
+        np.tensordot(lk, wk, axes=(0, 0)),
+        lq.T @ a,
+        m,
+        lk.T @ b,
+    )
 
 
 def _als(wq, wk, rank, max_iterations, tolerance, seed):
