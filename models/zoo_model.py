@@ -32,6 +32,8 @@ from collab_keras.reparametrization import reparametrize
 from .attention_factory import check_attention
 from .attention_factory import check_attention_kwargs
 from .attention_factory import serialize_attention
+from .keras_hub_weights import from_keras_hub
+from .keras_hub_weights import keras_hub_parent
 from .presets import get_architecture
 from .presets import resolve_preset
 
@@ -197,8 +199,6 @@ class ZooTask:
             **kwargs: Task arguments (e.g. `num_classes`); unknown names
                 raise.
         """
-        from .keras_hub_weights import from_keras_hub
-
         check_model_kwargs(
             cls,
             kwargs,
@@ -244,8 +244,6 @@ class ZooPreprocessing:
     @classmethod
     def from_preset(cls, preset, **kwargs):
         """Loads from a zoo or keras-hub preset (directory or handle)."""
-        from .keras_hub_weights import from_keras_hub
-
         preset, kind = preset_kind(preset, cls.backbone_cls)
         if kind == "zoo":
             return super().from_preset(preset, **kwargs)
@@ -283,15 +281,6 @@ def _integer_if_bool(x):
 
         return tf.cast(x, "int32")  # inside tf.data, whatever the backend
     return keras.ops.cast(x, "int32")
-
-
-def keras_hub_parent(cls):
-    """The keras-hub class that `cls` subclasses."""
-    return next(
-        base
-        for base in cls.__mro__[1:]
-        if base.__module__.startswith("keras_hub")
-    )
 
 
 def preset_kind(preset, backbone_cls):
@@ -337,7 +326,10 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
         calibration_data: Model inputs for a data-aware conversion.
 
     Returns:
-        `model`, or a converted copy from `collab_keras.reparametrize`.
+        `model`, or a converted copy from `collab_keras.reparametrize`
+        carrying its `ConversionReport` as `conversion_report` (per layer:
+        relative error, seconds, calibration used or fallen back); its
+        one-line summary is printed.
     """
     backbone = getattr(model, "backbone", model)
     if attention is None:
@@ -380,7 +372,10 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
             f"attention='concatenate', shared_key_dim={backbone.shared_key_dim}"
         )
     rank = shared_key_dim or backbone.hidden_dim
-    converted, _ = reparametrize(
+    converted, report = reparametrize(
         model, rank, calibration_data=calibration_data, verbose=False
     )
+    # Not tracked by Keras (which would turn the list into a TrackedList).
+    object.__setattr__(converted, "conversion_report", report)
+    print(report.summary())
     return converted

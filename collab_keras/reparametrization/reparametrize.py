@@ -199,27 +199,39 @@ def _zoo_counterpart(model):
     The zoo model has the same weights, tokenizer and preprocessing and an
     attention switch, so the converted model saves and loads whole
     (`collab_keras.models.from_keras_hub`). Other models are returned as is.
+
+    The one use of the upper floor `collab_keras.models` by this package,
+    at call time and only for a keras-hub model: importing
+    `collab_keras.reparametrization` imports nothing above it. Without the
+    zoo (not importable) the model is converted as any other.
     """
     if not type(model).__module__.startswith("keras_hub"):
         return model
-    from collab_keras.models.keras_hub_weights import _zoo_classes
-    from collab_keras.models.keras_hub_weights import from_keras_hub
-
-    if type(model) not in _zoo_classes():
+    try:
+        from collab_keras.models import keras_hub_weights
+    except ImportError:
         return model
-    return from_keras_hub(model)
+    if keras_hub_weights.zoo_class(type(model)) is None:
+        return model
+    return keras_hub_weights.from_keras_hub(model)
 
 
 def _reparametrize_model(model, calibration_data, options, verbose):
     """Converts every attention layer of a copy of `model`."""
     try:
         config = keras.saving.serialize_keras_object(model)
-        # Compiled state is not copied: keras-hub tasks compile themselves
-        # with their defaults on construction, and restoring a custom
-        # `compile()` from a config only warns that it cannot.
-        config.pop("compile_config", None)
-        copy = keras.saving.deserialize_keras_object(config)
-        copy.set_weights(model.get_weights())
+        # An attention switch in the config (the collab_keras zoo's
+        # convention): the model rebuilds itself collaborative, so it also
+        # saves as such; `model` itself is only read (its attention calls
+        # are recorded, then restored), no copy is needed.
+        switch = config["config"].get("attention") == "concatenate"
+        copy = model
+        if not switch:
+            # Compiled state is not copied: restoring a custom `compile()`
+            # from a config only warns that it cannot.
+            config.pop("compile_config", None)
+            copy = keras.saving.deserialize_keras_object(config)
+            copy.set_weights(model.get_weights())
     except Exception as error:
         raise ValueError(
             "`obj` must be a model that can be rebuilt from its config "
@@ -227,9 +239,6 @@ def _reparametrize_model(model, calibration_data, options, verbose):
             f"`get_config`). Received: obj={model.name!r}, which failed "
             f"with: {error}"
         ) from error
-    # An attention switch in the config (the collab_keras zoo's convention):
-    # the model rebuilds itself collaborative, so it also saves as such.
-    switch = copy.get_config().get("attention") == "concatenate"
     sites = _attention_sites(copy, subclasses=switch)
     if not sites:
         raise ValueError(

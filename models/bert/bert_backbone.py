@@ -9,6 +9,7 @@ from collab_keras.argument_checks import check_integer
 from collab_keras.argument_checks import check_rate
 
 from ..input_checks import check_inputs
+from ..keras_hub_weights import copy_bert_weights
 from ..presets import BERT_ARCHITECTURES
 from ..transformer_encoder_block import TransformerEncoderBlock
 from ..zoo_model import ZooBackbone
@@ -243,8 +244,6 @@ class BertBackbone(ZooBackbone):
             backbone: A `keras_hub.models.BertBackbone`.
             **kwargs: Constructor arguments overriding its config (`dtype`).
         """
-        from ..keras_hub_weights import copy_bert_weights
-
         config = {**backbone.get_config(), **kwargs}
         return copy_bert_weights(backbone, cls.from_config(config))
 

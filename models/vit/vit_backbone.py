@@ -7,6 +7,7 @@ from collab_keras.argument_checks import check_integer
 from collab_keras.argument_checks import check_rate
 
 from ..input_checks import check_inputs
+from ..keras_hub_weights import copy_vit_weights
 from ..presets import VIT_ARCHITECTURES
 from ..transformer_encoder_block import TransformerEncoderBlock
 from ..zoo_model import ZooBackbone
@@ -185,8 +186,6 @@ class ViTBackbone(ZooBackbone):
                 images, a class token and biases (keras-hub's defaults).
             **kwargs: Constructor arguments overriding its config (`dtype`).
         """
-        from ..keras_hub_weights import copy_vit_weights
-
         config = dict(backbone.get_config())
         supported = {
             "use_mha_bias": True,
