@@ -178,10 +178,10 @@ def copy_vit_weights(source, target):
     patches = target.patch_embedding
     if getattr(embedding, "use_class_token", True):
         patches.class_token.assign(embedding.class_token)
-    kernel, bias = embedding.patch_embedding.get_weights()
+    kernel, *bias = embedding.patch_embedding.get_weights()  # no bias: []
     # Conv2D kernel (ph, pw, C, d) -> Dense kernel (ph * pw * C, d).
     patches.patch_embedding.set_weights(
-        [kernel.reshape(-1, kernel.shape[-1]), bias]
+        [kernel.reshape(-1, kernel.shape[-1]), *bias]
     )
     copy_layer(
         embedding.position_embedding,

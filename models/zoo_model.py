@@ -21,10 +21,14 @@ is exact; `calibration_data`: raw inputs for the data-aware conversion).
 """
 
 import inspect
+import json
+import os
 
 import keras
 import keras_hub
+from keras_hub.src.utils.preset_utils import METADATA_FILE
 from keras_hub.src.utils.preset_utils import get_preset_loader
+from keras_hub.src.utils.preset_utils import list_subclasses
 
 from collab_keras.argument_checks import check_integer
 from collab_keras.reparametrization import reparametrize
@@ -66,6 +70,23 @@ class ZooBackbone(keras_hub.models.Backbone):
 
     architectures = {}
     keras_hub_backbone_cls = None
+    # Registered name of the preprocessor that turns raw calibration data
+    # (text, images) into this backbone's inputs in `from_preset`; a name,
+    # not the class, since the preprocessor's module imports the backbone's.
+    calibration_preprocessor = None
+
+    @classmethod
+    def calibration_preprocessor_cls(cls):
+        """The class named by `calibration_preprocessor`."""
+        if cls.calibration_preprocessor is None:
+            raise ValueError(
+                f"{cls.__name__}.from_preset takes its own inputs as "
+                "`calibration_data`; it has no preprocessor for raw data. "
+                f"Received: calibration_preprocessor=None"
+            )
+        return keras.saving.get_registered_object(
+            f"collab_keras>{cls.calibration_preprocessor}"
+        )
 
     def __init__(self, *args, **kwargs):
         check_model_kwargs(type(self), kwargs, ("inputs", "outputs"))
@@ -109,6 +130,19 @@ class ZooBackbone(keras_hub.models.Backbone):
         """This zoo's backbone holding the weights of a keras-hub one."""
         raise NotImplementedError
 
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """keras-hub's `save_to_preset`, with the metadata's `"tasks"`
+        naming the keras-hub task kinds of this backbone's zoo tasks (e.g.
+        `["MaskedLM", "TextClassifier"]`, as keras-hub's BERT presets do)
+        instead of the zoo's mixin class."""
+        super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        path = os.path.join(preset_dir, METADATA_FILE)
+        with open(path) as file:
+            metadata = json.load(file)
+        metadata["tasks"] = task_kinds(type(self))
+        with open(path, "w") as file:
+            json.dump(metadata, file, indent=4)
+
     @classmethod
     def from_preset(
         cls,
@@ -129,7 +163,8 @@ class ZooBackbone(keras_hub.models.Backbone):
                 `"collaborative"` (converts a concatenated checkpoint).
             shared_key_dim: Shared query/key width of the conversion
                 (`None`: the full width, exact).
-            calibration_data: Backbone inputs for a data-aware conversion.
+            calibration_data: Backbone inputs, or raw text or images (as
+                the family's tasks take them), for a data-aware conversion.
             **kwargs: Constructor arguments overriding the saved config
                 (e.g. `dtype`); unknown names raise.
         """
@@ -146,9 +181,33 @@ class ZooBackbone(keras_hub.models.Backbone):
                 preset, load_weights=load_weights
             )
             backbone = cls.from_keras_hub(source, **kwargs)
+        if calibration_data is not None:
+            calibration_data = calibration_inputs(
+                backbone,
+                calibration_data,
+                lambda: cls.calibration_preprocessor_cls().from_preset(preset),
+            )
         return convert_attention(
             backbone, attention, shared_key_dim, calibration_data
         )
+
+
+def task_kinds(backbone_cls):
+    """Names of the keras-hub task kinds (`TextClassifier`, `MaskedLM`,
+    `Seq2SeqLM`, ...) of the zoo tasks on `backbone_cls`, sorted."""
+    kinds = set()
+    for task in list_subclasses(keras_hub.models.Task):
+        if issubclass(task, ZooTask) and task.backbone_cls is backbone_cls:
+            # The first keras-hub class with no backbone of its own.
+            kinds.add(
+                next(
+                    base.__name__
+                    for base in task.__mro__[1:]
+                    if base.__module__.startswith("keras_hub")
+                    and getattr(base, "backbone_cls", None) is None
+                )
+            )
+    return sorted(kinds)
 
 
 def _is_policy_map(dtype):
@@ -213,8 +272,10 @@ class ZooTask:
                     preset, load_weights=load_weights, **kwargs
                 )
             )
-        if calibration_data is not None and task.preprocessor is not None:
-            calibration_data = preprocess(task.preprocessor, calibration_data)
+        if calibration_data is not None:
+            calibration_data = calibration_inputs(
+                task, calibration_data, task.preprocessor
+            )
         return convert_attention(
             task, attention, shared_key_dim, calibration_data
         )
@@ -300,12 +361,59 @@ def preset_kind(preset, backbone_cls):
     )
 
 
+def is_backbone_input(backbone, data, images_are_raw):
+    """Whether `data` is already `backbone`'s input (a dict with its input
+    names; for an image backbone, float images unless `images_are_raw`),
+    rather than raw text or images for a preprocessor."""
+    names = backbone.input if isinstance(backbone.input, dict) else None
+    if isinstance(data, dict):
+        return names is not None and set(data) <= set(names)
+    if names is not None or images_are_raw:
+        return False
+    leaves = keras.tree.flatten(data)
+    return all(
+        keras.backend.standardize_dtype(getattr(leaf, "dtype", type(leaf)))
+        .startswith(("float", "bfloat"))
+        for leaf in leaves
+    )
+
+
+def calibration_inputs(model, data, preprocessor):
+    """`model`'s backbone inputs for calibration `data`.
+
+    Args:
+        model: A zoo backbone or task.
+        data: Backbone inputs (passed unchanged), or raw inputs as the
+            task's `fit` takes them (strings, text pairs, images), which go
+            through `preprocessor`. For a task, images are always raw (its
+            preprocessor rescales them); for a backbone, float images are
+            its input and integer ones raw.
+        preprocessor: A preprocessor, or a callable returning one (called
+            only for raw data).
+    """
+    backbone = getattr(model, "backbone", model)
+    if is_backbone_input(backbone, data, images_are_raw=model is not backbone):
+        return data
+    if isinstance(data, (str, bytes)):
+        raise ValueError(
+            "`calibration_data` must be a batch: a list of strings, not one "
+            f"string. Received: calibration_data={data!r}"
+        )
+    if callable(preprocessor) and not isinstance(preprocessor, keras.Layer):
+        preprocessor = preprocessor()
+    if preprocessor is None:
+        raise ValueError(
+            "Raw `calibration_data` (text or images) needs a preprocessor, "
+            "and this model has none: pass the backbone's inputs. Received: "
+            f"calibration_data of type {type(data).__name__}"
+        )
+    return preprocess(preprocessor, data)
+
+
 def preprocess(preprocessor, data):
     """Model inputs from raw `data` (strings, images) through
-    `preprocessor`; dicts of arrays pass unchanged. Padding after the
-    longest sequence is cut (it changes no unpadded output)."""
-    if isinstance(data, dict):
-        return data
+    `preprocessor`. Padding after the longest sequence is cut (it changes no
+    unpadded output)."""
     x, _, _ = keras.utils.unpack_x_y_sample_weight(preprocessor(data))
     if not isinstance(x, dict):
         return keras.ops.convert_to_numpy(x)

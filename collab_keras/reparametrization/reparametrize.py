@@ -427,7 +427,7 @@ def _convert(mha, statistics, options, path):
     """
     start = time.perf_counter()
     for variable in mha.weights:
-        value = keras.ops.convert_to_numpy(variable)
+        value = keras.ops.convert_to_numpy(variable.value)
         if not np.isfinite(value).all():
             raise ValueError(
                 "`obj` must have finite weights to be reparametrized. "

@@ -84,6 +84,7 @@ class BertBackbone(ZooBackbone):
 
     architectures = BERT_ARCHITECTURES
     keras_hub_backbone_cls = keras_hub.models.BertBackbone
+    calibration_preprocessor = "BertTextClassifierPreprocessor"
 
     def __init__(
         self,
