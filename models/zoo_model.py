@@ -164,7 +164,8 @@ class ZooBackbone(keras_hub.models.Backbone):
             shared_key_dim: Shared query/key width of the conversion
                 (`None`: the full width, exact).
             calibration_data: Backbone inputs, or raw text or images (as
-                the family's tasks take them), for a data-aware conversion.
+                the family's tasks take them), for a data-aware conversion,
+                or `"synthetic"` (the backbone's `synthetic_inputs()`).
             **kwargs: Constructor arguments overriding the saved config
                 (e.g. `dtype`); unknown names raise.
         """
@@ -254,7 +255,8 @@ class ZooTask:
             shared_key_dim: Shared query/key width of the conversion
                 (`None`: the full width, exact).
             calibration_data: Raw task inputs (strings, images) or
-                preprocessed ones, for a data-aware conversion.
+                preprocessed ones, for a data-aware conversion, or
+                `"synthetic"` (the backbone's `synthetic_inputs()`).
             **kwargs: Task arguments (e.g. `num_classes`); unknown names
                 raise.
         """
@@ -392,6 +394,8 @@ def calibration_inputs(model, data, preprocessor):
             only for raw data).
     """
     backbone = getattr(model, "backbone", model)
+    if isinstance(data, str) and data == "synthetic":
+        return data  # `reparametrize` asks the backbone for its inputs
     if is_backbone_input(backbone, data, images_are_raw=model is not backbone):
         return data
     if isinstance(data, (str, bytes)):

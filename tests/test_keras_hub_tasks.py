@@ -18,6 +18,7 @@ from collab_keras.models import BertTokenizer
 from collab_keras.models import TransformerNMTBackbone
 from collab_keras.models import ViTBackbone
 from collab_keras.models import ViTImageClassifier
+from collab_keras.reparametrization import reparametrize
 from tests.test_models_bert import LABELS
 from tests.test_models_bert import SENTENCES
 from tests.test_models_bert import TINY as BERT_TINY
@@ -172,3 +173,24 @@ def test_vit_backbone_from_preset_calibrates_on_uint8_images(tmp_path):
     assert classifier.conversion_report[0]["calibration"] is not None
     assert isinstance(keras.ops.convert_to_numpy(classifier.predict(
         _images(dtype="uint8"), verbose=0)), np.ndarray)
+
+
+def test_synthetic_calibration_uses_random_token_sequences(tmp_path):
+    backbone = BertBackbone(**BERT_TINY)
+    inputs = backbone.synthetic_inputs(num_sequences=40, sequence_length=20)
+    assert inputs["token_ids"].shape == (40, 8)  # max_sequence_length
+    assert inputs["token_ids"].min() >= 1  # no [PAD]
+    np.testing.assert_array_equal(
+        inputs["token_ids"], backbone.synthetic_inputs(40, 20)["token_ids"]
+    )
+    converted, report = reparametrize(backbone, 8, calibration_data="synthetic")
+    assert report[0]["held_out_logit_error"] is not None
+    preset = str(tmp_path / "preset")
+    _bert_classifier().save_to_preset(preset)
+    classifier = BertTextClassifier.from_preset(
+        preset, num_classes=2, attention="collaborative", shared_key_dim=8,
+        calibration_data="synthetic",
+    )
+    assert classifier.conversion_report[0]["calibration"] is not None
+    with pytest.raises(ValueError, match="synthetic_inputs.*Received: calibration_data='synthetic'"):
+        reparametrize(ViTBackbone(**VIT_TINY), 8, calibration_data="synthetic")

@@ -90,7 +90,9 @@ def reparametrize(
             model: model inputs as accepted by `model(...)` (an array, a list
             or a dict of arrays with a common first axis), run through the
             model in batches of 32 to record the activations reaching each
-            attention layer.
+            attention layer; or `"synthetic"`, data-free: the inputs of the
+            model's (or its backbone's) `synthetic_inputs()`, random token
+            sequences for the zoo's `BertBackbone`.
         method: `"als"` (the default: implicit alternating least squares
             from an SVD start, fast) or `"parafac"` (the paper's reference:
             tensorly's parafac from a random start on the dense tensor).
@@ -251,6 +253,8 @@ def _reparametrize_model(model, calibration_data, options, verbose):
         switched, targets = _collaborative_twin(copy, sites, options["rank"])
         sites = [site for site in sites if id(site[2]) in targets]
     statistics = {}
+    if isinstance(calibration_data, str) and calibration_data == "synthetic":
+        calibration_data = _synthetic_inputs(copy)
     if calibration_data is not None:
         statistics = _model_statistics(copy, sites, calibration_data)
         _warn_if_too_little(next(iter(statistics.values())), stacklevel=4)
@@ -520,13 +524,19 @@ def _decompose(query_kernel, key_kernel, statistics, options):
             for name, factors in (("tensor-only", tensor_only), ("data-aware", aware))
         }
         if held_out["data-aware"] < held_out["tensor-only"]:
+            # Refit on all the data, from the fit part's solution: a
+            # quarter of the sweeps suffices from there.
             query_metric, key_metric = metrics
             chosen = cp_decompose_heads(
                 query_kernel,
                 key_kernel,
                 query_metric=query_metric,
                 key_metric=key_metric,
-                **options,
+                initial=aware[:3],
+                **{
+                    **options,
+                    "max_iterations": max(1, options["max_iterations"] // 4),
+                },
             )
     query_factor, mixing, key_factor, info = chosen
     info = dict(info)
@@ -540,15 +550,29 @@ def _decompose(query_kernel, key_kernel, statistics, options):
     return query_factor, mixing, key_factor, info, calibration
 
 
+def _synthetic_inputs(model):
+    """`model`'s own data-free calibration inputs (`synthetic_inputs()` of
+    the model or of its backbone, as the zoo's `BertBackbone` has)."""
+    for candidate in (model, getattr(model, "backbone", None)):
+        if hasattr(candidate, "synthetic_inputs"):
+            return candidate.synthetic_inputs()
+    raise ValueError(
+        "`calibration_data='synthetic'` needs a model (or a task whose "
+        "backbone) has a `synthetic_inputs()` method, such as "
+        "collab_keras.models.BertBackbone. Received: calibration_data="
+        f"'synthetic' for obj={model.name!r} of type {type(model).__name__}"
+    )
+
+
 def _check_calibration_data(calibration_data):
     """Rejects calibration data that holds no sequences (or is text where
     arrays are needed) with an error echoing it."""
     if isinstance(calibration_data, (str, bytes)):
         raise ValueError(
             "`calibration_data` must be arrays of model (or layer) inputs "
-            "with a batch axis; a single string is not (zoo tasks and their "
-            "`from_preset` accept a list of strings). Received: "
-            f"calibration_data={calibration_data!r}"
+            "with a batch axis, or 'synthetic' (models only); a single "
+            "string is not (zoo tasks and their `from_preset` accept a list "
+            f"of strings). Received: calibration_data={calibration_data!r}"
         )
     leaves = keras.tree.flatten(calibration_data)
     if not leaves or any(np.ndim(leaf) == 0 for leaf in leaves) or not len(
