@@ -124,18 +124,22 @@ def test_from_preset_carries_the_report_and_warns_nothing(tmp_path, capsys):
     )
 
 
+def _converted_on_load(cls, preset, calibration_data):
+    return cls.from_preset(
+        preset,
+        attention="collaborative",
+        shared_key_dim=8,
+        calibration_data=calibration_data,
+    )
+
+
 def test_backbone_from_preset_calibrates_on_raw_text(tmp_path):
     preset = str(tmp_path / "preset")
     _bert_classifier().save_to_preset(preset)
     sentences = SENTENCES * 3
     for cls in (BertBackbone, BertTextClassifier):
         with pytest.warns(UserWarning, match="12 sequences"):
-            model = cls.from_preset(
-                preset,
-                attention="collaborative",
-                shared_key_dim=8,
-                calibration_data=sentences,
-            )
+            model = _converted_on_load(cls, preset, sentences)
         entry = model.conversion_report[0]
         assert entry["calibration"] in ("data-aware", "tensor-only")
         assert set(entry["held_out_logit_error"]) == {"data-aware", "tensor-only"}
@@ -158,12 +162,7 @@ def test_vit_backbone_from_preset_calibrates_on_uint8_images(tmp_path):
     ).save_to_preset(preset)
     for data in (_images(batch=8, dtype="uint8"), _images(batch=8)):
         with pytest.warns(UserWarning, match="8 sequences"):
-            backbone = ViTBackbone.from_preset(
-                preset,
-                attention="collaborative",
-                shared_key_dim=8,
-                calibration_data=data,
-            )
+            backbone = _converted_on_load(ViTBackbone, preset, data)
         assert isinstance(backbone, ViTBackbone)
         assert backbone.conversion_report[0]["held_out_logit_error"] is not None
     classifier = ViTImageClassifier.from_preset(

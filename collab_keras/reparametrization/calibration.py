@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from collab_keras.reparametrization.cp_decomposition import check_finite
+
 # Sequences and tokens below which a data-aware fit is said to be unreliable
 # (`HeldOutStatistics.shortfall`).
 MIN_CALIBRATION_SEQUENCES = 32
@@ -77,14 +79,12 @@ class LogitStatistics:
                 f"{self.key_dim}). Received: key.shape={key.shape}"
             )
         for name, array in (("query", query), ("key", key)):
-            if not np.isfinite(array).all():
-                raise ValueError(
-                    f"`calibration_data` must be finite; the {name} "
-                    "activations hold NaN or Inf. Received: "
-                    f"{int(np.size(array) - np.isfinite(array).sum())} "
-                    f"non-finite values in {name} activations of shape "
-                    f"{array.shape}"
-                )
+            check_finite(
+                array,
+                "`calibration_data` must be finite.",
+                f"calibration_data giving {name} activations of shape "
+                f"{array.shape}",
+            )
         if query.size == 0 or key.size == 0:
             return  # nothing to record; `metrics()` raises if nothing was
         if query.ndim == 2:  # a single sequence
@@ -262,8 +262,8 @@ class HeldOutStatistics:
         """`None`, or what the data lacks for a reliable data-aware fit.
 
         Reliable means at least `MIN_CALIBRATION_SEQUENCES` sequences and at
-        least `query_dim + key_dim` tokens (fewer leave directions of the
-        query and key moments unseen).
+        least `max(query_dim, key_dim)` tokens (with fewer, the query or key
+        moment has unseen directions: its rank is at most the tokens).
 
         Returns:
             `None` when the data suffices, else a dict with `"sequences"`,
@@ -271,7 +271,7 @@ class HeldOutStatistics:
             `"tokens_needed"`.
         """
         tokens = self.fit.num_tokens + self.held_out.num_tokens
-        needed = self.query_dim + self.key_dim
+        needed = max(self.query_dim, self.key_dim)
         if self.num_sequences >= MIN_CALIBRATION_SEQUENCES and tokens >= needed:
             return None
         return {

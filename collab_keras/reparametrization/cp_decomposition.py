@@ -82,13 +82,12 @@ def cp_decompose_heads(
             f"query_kernel.shape={wq.shape}, key_kernel.shape={wk.shape}"
         )
     for name, kernel in (("query_kernel", wq), ("key_kernel", wk)):
-        if not np.isfinite(kernel).all():
-            raise ValueError(
-                f"`{name}` must be finite; a decomposition of NaN or Inf "
-                "weights has no meaning. Received: "
-                f"{name} with {int(kernel.size - np.isfinite(kernel).sum())} "
-                f"non-finite values of {kernel.size}"
-            )
+        check_finite(
+            kernel,
+            f"`{name}` must be finite; a decomposition of NaN or Inf weights "
+            "has no meaning.",
+            name,
+        )
     rank = check_integer("rank", rank)
     if method not in ("als", "parafac"):
         raise ValueError(
@@ -133,6 +132,17 @@ def cp_decompose_heads(
         "iterations": iterations,
     }
     return a, m, b, info
+
+
+def check_finite(array, requirement, received):
+    """Raises `ValueError("<requirement> Received: <received> with <n> NaN
+    or Inf values of <size>")` when `array` is not all finite."""
+    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise ValueError(
+            f"{requirement} Received: {received} with {bad} NaN or Inf "
+            f"values of {np.size(array)}"
+        )
 
 
 def weighted_relative_error(

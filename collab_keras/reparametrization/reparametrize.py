@@ -13,6 +13,7 @@ from collab_keras.argument_checks import check_float
 from collab_keras.argument_checks import check_integer
 from collab_keras.layers import CollaborativeAttention
 from collab_keras.reparametrization.calibration import HeldOutStatistics
+from collab_keras.reparametrization.cp_decomposition import check_finite
 from collab_keras.reparametrization.cp_decomposition import cp_decompose_heads
 from collab_keras.reparametrization.cp_decomposition import (
     weighted_relative_error,
@@ -76,7 +77,7 @@ def reparametrize(
     refitted on all the data) only if its logit error on the held-out part
     is lower than the tensor-only solution's; otherwise the layer falls
     back to the tensor-only solution. With fewer than 32 sequences or fewer
-    tokens than `d_q + d_k` a warning says how much data a reliable fit
+    tokens than `max(d_q, d_k)` a warning says how much data a reliable fit
     needs.
 
     Args:
@@ -431,14 +432,11 @@ def _convert(mha, statistics, options, path):
     """
     start = time.perf_counter()
     for variable in mha.weights:
-        value = keras.ops.convert_to_numpy(variable.value)
-        if not np.isfinite(value).all():
-            raise ValueError(
-                "`obj` must have finite weights to be reparametrized. "
-                f"Received: obj whose attention layer {path!r} has "
-                f"{int(value.size - np.isfinite(value).sum())} NaN or Inf "
-                f"values in {variable.path!r}"
-            )
+        check_finite(
+            keras.ops.convert_to_numpy(variable.value),
+            "`obj` must have finite weights to be reparametrized.",
+            f"obj whose attention layer {path!r} has {variable.path!r}",
+        )
     query_kernel = keras.ops.convert_to_numpy(mha._query_dense.kernel)
     key_kernel = keras.ops.convert_to_numpy(mha._key_dense.kernel)
     query_factor, mixing, key_factor, info, calibration = _decompose(
