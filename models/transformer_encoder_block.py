@@ -39,7 +39,10 @@ class TransformerEncoderBlock(BlockBase):
             (BERT, the original Transformer).
         kernel_initializer: Initializer of all kernels.
         bias_initializer: Initializer of all biases.
-        attention_kwargs: Extra keyword arguments for the attention layer.
+        attention_kwargs: Extra keyword arguments for the attention layer
+            (`{"use_bias": False}`: no attention biases).
+        use_feedforward_bias: Whether the feed-forward dense layers have
+            biases.
         **kwargs: Base layer keyword arguments (`name`, `dtype`).
 
     Call arguments:

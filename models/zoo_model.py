@@ -21,10 +21,14 @@ is exact; `calibration_data`: raw inputs for the data-aware conversion).
 """
 
 import inspect
+import json
+import os
 
 import keras
 import keras_hub
+from keras_hub.src.utils.preset_utils import METADATA_FILE
 from keras_hub.src.utils.preset_utils import get_preset_loader
+from keras_hub.src.utils.preset_utils import list_subclasses
 
 from collab_keras.argument_checks import check_integer
 from collab_keras.reparametrization import reparametrize
@@ -32,6 +36,8 @@ from collab_keras.reparametrization import reparametrize
 from .attention_factory import check_attention
 from .attention_factory import check_attention_kwargs
 from .attention_factory import serialize_attention
+from .keras_hub_weights import from_keras_hub
+from .keras_hub_weights import keras_hub_parent
 from .presets import get_architecture
 from .presets import resolve_preset
 
@@ -64,6 +70,23 @@ class ZooBackbone(keras_hub.models.Backbone):
 
     architectures = {}
     keras_hub_backbone_cls = None
+    # Registered name of the preprocessor that turns raw calibration data
+    # (text, images) into this backbone's inputs in `from_preset`; a name,
+    # not the class, since the preprocessor's module imports the backbone's.
+    calibration_preprocessor = None
+
+    @classmethod
+    def calibration_preprocessor_cls(cls):
+        """The class named by `calibration_preprocessor`."""
+        if cls.calibration_preprocessor is None:
+            raise ValueError(
+                f"{cls.__name__}.from_preset takes its own inputs as "
+                "`calibration_data`; it has no preprocessor for raw data. "
+                f"Received: calibration_preprocessor=None"
+            )
+        return keras.saving.get_registered_object(
+            f"collab_keras>{cls.calibration_preprocessor}"
+        )
 
     def __init__(self, *args, **kwargs):
         check_model_kwargs(type(self), kwargs, ("inputs", "outputs"))
@@ -124,6 +147,19 @@ class ZooBackbone(keras_hub.models.Backbone):
         """This zoo's backbone holding the weights of a keras-hub one."""
         raise NotImplementedError
 
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """keras-hub's `save_to_preset`, with the metadata's `"tasks"`
+        naming the keras-hub task kinds of this backbone's zoo tasks (e.g.
+        `["MaskedLM", "TextClassifier"]`, as keras-hub's BERT presets do)
+        instead of the zoo's mixin class."""
+        super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        path = os.path.join(preset_dir, METADATA_FILE)
+        with open(path) as file:
+            metadata = json.load(file)
+        metadata["tasks"] = task_kinds(type(self))
+        with open(path, "w") as file:
+            json.dump(metadata, file, indent=4)
+
     @classmethod
     def from_preset(
         cls,
@@ -144,7 +180,9 @@ class ZooBackbone(keras_hub.models.Backbone):
                 `"collaborative"` (converts a concatenated checkpoint).
             shared_key_dim: Shared query/key width of the conversion
                 (`None`: the full width, exact).
-            calibration_data: Backbone inputs for a data-aware conversion.
+            calibration_data: Backbone inputs, or raw text or images (as
+                the family's tasks take them), for a data-aware conversion,
+                or `"synthetic"` (the backbone's `synthetic_inputs()`).
             **kwargs: Constructor arguments overriding the saved config
                 (e.g. `dtype`); unknown names raise.
         """
@@ -161,9 +199,33 @@ class ZooBackbone(keras_hub.models.Backbone):
                 preset, load_weights=load_weights
             )
             backbone = cls.from_keras_hub(source, **kwargs)
+        if calibration_data is not None:
+            calibration_data = calibration_inputs(
+                backbone,
+                calibration_data,
+                lambda: cls.calibration_preprocessor_cls().from_preset(preset),
+            )
         return convert_attention(
             backbone, attention, shared_key_dim, calibration_data
         )
+
+
+def task_kinds(backbone_cls):
+    """Names of the keras-hub task kinds (`TextClassifier`, `MaskedLM`,
+    `Seq2SeqLM`, ...) of the zoo tasks on `backbone_cls`, sorted."""
+    kinds = set()
+    for task in list_subclasses(keras_hub.models.Task):
+        if issubclass(task, ZooTask) and task.backbone_cls is backbone_cls:
+            # The first keras-hub class with no backbone of its own.
+            kinds.add(
+                next(
+                    base.__name__
+                    for base in task.__mro__[1:]
+                    if base.__module__.startswith("keras_hub")
+                    and getattr(base, "backbone_cls", None) is None
+                )
+            )
+    return sorted(kinds)
 
 
 def _is_policy_map(dtype):
@@ -210,12 +272,11 @@ class ZooTask:
             shared_key_dim: Shared query/key width of the conversion
                 (`None`: the full width, exact).
             calibration_data: Raw task inputs (strings, images) or
-                preprocessed ones, for a data-aware conversion.
+                preprocessed ones, for a data-aware conversion, or
+                `"synthetic"` (the backbone's `synthetic_inputs()`).
             **kwargs: Task arguments (e.g. `num_classes`); unknown names
                 raise.
         """
-        from .keras_hub_weights import from_keras_hub
-
         check_model_kwargs(
             cls,
             kwargs,
@@ -230,8 +291,10 @@ class ZooTask:
                     preset, load_weights=load_weights, **kwargs
                 )
             )
-        if calibration_data is not None and task.preprocessor is not None:
-            calibration_data = preprocess(task.preprocessor, calibration_data)
+        if calibration_data is not None:
+            calibration_data = calibration_inputs(
+                task, calibration_data, task.preprocessor
+            )
         return convert_attention(
             task, attention, shared_key_dim, calibration_data
         )
@@ -261,8 +324,6 @@ class ZooPreprocessing:
     @classmethod
     def from_preset(cls, preset, **kwargs):
         """Loads from a zoo or keras-hub preset (directory or handle)."""
-        from .keras_hub_weights import from_keras_hub
-
         preset, kind = preset_kind(preset, cls.backbone_cls)
         if kind == "zoo":
             return super().from_preset(preset, **kwargs)
@@ -302,15 +363,6 @@ def _integer_if_bool(x):
     return keras.ops.cast(x, "int32")
 
 
-def keras_hub_parent(cls):
-    """The keras-hub class that `cls` subclasses."""
-    return next(
-        base
-        for base in cls.__mro__[1:]
-        if base.__module__.startswith("keras_hub")
-    )
-
-
 def preset_kind(preset, backbone_cls):
     """`(preset, kind)`: the resolved preset and `"zoo"` (written by this
     zoo) or `"keras_hub"` (of `backbone_cls.keras_hub_backbone_cls`)."""
@@ -328,12 +380,61 @@ def preset_kind(preset, backbone_cls):
     )
 
 
+def is_backbone_input(backbone, data, images_are_raw):
+    """Whether `data` is already `backbone`'s input (a dict with its input
+    names; for an image backbone, float images unless `images_are_raw`),
+    rather than raw text or images for a preprocessor."""
+    names = backbone.input if isinstance(backbone.input, dict) else None
+    if isinstance(data, dict):
+        return names is not None and set(data) <= set(names)
+    if names is not None or images_are_raw:
+        return False
+    leaves = keras.tree.flatten(data)
+    return all(
+        keras.backend.standardize_dtype(getattr(leaf, "dtype", type(leaf)))
+        .startswith(("float", "bfloat"))
+        for leaf in leaves
+    )
+
+
+def calibration_inputs(model, data, preprocessor):
+    """`model`'s backbone inputs for calibration `data`.
+
+    Args:
+        model: A zoo backbone or task.
+        data: Backbone inputs (passed unchanged), or raw inputs as the
+            task's `fit` takes them (strings, text pairs, images), which go
+            through `preprocessor`. For a task, images are always raw (its
+            preprocessor rescales them); for a backbone, float images are
+            its input and integer ones raw.
+        preprocessor: A preprocessor, or a callable returning one (called
+            only for raw data).
+    """
+    backbone = getattr(model, "backbone", model)
+    if isinstance(data, str) and data == "synthetic":
+        return data  # `reparametrize` asks the backbone for its inputs
+    if is_backbone_input(backbone, data, images_are_raw=model is not backbone):
+        return data
+    if isinstance(data, (str, bytes)):
+        raise ValueError(
+            "`calibration_data` must be a batch: a list of strings, not one "
+            f"string. Received: calibration_data={data!r}"
+        )
+    if callable(preprocessor) and not isinstance(preprocessor, keras.Layer):
+        preprocessor = preprocessor()
+    if preprocessor is None:
+        raise ValueError(
+            "Raw `calibration_data` (text or images) needs a preprocessor, "
+            "and this model has none: pass the backbone's inputs. Received: "
+            f"calibration_data of type {type(data).__name__}"
+        )
+    return preprocess(preprocessor, data)
+
+
 def preprocess(preprocessor, data):
     """Model inputs from raw `data` (strings, images) through
-    `preprocessor`; dicts of arrays pass unchanged. Padding after the
-    longest sequence is cut (it changes no unpadded output)."""
-    if isinstance(data, dict):
-        return data
+    `preprocessor`. Padding after the longest sequence is cut (it changes no
+    unpadded output)."""
     x, _, _ = keras.utils.unpack_x_y_sample_weight(preprocessor(data))
     if not isinstance(x, dict):
         return keras.ops.convert_to_numpy(x)
@@ -354,7 +455,10 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
         calibration_data: Model inputs for a data-aware conversion.
 
     Returns:
-        `model`, or a converted copy from `collab_keras.reparametrize`.
+        `model`, or a converted copy from `collab_keras.reparametrize`
+        carrying its `ConversionReport` as `conversion_report` (per layer:
+        relative error, seconds, calibration used or fallen back); its
+        one-line summary is printed.
     """
     backbone = getattr(model, "backbone", model)
     if attention is None:
@@ -397,7 +501,10 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
             f"attention='concatenate', shared_key_dim={backbone.shared_key_dim}"
         )
     rank = shared_key_dim or backbone.hidden_dim
-    converted, _ = reparametrize(
+    converted, report = reparametrize(
         model, rank, calibration_data=calibration_data, verbose=False
     )
+    # Not tracked by Keras (which would turn the list into a TrackedList).
+    object.__setattr__(converted, "conversion_report", report)
+    print(report.summary())
     return converted

@@ -20,6 +20,7 @@ _SECTIONS = (
     "Size-only architectures (random weights)",
     "Pretrained presets",
     "Conversions that survive saving",
+    "keras-hub's own tasks",
     "Images",
 )
 

@@ -679,6 +679,25 @@ def test_reparametrize_and_convert_on_load_keep_the_translations(
         np.testing.assert_allclose(_numpy(model(inputs)), logits, atol=1e-5)
         model.compile(sampler="greedy")
         assert model.generate(SOURCES[:2]) == texts
+    assert on_load.conversion_report.seconds > 0
+    assert len(on_load.conversion_report) == 6
+
+
+def test_convert_on_load_calibrates_on_raw_text_pairs(tokenizer, tmp_path):
+    """Task and backbone take raw source/target pairs as calibration data."""
+    task = _task(tokenizer)
+    task.save_to_preset(str(tmp_path / "preset"))
+    for cls in (TransformerNMTSeq2SeqLM, TransformerNMTBackbone):
+        model = cls.from_preset(
+            str(tmp_path / "preset"),
+            attention="collaborative",
+            shared_key_dim=32,
+            calibration_data=_pairs(),
+        )
+        report = model.conversion_report
+        assert len(report) == 6
+        assert all(e["calibration"] in ("data-aware", "tensor-only") for e in report)
+        assert all(e["held_out_logit_error"] is not None for e in report)
 
 
 @pytest.mark.slow

@@ -203,3 +203,49 @@ def test_keras_hub_vit_converts_reparametrizes_and_round_trips(tmp_path):
     )
     backbone = ViTBackbone.from_preset(keras_hub_preset)
     assert type(backbone) is ViTBackbone and backbone.attention == "concatenate"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(use_mha_bias=False, use_mlp_bias=False),
+        dict(use_class_token=False, use_patch_bias=False),
+    ],
+)
+def test_keras_hub_vit_arguments_convert_exactly(options, tmp_path):
+    source = keras_hub.models.ViTBackbone(**TINY, **options)
+    images = _images()
+    expected = keras.ops.convert_to_numpy(source(images))
+    backbone = from_keras_hub(source)
+    assert type(backbone) is ViTBackbone
+    for key, value in options.items():
+        assert getattr(backbone, key) is value
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(backbone(images)), expected, atol=1e-5
+    )
+    # Full width is exact, and the settings survive a preset round trip.
+    collaborative, _ = reparametrize(backbone, 16, verbose=False)
+    assert collaborative.use_mha_bias is backbone.use_mha_bias
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(collaborative(images)), expected, atol=1e-4
+    )
+    source.save_to_preset(str(tmp_path / "preset"))
+    loaded = ViTBackbone.from_preset(str(tmp_path / "preset"))
+    assert loaded.get_config() == backbone.get_config()
+
+
+def test_channels_first_images_give_the_channels_last_outputs():
+    last = ViTBackbone(**TINY)
+    first = ViTBackbone(
+        **{**TINY, "image_shape": (3, 8, 8)}, data_format="channels_first"
+    )
+    first.set_weights(last.get_weights())
+    images = _images()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(first(images.transpose(0, 3, 1, 2))),
+        keras.ops.convert_to_numpy(last(images)),
+        atol=1e-6,
+    )
+    assert ViTBackbone.from_config(first.get_config()).data_format == (
+        "channels_first"
+    )

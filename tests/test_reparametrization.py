@@ -10,6 +10,7 @@ from keras import ops
 from keras import saving
 
 from collab_keras import CollaborativeAttention
+from collab_keras.reparametrization import HeldOutStatistics
 from collab_keras.reparametrization import LogitStatistics
 from collab_keras.reparametrization import cp_decompose_heads
 from collab_keras.reparametrization import reparametrize
@@ -130,9 +131,12 @@ def test_layer_exact_at_full_rank(config, value_shape):
         "shared_key_dim",
         "relative_error",
         "logit_relative_error",
+        "calibration",
+        "held_out_logit_error",
         "iterations",
         "seconds",
     }
+    assert report[0]["calibration"] is None and report.seconds > 0
 
 
 def test_layer_approximation_and_content_bias():
@@ -429,3 +433,91 @@ def test_keras_hub_task_converts_to_a_zoo_task_that_saves(tmp_path):
     np.testing.assert_allclose(
         reloaded.predict(["a b", "b"], verbose=0), expected, atol=1e-5
     )
+
+
+def test_non_finite_weights_and_empty_calibration_data_are_named():
+    mha, _, _ = _built_mha(num_heads=2, key_dim=4)
+    kernel = _numpy(mha._query_dense.kernel).copy()
+    kernel[0, 0, 0] = np.nan
+    mha._query_dense.kernel.assign(kernel)
+    with pytest.raises(ValueError, match="finite weights.*Received: .* with 1 NaN or Inf"):
+        reparametrize(mha, 4)
+    with pytest.raises(ValueError, match="query_kernel.*finite.*Received"):
+        cp_decompose_heads(kernel, kernel, 4)
+    model = _functional_model()
+    model.get_layer("attention")._key_dense.kernel.assign(
+        np.full((16, 4, 8), np.inf, "float32")
+    )
+    with pytest.raises(ValueError, match="Received: obj whose attention layer"):
+        reparametrize(model, 8, verbose=False)
+    mha, _, _ = _built_mha(num_heads=2, key_dim=4)
+    for bad in ([], np.zeros((0, 7, 16)), (), {}):
+        with pytest.raises(ValueError, match="at least one sequence.*Received"):
+            reparametrize(mha, 4, calibration_data=bad)
+        with pytest.raises(ValueError, match="at least one sequence.*Received"):
+            reparametrize(_functional_model(), 4, calibration_data=bad, verbose=False)
+    with pytest.raises(ValueError, match="single string.*Received: calibration_data='a b'"):
+        reparametrize(_functional_model(), 4, calibration_data="a b", verbose=False)
+
+
+def test_held_out_statistics_split_and_shrinkage():
+    rng = np.random.default_rng(0)
+    statistics = HeldOutStatistics(6, 6, num_sequences=8)
+    x = rng.standard_normal((8, 5, 2)) @ rng.standard_normal((2, 6))
+    statistics.update(x[:3], x[:3], self_attention=True, first_index=0)
+    statistics.update(x[3:], x[3:], self_attention=True, first_index=3)
+    assert (statistics.fit.num_tokens, statistics.held_out.num_tokens) == (30, 10)
+    assert statistics.all.num_tokens == 40
+    assert statistics.shortfall() == {
+        "sequences": 8, "tokens": 40, "sequences_needed": 32, "tokens_needed": 6
+    }
+    # One sequence: its moment says nothing about others, so the metric is
+    # the isotropic one (the tensor-only fit); many sequences from rank-2
+    # data: a metric close to their moment.
+    one = LogitStatistics(6, 6)
+    one.update(x[:1], x[:1], self_attention=True)
+    lq, _ = one.metrics()
+    np.testing.assert_allclose(lq @ lq.T, np.eye(6) * np.trace(lq @ lq.T) / 6)
+    many = LogitStatistics(6, 6)
+    y = rng.standard_normal((400, 5, 2)) @ rng.standard_normal((2, 6))
+    many.update(y, y, self_attention=True)
+    lq, _ = many.metrics()
+    moment = np.einsum("bti,btj->ij", y, y) / 2000
+    assert _relative(lq @ lq.T, moment) < 0.1
+    assert _relative(many.metrics(shrink=False)[0], np.linalg.cholesky(
+        moment + 1e-2 * np.trace(moment) / 6 * np.eye(6))) < 1e-6
+
+
+@pytest.mark.slow
+def test_minilm_readme_calibration_is_no_worse_than_none(minilm):
+    """The README's four sentences: too little data, said in a warning, and
+    the converted model is at least as good as without calibration on
+    held-out sentences."""
+    backbone, inputs = minilm
+    readme = inputs(["a great movie", "an awful plot", "I loved it", "so boring"])
+    evaluation = inputs(
+        [
+            "The new movie is awesome",
+            "The stock market fell sharply after the announcement.",
+            "How do I reset my password if I forgot my email?",
+            "Photosynthesis converts light energy into chemical energy.",
+            "The children built a sandcastle near the water.",
+            "Can you recommend a good book about ancient Rome?",
+        ]
+    )
+    reference = _embeddings(backbone, evaluation)
+
+    def cosine(model):
+        return np.sum(_embeddings(model, evaluation) * reference, 1).mean()
+
+    options = dict(shared_key_dim=192, max_iterations=20, seed=0, verbose=False)
+    plain, _ = reparametrize(backbone, **options)
+    with pytest.warns(UserWarning, match="4 sequences.*at least 32 sequences"):
+        calibrated, report = reparametrize(backbone, calibration_data=readme, **options)
+    assert cosine(calibrated) >= cosine(plain) - 1e-6
+    for entry in report:
+        errors = entry["held_out_logit_error"]
+        assert entry["calibration"] in ("tensor-only", "data-aware")
+        if entry["calibration"] == "tensor-only":
+            assert errors["tensor-only"] <= errors["data-aware"]
+    assert "calibration:" in report.summary()

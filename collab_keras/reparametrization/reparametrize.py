@@ -1,7 +1,9 @@
 """Convert `keras.layers.MultiHeadAttention` into `CollaborativeAttention`."""
 
+import contextlib
 import inspect
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -10,8 +12,13 @@ from collab_keras.argument_checks import check_bool
 from collab_keras.argument_checks import check_float
 from collab_keras.argument_checks import check_integer
 from collab_keras.layers import CollaborativeAttention
-from collab_keras.reparametrization.calibration import LogitStatistics
+from collab_keras.reparametrization.calibration import HeldOutStatistics
+from collab_keras.reparametrization.cp_decomposition import check_finite
 from collab_keras.reparametrization.cp_decomposition import cp_decompose_heads
+from collab_keras.reparametrization.cp_decomposition import (
+    weighted_relative_error,
+)
+from collab_keras.reparametrization.report import ConversionReport
 
 # Batch size of the forward passes that record calibration activations.
 _CALIBRATION_BATCH_SIZE = 32
@@ -34,6 +41,7 @@ def reparametrize(
     tolerance=1e-6,
     seed=None,
     verbose=True,
+    num_threads=1,
 ):
     """Turns multi-head attention into collaborative attention.
 
@@ -63,7 +71,14 @@ def reparametrize(
     With `calibration_data` the decomposition minimizes the mean squared
     error of the attention logits on those activations (keys centered per
     sequence, since softmax ignores shifts along the keys) instead of the
-    plain error of `T`; see `LogitStatistics`.
+    plain error of `T`; see `LogitStatistics`. Calibration cannot make a
+    layer worse than none: about a quarter of the sequences are held out
+    (`HeldOutStatistics`), and per layer the data-aware fit is kept (then
+    refitted on all the data) only if its logit error on the held-out part
+    is lower than the tensor-only solution's; otherwise the layer falls
+    back to the tensor-only solution. With fewer than 32 sequences or fewer
+    tokens than `max(d_q, d_k)` a warning says how much data a reliable fit
+    needs.
 
     Args:
         obj: a built `keras.layers.MultiHeadAttention` layer, or a Keras
@@ -76,7 +91,9 @@ def reparametrize(
             model: model inputs as accepted by `model(...)` (an array, a list
             or a dict of arrays with a common first axis), run through the
             model in batches of 32 to record the activations reaching each
-            attention layer.
+            attention layer; or `"synthetic"`, data-free: the inputs of the
+            model's (or its backbone's) `synthetic_inputs()`, random token
+            sequences for the zoo's `BertBackbone`.
         method: `"als"` (the default: implicit alternating least squares
             from an SVD start, fast) or `"parafac"` (the paper's reference:
             tensorly's parafac from a random start on the dense tensor).
@@ -85,14 +102,23 @@ def reparametrize(
             less than this between two sweeps.
         seed: integer seed; the result is deterministic for a given seed.
         verbose: whether to show a progress bar over layers (models only).
+        num_threads: BLAS threads for the decompositions (set with
+            `threadpoolctl` and restored afterwards; `None` leaves BLAS as
+            it is). One is the fastest on small machines shared with other
+            work, where several threads spin against each other.
 
     Returns:
         A tuple `(converted, report)`: a built `CollaborativeAttention` (for
-        a layer) or a new model, and a list with one dict per converted
-        layer: `"name"` (its path), `"shared_key_dim"`, `"relative_error"`
-        (`||T - T_hat|| / ||T||`), `"logit_relative_error"` (the error under
-        the calibration metrics; `None` without calibration data),
-        `"iterations"` and `"seconds"`.
+        a layer) or a new model, and a `ConversionReport`: a list with one
+        dict per converted layer, `"name"` (its path), `"shared_key_dim"`,
+        `"relative_error"` (`||T - T_hat|| / ||T||`),
+        `"logit_relative_error"` (the error under the calibration metrics of
+        all the data; `None` without calibration data), `"calibration"`
+        (`None` without data, else `"data-aware"` or `"tensor-only"`, the
+        fallback), `"held_out_logit_error"` (`None`, or a dict of the
+        held-out logit errors of the `"tensor-only"` and `"data-aware"`
+        fits), `"iterations"` and `"seconds"`; `report.seconds` is the whole
+        conversion's wall time and `report.summary()` one line.
 
     Example:
 
@@ -107,6 +133,7 @@ def reparametrize(
     tolerance = check_float("tolerance", tolerance)
     seed = check_integer("seed", seed, minimum=None, allow_none=True)
     verbose = check_bool("verbose", verbose)
+    num_threads = check_integer("num_threads", num_threads, allow_none=True)
     if method not in ("als", "parafac"):
         raise ValueError(
             f"`method` must be 'als' or 'parafac'. Received: method={method!r}"
@@ -118,15 +145,55 @@ def reparametrize(
         "tolerance": tolerance,
         "seed": seed,
     }
-    if isinstance(obj, keras.Model):
-        obj = _zoo_counterpart(obj)
-        return _reparametrize_model(obj, calibration_data, options, verbose)
-    _check_attention(obj, "obj")
-    statistics = None
-    if calibration_data is not None:
-        statistics = _layer_statistics(obj, calibration_data)
-    layer, entry = _convert(obj, statistics, options)
-    return layer, [entry]
+    start = time.perf_counter()
+    with _blas_threads(num_threads):
+        if isinstance(obj, keras.Model):
+            obj = _zoo_counterpart(obj)
+            converted, entries = _reparametrize_model(
+                obj, calibration_data, options, verbose
+            )
+        else:
+            _check_attention(obj, "obj")
+            statistics = None
+            if calibration_data is not None:
+                statistics = _layer_statistics(obj, calibration_data)
+                _warn_if_too_little(statistics, stacklevel=3)
+            converted, entry = _convert(obj, statistics, options, obj.name)
+            entries = [entry]
+    return converted, ConversionReport(entries, time.perf_counter() - start)
+
+
+def _blas_threads(num_threads):
+    """A context running BLAS with `num_threads` threads (restored on exit).
+
+    Without `threadpoolctl` installed (it comes with scikit-learn) the
+    setting cannot be changed and BLAS keeps its own.
+    """
+    if num_threads is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=num_threads, user_api="blas")
+
+
+def _warn_if_too_little(statistics, stacklevel):
+    """Warns when calibration data is too small for a reliable fit;
+    `stacklevel` points the warning at `reparametrize`'s caller."""
+    shortfall = statistics.shortfall()
+    if shortfall is None:
+        return
+    warnings.warn(
+        "`calibration_data` is too small for a reliable data-aware "
+        f"conversion: it has {shortfall['sequences']} sequences and "
+        f"{shortfall['tokens']} tokens reaching an attention layer; at least "
+        f"{shortfall['sequences_needed']} sequences and "
+        f"{shortfall['tokens_needed']} tokens are needed. Layers whose "
+        "data-aware fit does worse on the held-out sequences use the "
+        "tensor-only solution (see the report's 'calibration').",
+        stacklevel=stacklevel,
+    )
 
 
 def _zoo_counterpart(model):
@@ -135,24 +202,39 @@ def _zoo_counterpart(model):
     The zoo model has the same weights, tokenizer and preprocessing and an
     attention switch, so the converted model saves and loads whole
     (`collab_keras.models.from_keras_hub`). Other models are returned as is.
+
+    The one use of the upper floor `collab_keras.models` by this package,
+    at call time and only for a keras-hub model: importing
+    `collab_keras.reparametrization` imports nothing above it. Without the
+    zoo (not importable) the model is converted as any other.
     """
     if not type(model).__module__.startswith("keras_hub"):
         return model
-    from collab_keras.models.keras_hub_weights import _zoo_classes
-    from collab_keras.models.keras_hub_weights import from_keras_hub
-
-    if type(model) not in _zoo_classes():
+    try:
+        from collab_keras.models import keras_hub_weights
+    except ImportError:
         return model
-    return from_keras_hub(model)
+    if keras_hub_weights.zoo_class(type(model)) is None:
+        return model
+    return keras_hub_weights.from_keras_hub(model)
 
 
 def _reparametrize_model(model, calibration_data, options, verbose):
     """Converts every attention layer of a copy of `model`."""
     try:
-        copy = keras.saving.deserialize_keras_object(
-            keras.saving.serialize_keras_object(model)
-        )
-        copy.set_weights(model.get_weights())
+        config = keras.saving.serialize_keras_object(model)
+        # An attention switch in the config (the collab_keras zoo's
+        # convention): the model rebuilds itself collaborative, so it also
+        # saves as such; `model` itself is only read (its attention calls
+        # are recorded, then restored), no copy is needed.
+        switch = config["config"].get("attention") == "concatenate"
+        copy = model
+        if not switch:
+            # Compiled state is not copied: restoring a custom `compile()`
+            # from a config only warns that it cannot.
+            config.pop("compile_config", None)
+            copy = keras.saving.deserialize_keras_object(config)
+            copy.set_weights(model.get_weights())
     except Exception as error:
         raise ValueError(
             "`obj` must be a model that can be rebuilt from its config "
@@ -160,9 +242,6 @@ def _reparametrize_model(model, calibration_data, options, verbose):
             f"`get_config`). Received: obj={model.name!r}, which failed "
             f"with: {error}"
         ) from error
-    # An attention switch in the config (the collab_keras zoo's convention):
-    # the model rebuilds itself collaborative, so it also saves as such.
-    switch = copy.get_config().get("attention") == "concatenate"
     sites = _attention_sites(copy, subclasses=switch)
     if not sites:
         raise ValueError(
@@ -175,8 +254,11 @@ def _reparametrize_model(model, calibration_data, options, verbose):
         switched, targets = _collaborative_twin(copy, sites, options["rank"])
         sites = [site for site in sites if id(site[2]) in targets]
     statistics = {}
+    if isinstance(calibration_data, str) and calibration_data == "synthetic":
+        calibration_data = _synthetic_inputs(copy)
     if calibration_data is not None:
         statistics = _model_statistics(copy, sites, calibration_data)
+        _warn_if_too_little(next(iter(statistics.values())), stacklevel=4)
 
     report = []
     graph_replacements = {}
@@ -184,8 +266,9 @@ def _reparametrize_model(model, calibration_data, options, verbose):
         len(sites), verbose=1 if verbose else 0, unit_name="layer"
     )
     for parent, attribute, layer, path in sites:
-        new_layer, entry = _convert(layer, statistics.get(id(layer)), options)
-        entry["name"] = path
+        new_layer, entry = _convert(
+            layer, statistics.get(id(layer)), options, path
+        )
         report.append(entry)
         if switch:
             targets[id(layer)].set_weights(new_layer.get_weights())
@@ -341,20 +424,23 @@ def _check_attention(layer, argument, subclasses=False):
         )
 
 
-def _convert(mha, statistics, options):
-    """One built CollaborativeAttention equal to `mha` up to its rank."""
+def _convert(mha, statistics, options, path):
+    """One built CollaborativeAttention equal to `mha` up to its rank.
+
+    `statistics`: `None` (tensor-only) or the layer's `HeldOutStatistics`;
+    `path` names the layer in errors and in the report.
+    """
     start = time.perf_counter()
+    for variable in mha.weights:
+        check_finite(
+            keras.ops.convert_to_numpy(variable.value),
+            "`obj` must have finite weights to be reparametrized.",
+            f"obj whose attention layer {path!r} has {variable.path!r}",
+        )
     query_kernel = keras.ops.convert_to_numpy(mha._query_dense.kernel)
     key_kernel = keras.ops.convert_to_numpy(mha._key_dense.kernel)
-    query_metric = key_metric = None
-    if statistics is not None:
-        query_metric, key_metric = statistics.metrics()
-    query_factor, mixing, key_factor, info = cp_decompose_heads(
-        query_kernel,
-        key_kernel,
-        query_metric=query_metric,
-        key_metric=key_metric,
-        **options,
+    query_factor, mixing, key_factor, info, calibration = _decompose(
+        query_kernel, key_kernel, statistics, options
     )
 
     rank, heads = options["rank"], query_kernel.shape[1]
@@ -393,26 +479,128 @@ def _convert(mha, statistics, options):
         variable.assign(value)
 
     entry = {
-        "name": mha.name,
+        "name": path,
         "shared_key_dim": rank,
         "relative_error": info["relative_error"],
-        "logit_relative_error": (
-            None if statistics is None else info["weighted_relative_error"]
-        ),
+        "logit_relative_error": info.get("logit_relative_error"),
+        "calibration": calibration.get("calibration"),
+        "held_out_logit_error": calibration.get("held_out_logit_error"),
         "iterations": info["iterations"],
         "seconds": time.perf_counter() - start,
     }
     return layer, entry
 
 
+def _decompose(query_kernel, key_kernel, statistics, options):
+    """The layer's CP factors, with calibration that cannot hurt.
+
+    Returns `(query_factor, mixing, key_factor, info, calibration)`:
+    `info` as `cp_decompose_heads` gives it plus `"logit_relative_error"`
+    (under all the data's metrics), `calibration` a dict with the report's
+    `"calibration"` and `"held_out_logit_error"` (empty without data).
+    """
+    tensor_only = cp_decompose_heads(query_kernel, key_kernel, **options)
+    if statistics is None:
+        return (*tensor_only, {})
+    metrics = statistics.all.metrics()
+    chosen = tensor_only
+    held_out = None
+    if statistics.held_out.num_tokens and statistics.fit.num_tokens:
+        query_metric, key_metric = statistics.fit.metrics()
+        aware = cp_decompose_heads(
+            query_kernel,
+            key_kernel,
+            query_metric=query_metric,
+            key_metric=key_metric,
+            **options,
+        )
+        validation = statistics.held_out.metrics()
+        held_out = {
+            name: weighted_relative_error(
+                query_kernel, key_kernel, factors[:3], *validation
+            )
+            for name, factors in (("tensor-only", tensor_only), ("data-aware", aware))
+        }
+        if held_out["data-aware"] < held_out["tensor-only"]:
+            # Refit on all the data, from the fit part's solution: a
+            # quarter of the sweeps suffices from there.
+            query_metric, key_metric = metrics
+            chosen = cp_decompose_heads(
+                query_kernel,
+                key_kernel,
+                query_metric=query_metric,
+                key_metric=key_metric,
+                initial=aware[:3],
+                **{
+                    **options,
+                    "max_iterations": max(1, options["max_iterations"] // 4),
+                },
+            )
+    query_factor, mixing, key_factor, info = chosen
+    info = dict(info)
+    info["logit_relative_error"] = weighted_relative_error(
+        query_kernel, key_kernel, chosen[:3], *metrics
+    )
+    calibration = {
+        "calibration": "tensor-only" if chosen is tensor_only else "data-aware",
+        "held_out_logit_error": held_out,
+    }
+    return query_factor, mixing, key_factor, info, calibration
+
+
+def _synthetic_inputs(model):
+    """`model`'s own data-free calibration inputs (`synthetic_inputs()` of
+    the model or of its backbone, as the zoo's `BertBackbone` has)."""
+    for candidate in (model, getattr(model, "backbone", None)):
+        if hasattr(candidate, "synthetic_inputs"):
+            return candidate.synthetic_inputs()
+    raise ValueError(
+        "`calibration_data='synthetic'` needs a model (or a task whose "
+        "backbone) has a `synthetic_inputs()` method, such as "
+        "collab_keras.models.BertBackbone. Received: calibration_data="
+        f"'synthetic' for obj={model.name!r} of type {type(model).__name__}"
+    )
+
+
+def _check_calibration_data(calibration_data):
+    """Rejects calibration data that holds no sequences (or is text where
+    arrays are needed) with an error echoing it."""
+    if isinstance(calibration_data, (str, bytes)):
+        raise ValueError(
+            "`calibration_data` must be arrays of model (or layer) inputs "
+            "with a batch axis, or 'synthetic' (models only); a single "
+            "string is not (zoo tasks and their `from_preset` accept a list "
+            f"of strings). Received: calibration_data={calibration_data!r}"
+        )
+    leaves = keras.tree.flatten(calibration_data)
+    if not leaves or any(np.ndim(leaf) == 0 for leaf in leaves) or not len(
+        leaves[0]
+    ):
+        raise ValueError(
+            "`calibration_data` must hold at least one sequence (arrays with "
+            "a batch axis of size >= 1). Received: calibration_data="
+            f"{_describe(calibration_data)}"
+        )
+    return len(leaves[0])
+
+
+def _describe(data):
+    """A short description of `data` for error messages."""
+    try:
+        return repr(keras.tree.map_structure(np.shape, data)) + " (shapes)"
+    except Exception:  # noqa: BLE001 - any structure: fall back to repr
+        return repr(data)[:200]
+
+
 def _layer_statistics(mha, calibration_data):
-    """LogitStatistics of activations given for one layer."""
+    """HeldOutStatistics of activations given for one layer."""
+    _check_calibration_data(calibration_data)
     if isinstance(calibration_data, (tuple, list)):
         query, key = calibration_data
     else:
         query = key = calibration_data
     query, key = np.asarray(query), np.asarray(key)
-    statistics = _empty_statistics(mha)
+    statistics = _empty_statistics(mha, len(query) if query.ndim > 2 else 1)
     query_dim, key_dim = statistics.query_dim, statistics.key_dim
     if (
         query.ndim < 2
@@ -431,23 +619,27 @@ def _layer_statistics(mha, calibration_data):
     return statistics
 
 
-def _empty_statistics(mha):
-    """LogitStatistics sized for `mha`'s query and key features."""
+def _empty_statistics(mha, num_sequences):
+    """HeldOutStatistics sized for `mha`'s query and key features."""
     # Kernels (d_q, H, dk) and (d_k, H, dk).
-    return LogitStatistics(
-        mha._query_dense.kernel.shape[0], mha._key_dense.kernel.shape[0]
+    return HeldOutStatistics(
+        mha._query_dense.kernel.shape[0],
+        mha._key_dense.kernel.shape[0],
+        num_sequences,
     )
 
 
 def _model_statistics(model, sites, calibration_data):
     """Runs `model` on the data, recording each attention layer's inputs."""
+    size = _check_calibration_data(calibration_data)
     statistics = {}
+    position = {"start": 0}  # index of the batch's first sequence
     for _, _, layer, _ in sites:
-        statistics[id(layer)] = _empty_statistics(layer)
-        layer.call = _recording_call(layer, statistics[id(layer)])
+        statistics[id(layer)] = _empty_statistics(layer, size)
+        layer.call = _recording_call(layer, statistics[id(layer)], position)
     try:
-        size = len(keras.tree.flatten(calibration_data)[0])
         for start in range(0, size, _CALIBRATION_BATCH_SIZE):
+            position["start"] = start
             batch = keras.tree.map_structure(
                 lambda x: x[start : start + _CALIBRATION_BATCH_SIZE],
                 calibration_data,
@@ -466,7 +658,7 @@ def _model_statistics(model, sites, calibration_data):
     return statistics
 
 
-def _recording_call(layer, statistics):
+def _recording_call(layer, statistics, position):
     """`layer.call`, also adding its query and key to `statistics`.
 
     Arguments are matched by name, so that subclasses with another
@@ -487,6 +679,7 @@ def _recording_call(layer, statistics):
             keras.ops.convert_to_numpy(key),
             None if mask is None else keras.ops.convert_to_numpy(mask),
             self_attention=query is key,
+            first_index=position["start"],
         )
         return call(*args, **kwargs)
 

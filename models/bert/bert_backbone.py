@@ -2,6 +2,7 @@
 
 import keras
 import keras_hub
+import numpy as np
 from keras import ops
 from keras_hub.layers import PositionEmbedding
 
@@ -9,6 +10,7 @@ from collab_keras.argument_checks import check_integer
 from collab_keras.argument_checks import check_rate
 
 from ..input_checks import check_inputs
+from ..keras_hub_weights import copy_bert_weights
 from ..one_hot_embedding import OneHotEmbedding
 from ..presets import BERT_ARCHITECTURES
 from ..transformer_encoder_block import TransformerEncoderBlock
@@ -84,6 +86,7 @@ class BertBackbone(ZooBackbone):
 
     architectures = BERT_ARCHITECTURES
     keras_hub_backbone_cls = keras_hub.models.BertBackbone
+    calibration_preprocessor = "BertTextClassifierPreprocessor"
 
     def __init__(
         self,
@@ -241,6 +244,44 @@ class BertBackbone(ZooBackbone):
             },
         )
 
+    def synthetic_inputs(self, num_sequences=64, sequence_length=48, seed=0):
+        """Random token sequences: data-free calibration inputs.
+
+        `reparametrize(..., calibration_data="synthetic")` and
+        `from_preset(..., calibration_data="synthetic")` record the
+        activations these produce: tokens drawn uniformly from the
+        vocabulary (`[PAD]`, id 0, left out) pass through the real
+        embeddings, layer norms and blocks, so every attention layer sees
+        the directions its inputs actually occupy, which the weights alone
+        do not say.
+
+        Args:
+            num_sequences: Number of sequences.
+            sequence_length: Tokens per sequence (at most
+                `max_sequence_length`).
+            seed: Seed of the random tokens.
+
+        Returns:
+            A dict of `token_ids`, `segment_ids` (zeros) and `padding_mask`
+            (ones), int32 arrays of shape `(num_sequences, length)`.
+        """
+        num_sequences = check_integer("num_sequences", num_sequences)
+        length = min(
+            check_integer("sequence_length", sequence_length),
+            self.max_sequence_length,
+        )
+        rng = np.random.default_rng(seed)
+        token_ids = rng.integers(
+            min(1, self.vocabulary_size - 1),
+            self.vocabulary_size,
+            (num_sequences, length),
+        ).astype("int32")
+        return {
+            "token_ids": token_ids,
+            "segment_ids": np.zeros_like(token_ids),
+            "padding_mask": np.ones_like(token_ids),
+        }
+
     @classmethod
     def from_keras_hub(cls, backbone, **kwargs):
         """A concatenated `BertBackbone` with the weights of a
@@ -250,8 +291,6 @@ class BertBackbone(ZooBackbone):
             backbone: A `keras_hub.models.BertBackbone`.
             **kwargs: Constructor arguments overriding its config (`dtype`).
         """
-        from ..keras_hub_weights import copy_bert_weights
-
         config = {**backbone.get_config(), **kwargs}
         return copy_bert_weights(backbone, cls.from_config(config))
 

@@ -112,6 +112,7 @@ class TransformerNMTBackbone(ZooBackbone):
     # Size-only configurations (random weights, for training from scratch):
     # `transformer_tiny`, `transformer_base`, `transformer_big`.
     architectures = TRANSFORMER_ARCHITECTURES
+    calibration_preprocessor = "TransformerNMTSeq2SeqLMPreprocessor"
 
     def __init__(
         self,
