@@ -15,9 +15,12 @@ if os.path.isfile(os.path.join(_checkout, "setup.cfg")) and os.path.isdir(
     __path__.append(_checkout)
 del _checkout
 
-# The `collab-keras` command imports this package before its own module, and
-# Keras (imported below) loads TensorFlow: quiet its start-up here.
-from collab_keras.training.start_up import quiet_command_start_up  # noqa: E402
+# The `collab-keras` command (collab_keras.training.cli) imports this package
+# before its own module, and Keras (imported below) loads TensorFlow, which
+# writes its start-up lines while it loads: the command's start-up filter
+# must be in place first. It lives on this floor (no import of the training
+# package) and does nothing in any other process.
+from collab_keras._start_up import quiet_command_start_up  # noqa: E402
 
 quiet_command_start_up()
 del quiet_command_start_up

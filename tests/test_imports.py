@@ -38,30 +38,6 @@ _ALLOWED_UPWARD = {
 }
 
 
-def _init_imports_training():
-    """Whether `collab_keras/__init__.py` still imports the training package
-    at import time (issue 22 removes this)."""
-    path = os.path.join(_ROOT, "collab_keras", "__init__.py")
-    tree = ast.parse(open(path, encoding="utf-8").read())
-    return any(
-        isinstance(node, ast.ImportFrom)
-        and (node.module or "").startswith("collab_keras.training")
-        for node in tree.body
-    )
-
-
-# `import collab_keras` runs collab_keras/__init__.py, which (until issue 22's
-# change is merged) imports collab_keras.training.start_up: then every
-# subpackage import with the training package blocked fails for that one
-# reason. strict: once the import is gone, these cases must pass.
-_INIT_XFAIL = pytest.mark.xfail(
-    _init_imports_training(),
-    reason="collab_keras/__init__.py imports collab_keras.training.start_up "
-    "(removed by issue 22)",
-    strict=True,
-)
-
-
 def _floor(module):
     for package in ("collab_keras.training", "collab_keras.models"):
         if module == package or module.startswith(package + "."):
@@ -103,7 +79,7 @@ assert not loaded, loaded
 
 @pytest.mark.parametrize(
     "package",
-    [pytest.param(p, marks=_INIT_XFAIL) for p in _SUBPACKAGES],
+    _SUBPACKAGES,
 )
 def test_subpackage_imports_alone_with_upper_floors_blocked(package):
     blocked = _UPPER[_floor(package)]
@@ -208,7 +184,6 @@ def test_import_statements_point_downwards_and_form_no_circle():
     assert not cycles, cycles
 
 
-@_INIT_XFAIL
 def test_the_layer_package_init_imports_no_upper_floor():
     edges = _edges(_modules())
     upward = [e for e in edges if e[0] == "collab_keras" and e[1] != "collab_keras"

@@ -8,7 +8,7 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 # What TensorFlow 2.21 writes to stderr while it loads, whatever
-# TF_CPP_MIN_LOG_LEVEL says (see training/start_up.py).
+# TF_CPP_MIN_LOG_LEVEL says (see collab_keras/_start_up.py).
 START_UP = ("absl::InitializeLog", "I0000", "oneDNN", "cuda drivers")
 
 
@@ -47,7 +47,7 @@ import os, sys
 if sys.argv[1] == "command":
     sys.argv[0] = os.path.join("bin", "collab-keras")
 import collab_keras
-from collab_keras.training.start_up import _stderr_without_start_up_lines
+from collab_keras._start_up import _stderr_without_start_up_lines
 with _stderr_without_start_up_lines():
     os.write(2, b"I0000 00:00:1.5 1 port.cc:153] noise\\nW0000 noise\\n"
                 b"E0000 00:00:1.5 1 cuda_executor.cc:1228] INTERNAL: CUDA error: "
