@@ -63,6 +63,27 @@ def padding_attention_mask(padding_mask, attention_mask=None):
     return mask
 
 
+def mask_for_attention(attention_layer, mask, query_length):
+    """`mask` in the form that `attention_layer`'s fused path takes.
+
+    `keras.layers.MultiHeadAttention` hands its mask to the fused kernel as
+    an additive bias, and cuDNN takes only a bias that spans the query axis:
+    a key padding mask `(B, 1, S)` turns flash attention off ("Bias must
+    have same seq length as QKV") and the layer runs the unfused einsums.
+    For that layer a `(B, 1, S)` mask is broadcast to `(B, T, S)`; other
+    layers (`CollaborativeAttention`, whose kernels read a key padding mask
+    as it is) get `mask` unchanged. The mask means the same either way.
+    """
+    if (
+        mask is None
+        or not isinstance(attention_layer, keras.layers.MultiHeadAttention)
+        or mask.shape[1] != 1
+    ):
+        return mask
+    batch, _, key_length = ops.shape(mask)
+    return ops.broadcast_to(mask, (batch, query_length, key_length))  # (B, T, S)
+
+
 def causal_mask(query_length, key_length, start_index=0):
     """`(1, T, S)` boolean mask: query `i` (at `start_index + i`) sees keys
     `j <= start_index + i`."""

@@ -8,6 +8,7 @@ from .attention_factory import make_attention
 from .attention_factory import serialize_attention
 from .block_utils import BlockBase
 from .block_utils import causal_mask
+from .block_utils import mask_for_attention
 from .block_utils import padding_attention_mask
 
 
@@ -220,7 +221,9 @@ class TransformerDecoderBlock(BlockBase):
             x = self._cross_attention(
                 x,
                 encoder_sequence,
-                attention_mask=cross_mask,
+                attention_mask=mask_for_attention(
+                    self._cross_attention, cross_mask, ops.shape(x)[1]
+                ),
                 training=training,
             )
         x = self._cross_attention_dropout(x, training=training)

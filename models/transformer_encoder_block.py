@@ -1,9 +1,11 @@
 """Transformer encoder block with an injectable attention layer."""
 
 import keras
+from keras import ops
 
 from .attention_factory import make_attention
 from .block_utils import BlockBase
+from .block_utils import mask_for_attention
 from .block_utils import padding_attention_mask
 
 
@@ -111,6 +113,9 @@ class TransformerEncoderBlock(BlockBase):
         residual = x
         if self.normalize_first:
             x = self._self_attention_layer_norm(x)
+        mask = mask_for_attention(
+            self._self_attention_layer, mask, ops.shape(x)[1]
+        )
         x = self._self_attention_layer(
             x, x, attention_mask=mask, training=training
         )

@@ -4,6 +4,7 @@ detokenization without TensorFlow, the model it builds, and (slow) the whole
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -63,7 +64,10 @@ def test_frozen_mixing_is_not_trained_and_the_scale_follows_key_dim():
 
 @pytest.mark.slow
 def test_quick_run_end_to_end(tmp_path):
-    recipe.main(["quick", "--output", str(tmp_path)])
+    # In a process of its own: the runs train on JAX, the suite runs on TensorFlow.
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    subprocess.run([sys.executable, recipe.__file__, "--quick", "--output", str(tmp_path)], env=env, check=True,
+                   capture_output=True, timeout=1200)
     records = sorted((tmp_path / "records").glob("*_seed0.json"))
     assert [p.name for p in records] == ["collab-128-scale_seed0.json", "concat-128_seed0.json"]
     record = json.loads(records[0].read_text())

@@ -57,6 +57,8 @@ import subprocess
 import sys
 import time
 
+# Training and decoding are written for JAX (the GPU machine's backend).
+os.environ.setdefault("KERAS_BACKEND", "jax")
 REPOSITORY = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 sys.path.insert(0, REPOSITORY)
 
@@ -364,6 +366,8 @@ def train_one(variant, seed, data_dir, output_dir, epochs=None, max_steps=None, 
     import numpy as np
     import sacrebleu
 
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(f"The runs train on the JAX backend. Received: KERAS_BACKEND={keras.backend.backend()}")
     config = settings(variant)
     epochs = epochs or config["epochs"]
     splits, texts = load(data_dir)
