@@ -11,7 +11,8 @@ variants are built: `keras_hub.layers.CachedMultiHeadAttention` and
 baseline at a reduced key size: concatenated heads whose query and key
 projections have `D` dimensions in total, `D // num_heads` per head (`D` must
 be a multiple of `num_heads`), while the values keep `key_dim` per head:
-`keras.layers.MultiHeadAttention(key_dim=D // num_heads, value_dim=key_dim)`,
+`ConcatenatedAttention(key_dim=D // num_heads, value_dim=key_dim)` (a
+`keras.layers.MultiHeadAttention` that runs with two head sizes on JAX too),
 and in decoders `CachedConcatenatedAttention` (keras-hub's cached layer stacks
 keys with values, so it needs them of one size). `shared_key_dim=None` is the
 full size, `num_heads * key_dim`, and builds the keras-hub layers above.
@@ -33,6 +34,7 @@ from collab_keras.layers import CachedCollaborativeAttention
 from collab_keras.layers import CollaborativeAttention
 
 from .cached_concatenated_attention import CachedConcatenatedAttention
+from .concatenated_attention import ConcatenatedAttention
 
 ATTENTIONS = ("concatenate", "collaborative")
 
@@ -168,7 +170,7 @@ def make_attention(
         # Reduced key size: (B, T, N, D / N) queries and keys, (B, S, N, key_dim) values.
         kwargs.update(key_dim=int(shared_key_dim) // num_heads, value_dim=key_dim)
         layer_class = (
-            CachedConcatenatedAttention if cached else keras.layers.MultiHeadAttention
+            CachedConcatenatedAttention if cached else ConcatenatedAttention
         )
         return layer_class(**kwargs)
     if attention == "collaborative":

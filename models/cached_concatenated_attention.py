@@ -3,10 +3,12 @@
 import keras
 from keras import ops
 
+from .concatenated_attention import ConcatenatedAttention
+
 
 @keras.saving.register_keras_serializable(package="collab_keras")
-class CachedConcatenatedAttention(keras.layers.MultiHeadAttention):
-    """`keras.layers.MultiHeadAttention` with a decoding cache that holds
+class CachedConcatenatedAttention(ConcatenatedAttention):
+    """`ConcatenatedAttention` with a decoding cache that holds
     keys and values separately, so that their sizes may differ.
 
     keras-hub's `CachedMultiHeadAttention` stacks keys with values in one

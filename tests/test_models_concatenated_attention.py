@@ -14,6 +14,7 @@ from collab_keras.models import TransformerNMTBackbone
 from collab_keras.models import count_parameters
 from collab_keras.models import make_attention
 from collab_keras.models.cached_concatenated_attention import CachedConcatenatedAttention
+from collab_keras.models.concatenated_attention import ConcatenatedAttention
 from collab_keras.models.zoo_model import convert_attention
 from collab_keras.training import cli
 from collab_keras.training import tasks
@@ -29,7 +30,7 @@ def _random_weights(layer, seed=0):
 
 def test_make_attention_builds_multi_head_attention_with_reduced_keys():
     layer = make_attention("concatenate", num_heads=4, key_dim=16, shared_key_dim=8)
-    assert type(layer) is keras.layers.MultiHeadAttention
+    assert type(layer) is ConcatenatedAttention
     assert (layer.num_heads, layer.key_dim, layer.value_dim) == (4, 2, 16)
     cached = make_attention("concatenate", num_heads=4, key_dim=16, shared_key_dim=8, cached=True)
     assert type(cached) is CachedConcatenatedAttention
@@ -104,7 +105,7 @@ def test_backbone_decodes_with_the_cache_as_without_and_saves(tmp_path):
         assert type(layer) is CachedConcatenatedAttention
         assert (layer.key_dim, layer.value_dim) == (4, 16)
     encoder_layer = backbone.encoder_transformer_layers[0].self_attention_layer
-    assert type(encoder_layer) is keras.layers.MultiHeadAttention and encoder_layer.key_dim == 4
+    assert type(encoder_layer) is ConcatenatedAttention and encoder_layer.key_dim == 4
     assert backbone.count_params() == count_parameters(
         "transformer", "transformer_tiny", vocabulary_size=50, max_sequence_length=8,
         attention="concatenate", shared_key_dim=16,
@@ -170,3 +171,45 @@ def test_run_config_checks_the_key_size_before_any_data(tmp_path, preset, overri
         RunConfig(task="nmt", output_dir=str(tmp_path), preset=preset, overrides=overrides,
                   attention="concatenate", shared_key_dim=30)
     RunConfig(task="nmt", output_dir=str(tmp_path), attention="collaborative", shared_key_dim=30)
+
+
+def test_reduced_key_size_runs_without_dropout_on_jax():
+    # keras' MultiHeadAttention without dropout tries its fused path, which on
+    # JAX needs keys and values of one head size: the reduced-key baseline
+    # (keys D / N, values key_dim) failed there ("value shape should be ...").
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from collab_keras.models import BertBackbone\n"
+        "b = BertBackbone(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,\n"
+        "                 max_sequence_length=8, dropout=0.0, attention='concatenate', shared_key_dim=8)\n"
+        "ids = np.ones((2, 6), 'int32')\n"
+        "out = b({'token_ids': ids, 'segment_ids': 0 * ids, 'padding_mask': ids})\n"
+        "assert np.all(np.isfinite(np.asarray(out['sequence_output'])))\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # Full size: keras' own layer (its fused path untouched), reduced: the layer that takes two head sizes.
+    assert type(make_attention("concatenate", num_heads=2, key_dim=8, shared_key_dim=None)) is (
+        keras.layers.MultiHeadAttention)
+    assert isinstance(make_attention("concatenate", num_heads=2, key_dim=8, shared_key_dim=8), ConcatenatedAttention)
+
+
+def test_concatenated_attention_is_multi_head_attention_with_two_head_sizes():
+    rng = np.random.default_rng(0)
+    query, value = rng.normal(size=(2, 5, 16)).astype("float32"), rng.normal(size=(2, 7, 16)).astype("float32")
+    mask = rng.random((2, 5, 7)) < 0.7
+    reference = keras.layers.MultiHeadAttention(2, 4, value_dim=8, dropout=0.5)  # dropout: the explicit path
+    layer = ConcatenatedAttention.from_config(dict(reference.get_config(), dropout=0.0))
+    reference(query, value)
+    layer(query, value)
+    layer.set_weights(reference.get_weights())
+    np.testing.assert_allclose(
+        np.asarray(layer(query, value, attention_mask=mask, use_causal_mask=True)),
+        np.asarray(reference(query, value, attention_mask=mask, use_causal_mask=True, training=False)),
+        rtol=1e-5, atol=1e-6)
+    output, scores = layer(query, value, return_attention_scores=True)
+    assert tuple(scores.shape) == (2, 2, 5, 7)
