@@ -72,3 +72,15 @@ def test_quick_run_end_to_end(tmp_path):
     assert [p.name for p in records] == ["collab-128-scale_seed0.json", "concat-128_seed0.json"]
     record = json.loads(records[0].read_text())
     assert record["steps"] == 2 and np.isfinite(record["final_validation_ce"]) and "nrefs:1" in record["bleu_signature"]
+
+
+def test_at_step_0_only_the_score_scale_differs(capsys):
+    recipe.initial_logits(("concat-128", "collab-128", "collab-128-scale"))
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    kernel_std = {r[0].strip(): float(r[2]) for r in rows}
+    logit_std = {r[0].strip(): float(r[3]) for r in rows}
+    # The same initial query kernels (glorot on (F, N, H) and on (F, K))...
+    assert abs(kernel_std["collab-128"] / kernel_std["concat-128"] - 1) < 0.05
+    # ... so the logits differ by the scale alone: 1/sqrt(64) against 1/sqrt(32).
+    assert abs(logit_std["collab-128-scale"] / logit_std["concat-128"] - 1) < 0.1
+    assert abs(logit_std["collab-128"] / logit_std["concat-128"] - 2**-0.5) < 0.1

@@ -38,6 +38,7 @@ Two steps, because the GPU machine has no TensorFlow:
         --output RESULTS --variants concat-128,collab-128 --seeds 0,1,2 \\
         --parallel 6 --deadline 540
     python benchmarks/experiments/translation_recipe.py table --output RESULTS
+    python benchmarks/experiments/translation_recipe.py init    # what differs at step 0 (CPU, seconds)
     python benchmarks/experiments/translation_recipe.py --quick   # CPU: a few steps, everything once
 
 `run` trains the runs whose record `RESULTS/<variant>_seed<seed>.json` does
@@ -561,9 +562,38 @@ def table(output_dir):
     return text
 
 
+def initial_logits(variants=("concat-64", "collab-64", "collab-64-scale", "concat-128", "collab-128",
+                               "collab-128-scale", "concat-256", "collab-256"), seed=0):
+    """What differs at step 0: the spread of the initial query kernels and of
+    the attention logits (scaled scores) on unit-variance inputs, as a
+    post-LN block feeds them, for each variant's attention layer."""
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(seed)
+    x = np.random.default_rng(seed).normal(size=(8, 64, MODEL["d_model"])).astype("float32")
+    lines = ["| variant | score scale | query kernel std | logit std |", "|---|---|---|---|"]
+    for variant in variants:
+        layer = attention_layer(settings(variant), variant)
+        layer(x, x)
+        if hasattr(layer, "mixing"):  # collaborative: (F, K) kernels, (N, K) mixing
+            query = x @ np.asarray(layer.query_dense.kernel)  # (B, T, K)
+            key = x @ np.asarray(layer.key_dense.kernel)  # (B, S, K)
+            logits = np.einsum("btk,nk,bsk->bnts", query, np.asarray(layer.mixing), key) * layer._scale
+            kernel = np.asarray(layer.query_dense.kernel)
+        else:  # concatenated: (F, N, H) kernels
+            kernel = np.asarray(layer.query_dense.kernel)
+            query = np.einsum("btf,fnh->bnth", x, kernel)
+            key = np.einsum("bsf,fnh->bnsh", x, np.asarray(layer.key_dense.kernel))
+            logits = np.einsum("bnth,bnsh->bnts", query, key) / np.sqrt(kernel.shape[-1])
+        scale = getattr(layer, "_scale", None) or 1 / np.sqrt(kernel.shape[-1])
+        lines.append(f"| {variant} | 1/sqrt({1 / scale ** 2:.0f}) | {kernel.std():.4f} | {logits.std():.3f} |")
+    print("\n".join(lines))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="quick", choices=["prepare", "run", "one", "table", "quick"])
+    parser.add_argument("command", nargs="?", default="quick", choices=["prepare", "run", "one", "table", "init", "quick"])
     parser.add_argument("variant", nargs="?")
     parser.add_argument("seed", nargs="?", type=int)
     parser.add_argument("--data", default=os.path.join(REPOSITORY, ".data", "translation_recipe"))
@@ -586,6 +616,8 @@ def main(argv=None):
         table(args.output)
     elif args.command == "table":
         table(args.output)
+    elif args.command == "init":
+        initial_logits()
     else:  # quick: everything once, small
         import tempfile
 
