@@ -55,7 +55,13 @@ def test_detokenize_glues_pieces_and_cleans_punctuation():
 
 
 def test_frozen_mixing_is_not_trained_and_the_scale_follows_key_dim():
+    import keras
+
+    policy = keras.config.dtype_policy().name
     model = recipe.build_model(recipe.settings("collab-128-frozen"), vocabulary_size=50, seed=0)
+    # The model is mixed_bfloat16; the process's policy is left as it was.
+    assert model.dtype_policy.name == "mixed_bfloat16" and keras.config.dtype_policy().name == policy
+    assert os.environ.get("KERAS_BACKEND") != "jax" or keras.backend.backend() == "jax"
     layers = [layer for layer in model.layers if hasattr(layer, "mixing")]
     assert len(layers) == 3 * recipe.MODEL["layers"]  # encoder self, decoder self and cross
     assert all(not layer.mixing.trainable and layer._scale == pytest.approx(32**-0.5) for layer in layers)

@@ -58,8 +58,6 @@ import subprocess
 import sys
 import time
 
-# Training and decoding are written for JAX (the GPU machine's backend).
-os.environ.setdefault("KERAS_BACKEND", "jax")
 REPOSITORY = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 sys.path.insert(0, REPOSITORY)
 
@@ -253,11 +251,22 @@ def attention_layer(config, name):
 
 
 def build_model(config, vocabulary_size, seed):
+    """The variant's Transformer, its layers under the variant's dtype policy."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config["dtype"])
+    try:
+        return _build_model(config, vocabulary_size)
+    finally:  # the model's layers keep the policy; the process does not
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _build_model(config, vocabulary_size):
     import keras
     import keras_hub
 
-    keras.utils.set_random_seed(seed)
-    keras.config.set_dtype_policy(config["dtype"])
     d, dropout = MODEL["d_model"], config["dropout"]
     source = keras.Input((None,), dtype="int32", name="source")
     target = keras.Input((None,), dtype="int32", name="target")
@@ -630,4 +639,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Training and decoding are written for JAX (the GPU machine's backend).
+    os.environ.setdefault("KERAS_BACKEND", "jax")
     main()
