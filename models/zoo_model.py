@@ -6,7 +6,7 @@ switch, size-only architectures and `from_preset` with conversion on load.
 `ZooTask` is mixed into subclasses of keras-hub's task classes.
 
 `from_preset(preset, load_weights=True, attention=None, shared_key_dim=None,
-calibration_data=None, **kwargs)` accepts:
+calibration_data="auto", **kwargs)` accepts:
 
 - a folder written by this zoo's `save_to_preset` (loaded by keras-hub);
 - a keras-hub preset directory, handle or Hugging Face folder of the
@@ -17,7 +17,11 @@ calibration_data=None, **kwargs)` accepts:
 
 `attention="collaborative"` then converts every attention layer with
 `collab_keras.reparametrize` (`shared_key_dim=None`: the full width, which
-is exact; `calibration_data`: raw inputs for the data-aware conversion).
+is exact; `calibration_data`: raw inputs for the data-aware conversion;
+by default, `"auto"`, a conversion below the full width is calibrated on
+the backbone's `synthetic_inputs()` where it has them, as BERT's, with no
+data needed, and uses the weights alone otherwise; `None` asks for the
+weights alone).
 """
 
 import inspect
@@ -167,7 +171,7 @@ class ZooBackbone(keras_hub.models.Backbone):
         load_weights=True,
         attention=None,
         shared_key_dim=None,
-        calibration_data=None,
+        calibration_data="auto",
         **kwargs,
     ):
         """Loads a pretrained backbone; see the module docstring.
@@ -182,7 +186,9 @@ class ZooBackbone(keras_hub.models.Backbone):
                 (`None`: the full width, exact).
             calibration_data: Backbone inputs, or raw text or images (as
                 the family's tasks take them), for a data-aware conversion,
-                or `"synthetic"` (the backbone's `synthetic_inputs()`).
+                `"synthetic"` (the backbone's `synthetic_inputs()`), `None`
+                (the weights alone) or `"auto"` (the default: see
+                `convert_attention`).
             **kwargs: Constructor arguments overriding the saved config
                 (e.g. `dtype`); unknown names raise.
         """
@@ -199,7 +205,7 @@ class ZooBackbone(keras_hub.models.Backbone):
                 preset, load_weights=load_weights
             )
             backbone = cls.from_keras_hub(source, **kwargs)
-        if calibration_data is not None:
+        if calibration_data is not None and not _is_auto(calibration_data):
             calibration_data = calibration_inputs(
                 backbone,
                 calibration_data,
@@ -258,7 +264,7 @@ class ZooTask:
         load_weights=True,
         attention=None,
         shared_key_dim=None,
-        calibration_data=None,
+        calibration_data="auto",
         **kwargs,
     ):
         """Loads a pretrained task with its preprocessor.
@@ -272,8 +278,10 @@ class ZooTask:
             shared_key_dim: Shared query/key width of the conversion
                 (`None`: the full width, exact).
             calibration_data: Raw task inputs (strings, images) or
-                preprocessed ones, for a data-aware conversion, or
-                `"synthetic"` (the backbone's `synthetic_inputs()`).
+                preprocessed ones, for a data-aware conversion,
+                `"synthetic"` (the backbone's `synthetic_inputs()`), `None`
+                (the weights alone) or `"auto"` (the default: see
+                `convert_attention`).
             **kwargs: Task arguments (e.g. `num_classes`); unknown names
                 raise.
         """
@@ -291,7 +299,7 @@ class ZooTask:
                     preset, load_weights=load_weights, **kwargs
                 )
             )
-        if calibration_data is not None:
+        if calibration_data is not None and not _is_auto(calibration_data):
             calibration_data = calibration_inputs(
                 task, calibration_data, task.preprocessor
             )
@@ -445,6 +453,10 @@ def preprocess(preprocessor, data):
     return x
 
 
+def _is_auto(calibration_data):
+    return isinstance(calibration_data, str) and calibration_data == "auto"
+
+
 def convert_attention(model, attention, shared_key_dim, calibration_data):
     """`model` (a zoo backbone or task) with the requested attention.
 
@@ -452,7 +464,13 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
         model: A zoo backbone or a task holding one.
         attention: `None` (keep), `"concatenate"` or `"collaborative"`.
         shared_key_dim: Shared width of a conversion (`None`: full width).
-        calibration_data: Model inputs for a data-aware conversion.
+        calibration_data: Model inputs for a data-aware conversion,
+            `"synthetic"`, `None` (the weights alone) or `"auto"`: below
+            the full width, `"synthetic"` for a backbone with
+            `synthetic_inputs()` (BERT: random token sequences, no data
+            needed), else the weights alone; at the full width (exact)
+            the weights alone. The report's `calibration_source` says
+            which was used.
 
     Returns:
         `model`, or a converted copy from `collab_keras.reparametrize`
@@ -461,6 +479,9 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
         one-line summary is printed.
     """
     backbone = getattr(model, "backbone", model)
+    auto = _is_auto(calibration_data)
+    if auto:
+        calibration_data = None
     if attention is None:
         if shared_key_dim is not None or calibration_data is not None:
             raise ValueError(
@@ -501,6 +522,10 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
             f"attention='concatenate', shared_key_dim={backbone.shared_key_dim}"
         )
     rank = shared_key_dim or backbone.hidden_dim
+    if auto and rank < backbone.hidden_dim and hasattr(backbone, "synthetic_inputs"):
+        # Data-free default where the backbone has random inputs: the
+        # synthetic calibration, which costs about as much as none.
+        calibration_data = "synthetic"
     converted, report = reparametrize(
         model, rank, calibration_data=calibration_data, verbose=False
     )

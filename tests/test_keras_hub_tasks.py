@@ -117,11 +117,54 @@ def test_from_preset_carries_the_report_and_warns_nothing(tmp_path, capsys):
             preset, num_classes=2, attention="collaborative", shared_key_dim=8
         )
     report = classifier.conversion_report
-    assert len(report) == 1 and report[0]["calibration"] is None
+    # The default below the full width: calibrated on synthetic inputs.
+    assert len(report) == 1 and report.calibration_source == "synthetic"
+    assert report[0]["calibration_source"] == "synthetic"
+    assert report[0]["calibration"] in ("data-aware", "tensor-only")
     assert report.seconds >= report[0]["seconds"] > 0
-    assert "Converted 1 attention layer to shared_key_dim=8" in (
-        capsys.readouterr().out
+    assert (
+        "Converted 1 attention layer to shared_key_dim=8" in (
+            capsys.readouterr().out
+        )
     )
+    assert report.summary().endswith("(on synthetic inputs).")
+
+
+def test_from_preset_default_calibration_is_deterministic_and_optional(
+    tmp_path,
+):
+    preset = str(tmp_path / "preset")
+    _bert_classifier().save_to_preset(preset)
+
+    def load(**kwargs):
+        return BertBackbone.from_preset(
+            preset, attention="collaborative", **kwargs
+        )
+
+    first, second = load(shared_key_dim=8), load(shared_key_dim=8)
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Explicitly no calibration: the weights alone.
+    plain = load(shared_key_dim=8, calibration_data=None)
+    assert plain.conversion_report.calibration_source is None
+    assert plain.conversion_report[0]["calibration"] is None
+    assert plain.conversion_report.summary().endswith(
+        "from the weights alone (no calibration)."
+    )
+    # The full width is exact: no calibration needed, none used.
+    exact = load()
+    assert exact.conversion_report.calibration_source is None
+    assert exact.conversion_report[0]["relative_error"] == 0.0
+    # A plain `reparametrize` stays weights-only by default.
+    _, report = reparametrize(BertBackbone(**BERT_TINY), 8, verbose=False)
+    assert report.calibration_source is None
+    # ViT has no synthetic inputs: the default is the weights alone.
+    vit = str(tmp_path / "vit")
+    ViTBackbone(**VIT_TINY).save_to_preset(vit)
+    converted = ViTBackbone.from_preset(
+        vit, attention="collaborative", shared_key_dim=8
+    )
+    assert converted.conversion_report.calibration_source is None
 
 
 def _converted_on_load(cls, preset, calibration_data):

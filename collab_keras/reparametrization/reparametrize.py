@@ -76,7 +76,11 @@ def reparametrize(
     (`HeldOutStatistics`), and per layer the data-aware fit is kept (then
     refitted on all the data) only if its logit error on the held-out part
     is lower than the tensor-only solution's; otherwise the layer falls
-    back to the tensor-only solution. With fewer than 32 sequences or fewer
+    back to the tensor-only solution. The calibrated fits are warm-started
+    from a tensor-only start of 3/10 of `max_iterations` sweeps (the
+    data-aware fit takes 1/5 of them, its refit 1/20; a fallback continues
+    the start to the full tensor-only solution), so that calibration costs
+    about as much as none. With fewer than 32 sequences or fewer
     tokens than `max(d_q, d_k)` a warning says how much data a reliable fit
     needs.
 
@@ -117,8 +121,11 @@ def reparametrize(
         (`None` without data, else `"data-aware"` or `"tensor-only"`, the
         fallback), `"held_out_logit_error"` (`None`, or a dict of the
         held-out logit errors of the `"tensor-only"` and `"data-aware"`
-        fits), `"iterations"` and `"seconds"`; `report.seconds` is the whole
-        conversion's wall time and `report.summary()` one line.
+        fits), `"calibration_source"` (`None`, `"synthetic"` or
+        `"given"`: what the conversion was calibrated on), `"iterations"`
+        and `"seconds"`; `report.seconds` is the whole conversion's wall
+        time, `report.calibration_source` the calibration source and
+        `report.summary()` one line.
 
     Example:
 
@@ -160,7 +167,17 @@ def reparametrize(
                 _warn_if_too_little(statistics, stacklevel=3)
             converted, entry = _convert(obj, statistics, options, obj.name)
             entries = [entry]
-    return converted, ConversionReport(entries, time.perf_counter() - start)
+    source = None
+    if calibration_data is not None:
+        synthetic = isinstance(calibration_data, str) and (
+            calibration_data == "synthetic"
+        )
+        source = "synthetic" if synthetic else "given"
+    for entry in entries:
+        entry["calibration_source"] = source
+    return converted, ConversionReport(
+        entries, time.perf_counter() - start, calibration_source=source
+    )
 
 
 def _blas_threads(num_threads):
@@ -491,19 +508,46 @@ def _convert(mha, statistics, options, path):
     return layer, entry
 
 
+def _calibration_sweeps(max_iterations):
+    """ALS sweeps of the stages of a calibrated layer, from `max_iterations`.
+
+    `(start, aware, refit)`: the tensor-only start (3/10 of the sweeps),
+    the data-aware fit on the fit part warm-started from it (1/5) and its
+    refit on all the data (1/20); 30, 20 and 5 for the default 100. The
+    start is continued to `max_iterations` only if the layer falls back.
+    """
+    return (
+        max(1, (3 * max_iterations) // 10),
+        max(1, max_iterations // 5),
+        max(1, max_iterations // 20),
+    )
+
+
 def _decompose(query_kernel, key_kernel, statistics, options):
     """The layer's CP factors, with calibration that cannot hurt.
+
+    Without `statistics`: the tensor-only solution (`max_iterations`
+    sweeps). With them (see `_calibration_sweeps` for the sweeps): a
+    tensor-only start; from it, the data-aware fit on the fit part; both
+    scored by their logit error on the held-out part. The data-aware fit
+    is kept, refitted on all the data, only if it is lower; otherwise the
+    start is continued to the full tensor-only solution, as without data.
 
     Returns `(query_factor, mixing, key_factor, info, calibration)`:
     `info` as `cp_decompose_heads` gives it plus `"logit_relative_error"`
     (under all the data's metrics), `calibration` a dict with the report's
     `"calibration"` and `"held_out_logit_error"` (empty without data).
     """
-    tensor_only = cp_decompose_heads(query_kernel, key_kernel, **options)
     if statistics is None:
-        return (*tensor_only, {})
+        return (*cp_decompose_heads(query_kernel, key_kernel, **options), {})
+    start_sweeps, aware_sweeps, refit_sweeps = _calibration_sweeps(
+        options["max_iterations"]
+    )
+    start = cp_decompose_heads(
+        query_kernel, key_kernel, **{**options, "max_iterations": start_sweeps}
+    )
     metrics = statistics.all.metrics()
-    chosen = tensor_only
+    chosen = None
     held_out = None
     if statistics.held_out.num_tokens and statistics.fit.num_tokens:
         query_metric, key_metric = statistics.fit.metrics()
@@ -512,18 +556,18 @@ def _decompose(query_kernel, key_kernel, statistics, options):
             key_kernel,
             query_metric=query_metric,
             key_metric=key_metric,
-            **options,
+            initial=start[:3],
+            **{**options, "max_iterations": aware_sweeps},
         )
         validation = statistics.held_out.metrics()
         held_out = {
             name: weighted_relative_error(
                 query_kernel, key_kernel, factors[:3], *validation
             )
-            for name, factors in (("tensor-only", tensor_only), ("data-aware", aware))
+            for name, factors in (("tensor-only", start), ("data-aware", aware))
         }
         if held_out["data-aware"] < held_out["tensor-only"]:
-            # Refit on all the data, from the fit part's solution: a
-            # quarter of the sweeps suffices from there.
+            # Refit on all the data, from the fit part's solution.
             query_metric, key_metric = metrics
             chosen = cp_decompose_heads(
                 query_kernel,
@@ -531,18 +575,31 @@ def _decompose(query_kernel, key_kernel, statistics, options):
                 query_metric=query_metric,
                 key_metric=key_metric,
                 initial=aware[:3],
-                **{
-                    **options,
-                    "max_iterations": max(1, options["max_iterations"] // 4),
-                },
+                **{**options, "max_iterations": refit_sweeps},
             )
+    if chosen is None:
+        # Fall back: the tensor-only solution, continued from its start.
+        chosen = start
+        remaining = options["max_iterations"] - start[3]["iterations"]
+        if remaining > 0 and start[3]["iterations"] == start_sweeps:
+            chosen = cp_decompose_heads(
+                query_kernel,
+                key_kernel,
+                initial=start[:3],
+                **{**options, "max_iterations": remaining},
+            )
+            info = dict(chosen[3])
+            info["iterations"] += start[3]["iterations"]
+            chosen = (*chosen[:3], info)
     query_factor, mixing, key_factor, info = chosen
     info = dict(info)
     info["logit_relative_error"] = weighted_relative_error(
         query_kernel, key_kernel, chosen[:3], *metrics
     )
     calibration = {
-        "calibration": "tensor-only" if chosen is tensor_only else "data-aware",
+        "calibration": "tensor-only" if held_out is None or (
+            held_out["data-aware"] >= held_out["tensor-only"]
+        ) else "data-aware",
         "held_out_logit_error": held_out,
     }
     return query_factor, mixing, key_factor, info, calibration

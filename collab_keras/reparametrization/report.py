@@ -13,6 +13,9 @@ class ConversionReport(list):
         entries: the per-layer dicts.
         seconds: wall-clock seconds of the whole conversion (copying the
             model, recording calibration activations, decompositions).
+        calibration_source: what the conversion was calibrated on: `None`
+            (the weights alone), `"synthetic"` (the model's
+            `synthetic_inputs()`) or `"given"` (the caller's data).
 
     Example:
 
@@ -23,9 +26,10 @@ class ConversionReport(list):
     ```
     """
 
-    def __init__(self, entries=(), seconds=0.0):
+    def __init__(self, entries=(), seconds=0.0, calibration_source=None):
         super().__init__(entries)
         self.seconds = float(seconds)
+        self.calibration_source = calibration_source
 
     def summary(self):
         """One line: layers, shared key size, errors, calibration, seconds."""
@@ -42,11 +46,19 @@ class ConversionReport(list):
         calibrations = [entry.get("calibration") for entry in self]
         if any(calibrations):
             aware = calibrations.count("data-aware")
+            source = {"synthetic": "synthetic inputs", "given": "given data"}
             line += (
                 f"; calibration: {aware} data-aware, "
                 f"{len(self) - aware} fell back to tensor-only"
             )
+            if self.calibration_source in source:
+                line += f" (on {source[self.calibration_source]})"
+        elif max(errors) > 0:
+            line += "; from the weights alone (no calibration)"
         return line + "."
 
     def __repr__(self):
-        return f"ConversionReport({list.__repr__(self)}, seconds={self.seconds!r})"
+        return (
+            f"ConversionReport({list.__repr__(self)}, seconds={self.seconds!r}"
+            f", calibration_source={self.calibration_source!r})"
+        )

@@ -29,9 +29,10 @@ class BertTextClassifier(ZooTask, keras_hub.models.BertTextClassifier):
         dropout: Dropout before the dense layer.
 
     `from_preset(preset, load_weights=True, attention=None,
-    shared_key_dim=None, calibration_data=None, **kwargs)` loads a zoo or
-    keras-hub BERT preset, or `"all_minilm_l6_v2"`, and converts on load
-    with `attention="collaborative"`.
+    shared_key_dim=None, calibration_data="auto", **kwargs)` loads a zoo
+    or keras-hub BERT preset, or `"all_minilm_l6_v2"`, and converts on load
+    with `attention="collaborative"` (below the full width and without
+    calibration data, on the backbone's synthetic inputs).
 
     Example:
 
