@@ -181,17 +181,11 @@ def reparametrize(
 
 
 def _blas_threads(num_threads):
-    """A context running BLAS with `num_threads` threads (restored on exit).
-
-    Without `threadpoolctl` installed (it comes with scikit-learn) the
-    setting cannot be changed and BLAS keeps its own.
-    """
+    """A context running BLAS with `num_threads` threads (restored on exit)."""
     if num_threads is None:
         return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=num_threads, user_api="blas")
 
 
