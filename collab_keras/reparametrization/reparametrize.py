@@ -534,25 +534,27 @@ def _decompose(query_kernel, key_kernel, statistics, options):
     """
     if statistics is None:
         return (*cp_decompose_heads(query_kernel, key_kernel, **options), {})
-    start_sweeps, aware_sweeps, refit_sweeps = _calibration_sweeps(
-        options["max_iterations"]
-    )
-    start = cp_decompose_heads(
-        query_kernel, key_kernel, **{**options, "max_iterations": start_sweeps}
-    )
-    metrics = statistics.all.metrics()
-    chosen = None
-    held_out = None
-    if statistics.held_out.num_tokens and statistics.fit.num_tokens:
-        query_metric, key_metric = statistics.fit.metrics()
-        aware = cp_decompose_heads(
+
+    def fit(sweeps, metric_pair=(None, None), initial=None):
+        query_metric, key_metric = metric_pair
+        return cp_decompose_heads(
             query_kernel,
             key_kernel,
             query_metric=query_metric,
             key_metric=key_metric,
-            initial=start[:3],
-            **{**options, "max_iterations": aware_sweeps},
+            initial=initial,
+            **{**options, "max_iterations": sweeps},
         )
+
+    start_sweeps, aware_sweeps, refit_sweeps = _calibration_sweeps(
+        options["max_iterations"]
+    )
+    start = fit(start_sweeps)
+    metrics = statistics.all.metrics()
+    chosen = None
+    held_out = None
+    if statistics.held_out.num_tokens and statistics.fit.num_tokens:
+        aware = fit(aware_sweeps, statistics.fit.metrics(), start[:3])
         validation = statistics.held_out.metrics()
         held_out = {
             name: weighted_relative_error(
@@ -562,26 +564,13 @@ def _decompose(query_kernel, key_kernel, statistics, options):
         }
         if held_out["data-aware"] < held_out["tensor-only"]:
             # Refit on all the data, from the fit part's solution.
-            query_metric, key_metric = metrics
-            chosen = cp_decompose_heads(
-                query_kernel,
-                key_kernel,
-                query_metric=query_metric,
-                key_metric=key_metric,
-                initial=aware[:3],
-                **{**options, "max_iterations": refit_sweeps},
-            )
+            chosen = fit(refit_sweeps, metrics, aware[:3])
     if chosen is None:
         # Fall back: the tensor-only solution, continued from its start.
         chosen = start
         remaining = options["max_iterations"] - start[3]["iterations"]
         if remaining > 0 and start[3]["iterations"] == start_sweeps:
-            chosen = cp_decompose_heads(
-                query_kernel,
-                key_kernel,
-                initial=start[:3],
-                **{**options, "max_iterations": remaining},
-            )
+            chosen = fit(remaining, initial=start[:3])
             info = dict(chosen[3])
             info["iterations"] += start[3]["iterations"]
             chosen = (*chosen[:3], info)
