@@ -48,10 +48,17 @@ def test_batches_are_bucketed_shifted_and_masked():
     assert sorted(x["source"].shape[1] for x, _, _ in out) == [32, 48]
 
 
-def test_detokenize_glues_pieces_and_cleans_punctuation():
-    vocabulary = ["[PAD]", "[START]", "[END]", "[UNK]", "Es", "werde", "Li", "##cht", "!", "»", "«"]
-    ids = [1, 9, 4, 5, 6, 7, 8, 10, 2, 0]
-    assert recipe.detokenize(ids, vocabulary) == "»Es werde Licht!«"
+def test_detokenization_needs_no_tensorflow_and_matches_its_path():
+    # The runs detokenize on keras-hub's Python path (the GPU machine has no
+    # TensorFlow); `prepare` checks it against the TensorFlow path.
+    from collab_keras.models import TransformerNMTTokenizer
+
+    vocabulary = ["[PAD]", "[START]", "[END]", "[UNK]", "Es", "werde", "Li", "##cht", "!", "»", "«", "##"]
+    tokenizer = TransformerNMTTokenizer(vocabulary=vocabulary)
+    ids = [[9, 4, 5, 6, 7, 8, 10], [7, 4, 11, 6]]  # a leading and a bare suffix token
+    python = tokenizer.detokenize(ids)
+    assert python[0] == "»Es werde Licht!«"
+    assert python == recipe.detokenize_with_tensorflow(tokenizer, ids)
 
 
 def test_frozen_mixing_is_not_trained_and_the_scale_follows_key_dim():

@@ -129,10 +129,11 @@ def prepare(data_dir, vocabulary_size=8000, train_verses=None):
             ids = [list(map(int, row)) for row in _as_list(tokenizer(list(texts)))]
             arrays[f"{split}_{side}"] = np.asarray([i for row in ids for i in row], np.uint16)
             arrays[f"{split}_{side}_lengths"] = np.asarray([len(row) for row in ids], np.int32)
-    # The pure-Python detokenization must give what the TensorFlow one gives.
+    # The runs detokenize on keras-hub's pure-Python path (no TensorFlow on
+    # the GPU machine); it must give what the TensorFlow path gives.
     test_ids = _rows(arrays["test_target"], arrays["test_target_lengths"])
-    tf_text = [t if isinstance(t, str) else t.decode() for t in _as_list(tokenizer.detokenize(test_ids))]
-    mismatches = sum(a != b for a, b in zip(tf_text, (detokenize(r, vocabulary) for r in test_ids)))
+    mismatches = sum(a != b for a, b in zip(detokenize_with_tensorflow(tokenizer, test_ids),
+                                            tokenizer.detokenize(test_ids)))
     if mismatches:
         raise AssertionError(f"{mismatches} test verses detokenize differently without TensorFlow")
     path = os.path.join(data_dir, "arrays.npz")
@@ -163,26 +164,13 @@ def _rows(flat, lengths):
     return [flat[end - n:end].tolist() for end, n in zip(ends, lengths)]
 
 
-def detokenize(ids, vocabulary):
-    """Token ids to text without TensorFlow: WordPiece joins (`##` pieces glued
-    to the word before, words spaced) and the tokenizer's `CLEAN_UP_RULES`."""
-    import re
+def detokenize_with_tensorflow(tokenizer, ids):
+    """`tokenizer.detokenize` on its TensorFlow path (inside a `tf.function`):
+    a list of Python strings."""
+    import tensorflow as tf
 
-    from collab_keras.models.transformer_nmt.transformer_nmt_tokenizer import CLEAN_UP_RULES
-
-    words = []
-    for i in ids:
-        if i in (PAD, START, END):
-            continue
-        token = vocabulary[i]
-        if token.startswith("##") and words:
-            words[-1] += token[2:]
-        else:
-            words.append(token)
-    text = " ".join(words)
-    for pattern, rewrite in CLEAN_UP_RULES:
-        text = re.sub(pattern, rewrite, text)
-    return text
+    texts = tf.function(tokenizer.detokenize)(tf.ragged.constant(ids, dtype="int32"))
+    return [t.decode() for t in texts.numpy().tolist()]
 
 
 def load(data_dir):
@@ -378,6 +366,8 @@ def train_one(variant, seed, data_dir, output_dir, epochs=None, max_steps=None, 
 
     if keras.backend.backend() != "jax":
         raise RuntimeError(f"The runs train on the JAX backend. Received: KERAS_BACKEND={keras.backend.backend()}")
+    from collab_keras.models import TransformerNMTTokenizer
+
     config = settings(variant)
     epochs = epochs or config["epochs"]
     splits, texts = load(data_dir)
@@ -418,7 +408,9 @@ def train_one(variant, seed, data_dir, output_dir, epochs=None, max_steps=None, 
     test_source, _ = splits["test"]
     n = test_examples or len(test_source)
     started = time.perf_counter()
-    hypotheses = [detokenize(ids, vocabulary) for ids in greedy(model, test_source[:n])]
+    # keras-hub's pure-Python detokenization: no TensorFlow needed (see `prepare`).
+    tokenizer = TransformerNMTTokenizer(vocabulary=vocabulary)
+    hypotheses = tokenizer.detokenize([[i for i in ids if i != PAD] for ids in greedy(model, test_source[:n])])
     decode_seconds = time.perf_counter() - started
     references = texts["test_target"][:n]
     bleu_metric = sacrebleu.BLEU()
