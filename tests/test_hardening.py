@@ -289,14 +289,14 @@ def test_backbone_predict_rejects_out_of_range_ids(bad):
     inputs = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": np.ones_like(ids)}
     bert.predict(inputs, verbose=0)
     inputs["token_ids"] = np.array([[2, bad, 19, 3]], "int32")
-    with pytest.raises(ValueError, match=rf"`token_ids` must hold ids in \[0, vocabulary_size=20\)"):
+    with pytest.raises(ValueError, match=r"`token_ids` must hold ids in \[0, vocabulary_size=20\)"):
         bert.predict(inputs, verbose=0)
     nmt = TransformerNMTBackbone(vocabulary_size=20, num_encoder_layers=1, num_decoder_layers=1, num_heads=2,
                                  hidden_dim=8, intermediate_dim=16,
                                  max_sequence_length=8)
     inputs = {"encoder_token_ids": ids, "encoder_padding_mask": np.ones_like(ids),
               "decoder_token_ids": np.array([[2, bad, 19, 3]], "int32"), "decoder_padding_mask": np.ones_like(ids)}
-    with pytest.raises(ValueError, match=rf"`decoder_token_ids` must hold ids in \[0, vocabulary_size=20\)"):
+    with pytest.raises(ValueError, match=r"`decoder_token_ids` must hold ids in \[0, vocabulary_size=20\)"):
         nmt.predict(inputs, verbose=0)
 
 

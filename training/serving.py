@@ -203,8 +203,6 @@ def predict_rest(server, model_name, signature, inputs, timeout=60.0):
     Uses the row format (`"instances"`, one dict per example) and returns
     the `"predictions"` as a dict of numpy arrays.
     """
-    import numpy as np
-
     host, _, port = server.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(
