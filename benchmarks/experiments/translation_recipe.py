@@ -513,7 +513,7 @@ def run_grid(args):
     print(f"{len(pending)} runs to train, {args.parallel} at a time", flush=True)
     started = time.time()
     running = []
-    env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / args.parallel:.3f}")
+    env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.8 / args.parallel:.3f}")
     os.makedirs(args.output, exist_ok=True)
     while pending or running:
         running = [(p, run) for p, run in running if p.poll() is None]
