@@ -57,12 +57,16 @@ def layer(keys, dtype, flash, dropout):
 def gradients(attention, weights, query, value, grad, mask_args, training):
     names = [w.path for w in attention.trainable_variables]
     non_trainable = [w.value for w in attention.non_trainable_variables]
+    causal = mask_args.get("use_causal_mask", False)
 
-    def loss(weights, query, value):
-        out, _ = attention.stateless_call(weights, non_trainable, query, value, training=training, **mask_args)
+    def loss(weights, query, value, grad, mask):
+        out, _ = attention.stateless_call(weights, non_trainable, query, value, attention_mask=mask,
+                                          use_causal_mask=causal, training=training)
         return jnp.sum(out.astype(jnp.float32) * grad), out
 
-    (_, out), (dw, dq, dv) = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(weights, query, value)
+    # The arrays are arguments, not constants folded into the program.
+    step = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))
+    (_, out), (dw, dq, dv) = step(weights, query, value, grad, jnp.asarray(mask_args["attention_mask"]))
     # Variable paths without the layer's own (numbered) name: "query/kernel", "mixing", ...
     named = {"d_" + n.split("/", 1)[1]: g for n, g in zip(names, dw)}
     return {"output": out, "d_query_input": dq, "d_value_input": dv, **named}
@@ -107,6 +111,7 @@ def main():
                                  f"{error:.2e} | {bound:.2e} | {'ok' if ok else 'FAIL'} |")
                 summary.append(f"shared_key_dim {keys}, {kind} mask, dropout {dropout}, "
                                f"{'fused' if fused else 'explicit'} path: worst error ratio to bf16 explicit {worst:.2f}")
+                print(summary[-1], flush=True)
     print("| shared_key_dim | mask | dropout | automatic path | tensor | error (automatic, bf16) | "
           "error (explicit, bf16) | |")
     print("|---|---|---|---|---|---|---|---|")
