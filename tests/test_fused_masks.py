@@ -51,17 +51,26 @@ def test_encoder_block_mask_form(attention, expected):
     assert np.all(np.isfinite(out))
 
 
-@pytest.mark.parametrize("attention,expected", [("concatenate", (2, 4, 6)), ("collaborative", (2, 1, 6))])
+@pytest.mark.parametrize("attention,expected", [("concatenate", (2, 3, 6)), ("collaborative", (2, 1, 6))])
 def test_decoder_cross_attention_mask_form(attention, expected):
+    """Also in a decoding call over several positions (a prompt)."""
     rng = np.random.default_rng(1)
-    target = rng.normal(size=(2, 4, 8)).astype("float32")
+    target = rng.normal(size=(2, 3, 8)).astype("float32")
     source = rng.normal(size=(2, 6, 8)).astype("float32")
     source_padding = np.array([[1, 1, 1, 1, 0, 0], [1] * 6], bool)
     block = TransformerDecoderBlock(2, 16, attention=attention)
     block.build(target.shape, source.shape)
     shapes = _record_masks(block.cross_attention_layer)
-    block(target, source, encoder_padding_mask=source_padding)
-    assert shapes == [expected]
+    uncached = block(target, source, encoder_padding_mask=source_padding)
+    cached, _, _ = block(
+        target,
+        encoder_padding_mask=source_padding,
+        self_attention_cache=block.initial_self_attention_cache(2, 3),
+        self_attention_cache_update_index=0,
+        cross_attention_cache=block.compute_cross_attention_cache(source),
+    )
+    assert shapes == [expected, expected]
+    np.testing.assert_allclose(ops.convert_to_numpy(cached), ops.convert_to_numpy(uncached), rtol=1e-5, atol=1e-5)
 
 
 def test_mask_for_attention_leaves_full_masks_and_none_alone():
@@ -135,26 +144,3 @@ def test_decoder_causal_flag_gives_the_merged_masks_results(flash_attention, mon
     assert len(got_grads) == len(want_grads) == len(block.trainable_variables)
     for got_grad, want_grad in zip(got_grads, want_grads):
         np.testing.assert_array_equal(got_grad, want_grad)
-
-
-@pytest.mark.parametrize("attention,expected", [("concatenate", (2, 3, 6)), ("collaborative", (2, 1, 6))])
-def test_cached_cross_attention_mask_form(attention, expected):
-    """A decoding call over several positions (a prompt) keeps keras'
-    layer on its fused path too."""
-    rng = np.random.default_rng(4)
-    target = rng.normal(size=(2, 3, 8)).astype("float32")
-    source = rng.normal(size=(2, 6, 8)).astype("float32")
-    source_padding = np.array([[1, 1, 1, 1, 0, 0], [1] * 6], bool)
-    block = TransformerDecoderBlock(2, 16, attention=attention)
-    block.build(target.shape, source.shape)
-    shapes = _record_masks(block.cross_attention_layer)
-    cached, _, _ = block(
-        target,
-        encoder_padding_mask=source_padding,
-        self_attention_cache=block.initial_self_attention_cache(2, 3),
-        self_attention_cache_update_index=0,
-        cross_attention_cache=block.compute_cross_attention_cache(source),
-    )
-    assert shapes == [expected]
-    uncached = block(target, source, encoder_padding_mask=source_padding)
-    np.testing.assert_allclose(ops.convert_to_numpy(cached), ops.convert_to_numpy(uncached), rtol=1e-5, atol=1e-5)
