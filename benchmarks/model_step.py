@@ -31,7 +31,8 @@ Columns: median ms/step of `--repeats` steps (each waited for with
 `jax.block_until_ready`) after a compiling call and `--warmup` steps;
 tokens/s (every position the model processes, source and target for the
 NMT); the ratio to `plain_mask`; MFU, `training_flops / step time / peak`
-(peak `--peak-tflops`, default 790: the H100's measured bf16 matmul rate);
+(peak `--peak-tflops`, default 790: the H100's measured bf16 matmul rate;
+none on CPUs);
 and the attention paths seen while tracing (`attention_paths`): calls of
 `jax.nn.dot_product_attention` by implementation (`cudnn`, `xla`, and
 `cudnn failed: ...` where keras' MultiHeadAttention caught cuDNN's refusal
@@ -325,6 +326,12 @@ def build_row(name, size, rng):
                 )
             finally:
                 bert_backbone.OneHotEmbedding = one_hot
+            segment = type(model.segment_embedding)
+            if (segment is keras.layers.Embedding) != lookup:
+                raise RuntimeError(
+                    f"Row {name} needs another segment embedding. "
+                    f"Received: {segment.__name__}"
+                )
         inputs = _token_inputs(rng, batch, length, bert["vocabulary_size"])
         return model, inputs, bert_flops, batch * length
     if name.startswith("vit"):
@@ -429,10 +436,11 @@ def table(rows, peak_tflops):
             continue
         ratio = f"{row['ms'] / base['ms']:.2f}" if base else "-"
         paths = ", ".join(f"{k} x{v}" for k, v in row["attention_paths"].items())
+        mfu = "-" if row["mfu"] is None else f"{row['mfu']:.1%}"
         lines.append(
             f"| {row['row']} | {row['parameters'] / 1e6:.1f} M | {row['ms']:.2f} "
             f"| {row['tokens_per_s']:,.0f} | {ratio} | {row['flops'] / 1e12:.3g} "
-            f"| {row['mfu']:.1%} | {paths or '-'} |"
+            f"| {mfu} | {paths or '-'} |"
         )
     lines.append(f"MFU against a peak of {peak_tflops:g} TFLOP/s.")
     return "\n".join(lines)
@@ -498,7 +506,9 @@ def main(argv=None):
             "ms": ms,
             "tokens_per_s": tokens / ms * 1e3,
             "flops": flops,
-            "mfu": flops / (ms * 1e-3) / (args.peak_tflops * 1e12),
+            # The peak is a GPU's; on a CPU only tokens/s are reported.
+            "mfu": None if device.platform == "cpu" else (
+                flops / (ms * 1e-3) / (args.peak_tflops * 1e12)),
             "loss": loss,
             "first_call_s": first_call_s,
             "attention_paths": dict(paths),

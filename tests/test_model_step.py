@@ -88,7 +88,8 @@ def test_quick_run_of_every_row_under_jax_without_tensorflow(tmp_path):
     assert list(rows) == list(model_step.ROWS)
     assert not [name for name, row in rows.items() if "error" in row]
     for name, row in rows.items():
-        assert row["ms"] > 0 and row["flops"] > 0 and 0 < row["mfu"] < 1, name
+        assert row["ms"] > 0 and row["flops"] > 0 and row["tokens_per_s"] > 0, name
+        assert row["mfu"] is None, name  # on the CPU, tokens/s only
         assert row["attention_paths"], name  # every row traced an attention
     # The same weights and inputs: the segment embedding's form changes no
     # value.
