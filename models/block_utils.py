@@ -11,6 +11,7 @@ from keras_hub.src.utils.keras_utils import gelu_approximate
 from collab_keras.argument_checks import check_bool
 from collab_keras.argument_checks import check_integer
 from collab_keras.argument_checks import check_rate
+from collab_keras.layers import CollaborativeAttention
 
 from .attention_factory import check_attention
 from .attention_factory import check_attention_kwargs
@@ -82,6 +83,36 @@ def mask_for_attention(attention_layer, mask, query_length):
         return mask
     batch, _, key_length = ops.shape(mask)
     return ops.broadcast_to(mask, (batch, query_length, key_length))  # (B, T, S)
+
+
+def causal_attention_arguments(attention_layer, padding_mask, length):
+    """The masks of a causal self-attention over `length` positions, as
+    keyword arguments in the form that `attention_layer`'s fused path takes.
+
+    `CollaborativeAttention` (and its cached variant) gets
+    `use_causal_mask=True` next to the key padding mask `(B, 1, S)`: its
+    fused kernels mask causally inside and read the padding per key, no
+    `(T, S)` mask is built. Other layers (`keras.layers.MultiHeadAttention`
+    and keras-hub's `CachedMultiHeadAttention`, whose call takes no
+    `use_causal_mask`) get the causal and padding masks merged, `(B|1, T,
+    T)`: a mask spanning the query axis, the bias cuDNN takes. The masks
+    mean the same either way.
+
+    Args:
+        attention_layer: The self-attention layer.
+        padding_mask: `(B, T)` mask of real positions, or `None`.
+        length: The sequence length `T`.
+
+    Returns:
+        A dict of `attention_mask` (and `use_causal_mask`).
+    """
+    padding = padding_attention_mask(padding_mask)  # (B, 1, S) or None
+    if isinstance(attention_layer, CollaborativeAttention):
+        return {"attention_mask": padding, "use_causal_mask": True}
+    mask = causal_mask(length, length)  # (1, T, T)
+    if padding is not None:
+        mask = ops.logical_and(mask, padding)  # (B, T, T)
+    return {"attention_mask": mask}
 
 
 def causal_mask(query_length, key_length, start_index=0):

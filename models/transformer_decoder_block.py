@@ -7,6 +7,7 @@ from .attention_factory import check_attention
 from .attention_factory import make_attention
 from .attention_factory import serialize_attention
 from .block_utils import BlockBase
+from .block_utils import causal_attention_arguments
 from .block_utils import causal_mask
 from .block_utils import mask_for_attention
 from .block_utils import padding_attention_mask
@@ -179,24 +180,20 @@ class TransformerDecoderBlock(BlockBase):
                 key_length = ops.shape(self_attention_cache)[2]
             index = self_attention_cache_update_index
             index = 0 if index is None else index
-            self_mask = causal_mask(query_length, key_length, index)
+            arguments = {
+                "attention_mask": causal_mask(query_length, key_length, index),
+                "cache": self_attention_cache,
+                "cache_update_index": self_attention_cache_update_index,
+            }
         else:
-            self_mask = causal_mask(query_length, query_length)  # (1, T, T)
-            padding = padding_attention_mask(decoder_padding_mask)
-            if padding is not None:
-                self_mask = ops.logical_and(self_mask, padding)  # (B, T, T)
+            arguments = causal_attention_arguments(
+                self._self_attention, decoder_padding_mask, query_length
+            )
         x = decoder_sequence  # (batch, target length, hidden)
         residual = x
         if self.normalize_first:
             x = self._self_attention_layer_norm(x)
-        x = self._self_attention(
-            x,
-            x,
-            attention_mask=self_mask,
-            cache=self_attention_cache,
-            cache_update_index=self_attention_cache_update_index,
-            training=training,
-        )
+        x = self._self_attention(x, x, training=training, **arguments)
         if use_cache:
             x, self_attention_cache = x
         x = self._self_attention_dropout(x, training=training)
@@ -205,7 +202,11 @@ class TransformerDecoderBlock(BlockBase):
             x = self._self_attention_layer_norm(x)
 
         # Cross-attention to the encoder output.
-        cross_mask = padding_attention_mask(encoder_padding_mask)  # (B, 1, S)
+        cross_mask = mask_for_attention(
+            self._cross_attention,
+            padding_attention_mask(encoder_padding_mask),  # (B, 1, S)
+            query_length,
+        )
         residual = x
         if self.normalize_first:
             x = self._cross_attention_layer_norm(x)
@@ -221,9 +222,7 @@ class TransformerDecoderBlock(BlockBase):
             x = self._cross_attention(
                 x,
                 encoder_sequence,
-                attention_mask=mask_for_attention(
-                    self._cross_attention, cross_mask, ops.shape(x)[1]
-                ),
+                attention_mask=cross_mask,
                 training=training,
             )
         x = self._cross_attention_dropout(x, training=training)

@@ -86,3 +86,45 @@ def copy_multi_head_attention(mha, collaborative):
     for source, target in pairs:
         for source_weight, target_weight in zip(source.weights, target.weights):
             target_weight.assign(source_weight)
+
+
+def output_and_gradients(layer, upstream, *args, **kwargs):
+    """`layer(*args, **kwargs)` and the gradients of `sum(output * upstream)`
+    with respect to `layer.trainable_variables`, on the current backend.
+
+    Returns:
+        The output and the list of gradients, as NumPy arrays.
+    """
+    import keras
+    from keras import ops
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def loss(trainable):
+            out, _ = layer.stateless_call(
+                trainable, [v.value for v in layer.non_trainable_variables],
+                *args, **kwargs,
+            )
+            return ops.sum(out * upstream), out
+
+        trainable = [v.value for v in layer.trainable_variables]
+        (_, out), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
+        return np.asarray(out), [np.asarray(g) for g in grads]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            out = layer(*args, **kwargs)
+            loss = tf.reduce_sum(out * upstream)
+        grads = tape.gradient(loss, [v.value for v in layer.trainable_variables])
+        return out.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
+    import torch
+
+    for variable in layer.trainable_variables:
+        variable.value.grad = None
+    out = layer(*args, **kwargs)
+    torch.sum(out * torch.as_tensor(upstream)).backward()
+    grads = [v.value.grad.cpu().numpy() for v in layer.trainable_variables]
+    return out.detach().cpu().numpy(), grads

@@ -14,6 +14,7 @@ import pytest
 BACKEND_TESTS = [
     "tests/test_cached_collaborative_attention.py",
     "tests/test_collaborative_attention.py",
+    "tests/test_fused_masks.py",
     "tests/test_multi_head_attention_parity.py",
     "tests/test_one_hot_embedding.py",
 ]

@@ -272,9 +272,18 @@ def test_causal_only_call_reaches_the_kernel_as_a_flag(monkeypatch):
     assert seen == [(None, True)]
     expected = mha(x, x, use_causal_mask=True, return_attention_scores=True)[0]
     np.testing.assert_allclose(_numpy(output), _numpy(expected), atol=2e-6)
-    # With another mask the causal mask is merged into it.
-    layer(x, x, use_causal_mask=True, attention_mask=np.ones((2, 6, 6), bool))
-    assert seen[-1][0] is not None and not seen[-1][1]
+    # With a key padding mask the flag stays and the mask arrives as it is,
+    # (B, 1, S); the outputs are those of the merged mask.
+    padding = (np.arange(6)[None] < np.array([[6], [4]]))[:, None, :]
+    output = layer(x, x, use_causal_mask=True, attention_mask=padding)
+    assert tuple(seen[-1][0].shape) == (2, 1, 6) and seen[-1][1]
+    merged = padding & np.tri(6, dtype=bool)[None]
+    expected = mha(x, x, attention_mask=merged, return_attention_scores=True)[0]
+    np.testing.assert_allclose(_numpy(output), _numpy(expected), atol=2e-6)
+    # A sliding window is merged into the mask with the causal part.
+    window = _with_policy(collaborative, "float32", flash_attention=True, sliding_window=2)
+    window(x, x, use_causal_mask=True)
+    assert tuple(seen[-1][0].shape)[-2:] == (6, 6) and not seen[-1][1]
 
 
 def test_subclass_of_the_multi_head_attention_hook_gets_a_clear_error():

@@ -141,8 +141,9 @@ class CollaborativeAttention(Layer):
             weights (not available on the fused path).
         training: Whether dropout is active.
         use_causal_mask: Whether to add a causal mask (decoder
-            self-attention). When it is the only mask, the fused path runs
-            the backend's causal kernel without building a `(T, S)` mask.
+            self-attention). The fused path runs the backend's causal
+            kernel without building a `(T, S)` mask, next to any key
+            padding mask.
 
     Returns:
         attention_output: Tensor of shape `(B, T, E)`, where `E` is the
@@ -449,25 +450,20 @@ class CollaborativeAttention(Layer):
         # are applied here, so take them off the inputs of the projections.
         for tensor in (query, value, key):
             set_keras_mask(tensor, None)
-        # A causal mask alone reaches the fused kernel as a flag: no (T, S)
-        # mask is built.
-        causal_only = use_causal_mask and (
-            query_mask is None
-            and value_mask is None
-            and key_mask is None
-            and attention_mask is None
-            and self.sliding_window is None
+        # The causal mask reaches the attention core as a flag, next to the
+        # other masks unmerged: the fused kernels then mask causally inside
+        # (no (T, S) mask is built) and read a key padding mask (B, 1, S) as
+        # it is; the explicit path merges the two (the same mask).
+        is_causal = use_causal_mask and self.sliding_window is None
+        attention_mask = self._compute_attention_mask(
+            query,
+            value,
+            query_mask=query_mask,
+            value_mask=value_mask,
+            key_mask=key_mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask and not is_causal,
         )
-        if not causal_only:
-            attention_mask = self._compute_attention_mask(
-                query,
-                value,
-                query_mask=query_mask,
-                value_mask=value_mask,
-                key_mask=key_mask,
-                attention_mask=attention_mask,
-                use_causal_mask=use_causal_mask,
-            )
         gate = None
         if self._gate_dense is not None:
             gate = self._gate_dense(query)  # (B, T, N, V)
@@ -484,7 +480,7 @@ class CollaborativeAttention(Layer):
                 attention_mask,
                 training=training,
                 return_attention_scores=return_attention_scores,
-                use_causal_mask=causal_only,
+                use_causal_mask=is_causal,
             )
         )
         if gate is not None:
@@ -560,8 +556,8 @@ class CollaborativeAttention(Layer):
             training: Whether dropout is active.
             return_attention_scores: Whether to return the attention weights.
             use_causal_mask: Whether to add a causal mask here (`call` passes
-                it, with `attention_mask=None`, when it is the only mask, so
-                that the fused path runs the backend's causal kernel).
+                it unmerged from `attention_mask`, so that the fused path
+                runs the backend's causal kernel).
 
         Returns:
             The per-head attention outputs `(B, T, N, V)` and the attention

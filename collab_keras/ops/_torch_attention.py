@@ -21,6 +21,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from collab_keras.ops._attention_utils import combine_causal
 from collab_keras.ops._attention_utils import round_up
 
 # cuDNN attention takes head sizes up to 256; on an H200 (PyTorch 2.11) its
@@ -123,10 +124,8 @@ def sdpa_attention(query, key, value, mixing, content, mask, scale, is_causal):
     attends = None
     if mask is not None:
         if is_causal:  # SDPA takes a mask or `is_causal`, not both
-            causal = torch.ones(
-                mask.shape[-2:], dtype=torch.bool, device=mask.device
-            ).tril()
-            mask = mask & causal
+            # (B, 1|N, T, S), also from a key padding mask (B, 1, 1, S)
+            mask = combine_causal(mask, mixed.shape[2], key.shape[2])
             is_causal = False
         attends = mask.any(dim=-1, keepdim=True)  # (B, 1|N, T, 1)
         mask = mask | ~attends
