@@ -187,11 +187,10 @@ def prepare(config):
     return manifest
 
 
-def _unusable(file, why, argument="data", value=None):
+def _unusable(file, why, path):
     return ValueError(
         f"The prepared data {file} {why}. Prepare it again with `collab-keras "
-        f"prepare` into a new folder; nothing in it was changed. "
-        f"Received: {argument}={value if value is not None else os.path.dirname(file)!r}"
+        f"prepare` into a new folder; nothing in it was changed. Received: data={path!r}"
     )
 
 
@@ -204,13 +203,13 @@ def _read_manifest(path):
         )
     if not os.path.isfile(file):
         raise _unusable(file, "is missing (not a prepared folder, or an interrupted "
-                        "`prepare`)", value=repr(path))
+                        "`prepare`)", path)
     try:
         with open(file, encoding="utf-8") as stream:
             manifest = json.load(stream)
         manifest["format"], manifest["task"], manifest["options"], manifest["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise _unusable(file, f"is unreadable ({error})", value=repr(path)) from None
+        raise _unusable(file, f"is unreadable ({error})", path) from None
     return manifest
 
 
@@ -247,28 +246,27 @@ def load(path, options):
             is not the one recorded in the manifest.
     """
     manifest = _read_manifest(path)
-    where = repr(path)
     file = os.path.join(path, MANIFEST)
     if manifest["format"] != FORMAT:
         raise _unusable(file, f"has format {manifest['format']!r}, this version reads "
-                        f"{FORMAT}", value=where)
+                        f"{FORMAT}", path)
     if manifest["task"] != options["task"]:
         raise _unusable(file, f"was prepared for the task {manifest['task']!r}, not "
-                        f"{options['task']!r}", value=where)
+                        f"{options['task']!r}", path)
     changed = {k: (manifest["options"].get(k), v) for k, v in options.items()
                if manifest["options"].get(k) != v}
     if changed:
         raise _unusable(file, "was prepared with other options (as (prepared, "
-                        f"this run): {changed}); pass the same ones", value=where)
+                        f"this run): {changed}); pass the same ones", path)
     names = [f"{split}.npz" for split in SPLITS] + (
         [VOCABULARY] if manifest.get("vocabulary") else [])
     for name in names:
         target = os.path.join(path, name)
         if name not in manifest["sha256"] or not os.path.isfile(target):
-            raise _unusable(target, "is missing (an incomplete folder)", value=where)
+            raise _unusable(target, "is missing (an incomplete folder)", path)
         if checkpoint.sha256(target) != manifest["sha256"][name]:
             raise _unusable(target, "does not match its SHA-256 in manifest.json "
-                            "(edited, truncated or corrupted)", value=where)
+                            "(edited, truncated or corrupted)", path)
     vocabulary = None
     if manifest.get("vocabulary"):
         vocabulary = vocabularies.read(os.path.join(path, VOCABULARY))
