@@ -59,7 +59,8 @@ def without_tensorflow(*args, env=None, code=None):
     environment = {**os.environ, "KERAS_BACKEND": "jax", "COLLAB_KERAS_VERBOSE": "0",
                    **(env or {})}
     command = ([sys.executable, "-m", "tests.without_tensorflow", *args] if code is None else
-               [sys.executable, "-c", "from tests.without_tensorflow import block; block()\n" + code])
+               [sys.executable, "-c",
+                "from tests.without_tensorflow import block; block()\n" + code])
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True,
                             text=True, timeout=600)
     return result.returncode, result.stdout + result.stderr
@@ -202,6 +203,11 @@ def test_interrupted_run_from_prepared_data_resumes_to_the_same_weights(nmt_data
     assert "mfu" in json.loads((tmp_path / "metrics.json").read_text())["final"]
     final = os.path.join("checkpoints", "step-00000004", "model.weights.h5")
     assert_same_weights(blocked_run / final, tmp_path / final)
+    # The finished run, started again, is evaluated again and keeps its timing.
+    timing = json.loads((tmp_path / "metrics.json").read_text())["final"]["step_seconds"]
+    code, output = without_tensorflow(*flags, "--peak-tflops", "1")
+    assert code == 0 and "from step 4 of 4" in output, output
+    assert json.loads((tmp_path / "metrics.json").read_text())["final"]["step_seconds"] == timing
 
 
 @pytest.mark.slow
@@ -247,7 +253,8 @@ tokenizer = models.TransformerNMTTokenizer(vocabulary={str(tmp_path / 'vocabular
 preprocessor = models.TransformerNMTSeq2SeqLMPreprocessor(tokenizer, 128, 128)
 decoded = np.load({str(tmp_path / 'decoded.npz')!r})
 ids, mask = decoded["ids"], decoded["mask"]
-texts = preprocessor.generate_postprocess({{"decoder_token_ids": ids, "decoder_padding_mask": mask}})
+texts = preprocessor.generate_postprocess(
+    {{"decoder_token_ids": ids, "decoder_padding_mask": mask}})
 from tests.without_tensorflow import tensorflow_loaded
 print(json.dumps({{"texts": texts, "tensorflow": tensorflow_loaded()}}))
 """

@@ -10,9 +10,9 @@ else F), V the total value width (F), I the feed-forward width:
 
     attention   2·F·(T·K + S·K + S·V + T·V)       query, key, value, output projections
                 + 2·T·S·K + 2·T·S·V                concatenated: scores and values
-                + 2·N·T·S·K + N·T·K + 2·S·F·N + 2·T·S·V   collaborative: each head scores
-                  with the whole shared key after its mixing row scales the query, plus
-                  the content term y·content_bias
+                + 2·N·T·S·K + N·T·K + 2·S·F·N + 2·T·S·V   collaborative: each
+                  head scores with the whole shared key after its mixing row
+                  scales the query, plus the content term y·content_bias
     feed-forward 4·T·F·I
     output      2·T·F·vocabulary_size (logits)
 

@@ -24,11 +24,11 @@ given DATA must have the same ones.
 `load` checks a folder before anything reads from it: a missing folder or
 manifest, a missing file, another task or other options, an array file whose
 SHA-256 is not the recorded one: a ValueError naming the file. Nothing in the
-folder is written or removed by reading it. `prepare` writes into a new or
-empty folder only (or repeats nothing when the folder already holds the same
-complete data), through temporary files renamed into place, the manifest
-last: an interrupted `prepare` leaves no manifest, and its `.tmp-*` files
-are removed when it is run again.
+folder is written or removed by reading it. `prepare` writes a new or empty
+folder only (and does nothing when the folder already holds the same
+complete data): it writes everything into a temporary `.tmp-*` folder
+beside it and renames that into place, so the folder holds all of the data
+or none of it.
 """
 
 import importlib.metadata
@@ -61,7 +61,7 @@ def _version(package):
         return None
 
 
-def _pack(x, y, sample_weight):
+def pack(x, y, sample_weight):
     """The preprocessor's outputs as named numpy arrays."""
     arrays = {"y": y, "sample_weight": sample_weight}
     if isinstance(x, dict):
@@ -72,7 +72,7 @@ def _pack(x, y, sample_weight):
 
 
 def _unpack(arrays):
-    """`(x, y[, sample_weight])` of named arrays (`_pack`'s inverse)."""
+    """`(x, y[, sample_weight])` of named arrays (`pack`'s inverse)."""
     x = arrays["x"] if "x" in arrays else {
         k[2:]: v for k, v in arrays.items() if k.startswith("x.")}
     return keras.utils.pack_x_y_sample_weight(x, arrays.get("y"), arrays.get("sample_weight"))
@@ -85,11 +85,11 @@ def _preprocess(task_model, examples, task):
         if task == "nmt":
             for key in texts:
                 texts[key].extend(t.decode() for t in batch[key].numpy())
-            parts.append(_pack(*task_model.preprocessor(batch)))
+            parts.append(pack(*task_model.preprocessor(batch)))
         else:
             x, y = batch
             outputs = task_model.preprocessor(x, y)
-            parts.append(_pack(*keras.utils.unpack_x_y_sample_weight(outputs)))
+            parts.append(pack(*keras.utils.unpack_x_y_sample_weight(outputs)))
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if task == "nmt":
         arrays.update({f"text.{k}": np.asarray(v, dtype=str) for k, v in texts.items()})
@@ -105,12 +105,10 @@ def _refuse(path, why):
 
 def _check_prepare_dir(path, options):
     """True when `path` already holds the complete data of `options`; False
-    when it is new or empty (of anything but `.tmp-*` leftovers); else a
-    ValueError naming `output_dir`."""
+    when it is new or empty; else a ValueError naming `output_dir`."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise _refuse(path, "is a file")
-    entries = [n for n in os.listdir(path) if not n.startswith(checkpoint.TMP_PREFIX)] \
-        if os.path.isdir(path) else []
+    entries = os.listdir(path) if os.path.isdir(path) else []
     if not entries:
         return False
     if MANIFEST not in entries:
@@ -133,7 +131,6 @@ def prepare(config):
         The manifest (a dict).
     """
     from collab_keras.training import data
-    from collab_keras.training import run
     from collab_keras.training import tasks
 
     if config.task not in TASKS:
@@ -150,23 +147,24 @@ def prepare(config):
                                  config.source, config.target) for split in SPLITS}
     if config.max_train_examples:
         examples["train"] = examples["train"].take(config.max_train_examples)
-    vocabulary = run.new_vocabulary(config, examples["train"])
+    vocabulary = tasks.new_vocabulary(config, examples["train"])
     num_classes = data.num_classes(config.task, config.dataset) if config.task != "nmt" else None
     task_model = tasks.build(config, vocabulary, num_classes)
     if vocabulary is None and config.task != "vit":  # a pretrained preset's tokenizer
         vocabulary = tasks.vocabulary_of(task_model)
     splits = {split: _preprocess(task_model, examples[split], config.task) for split in SPLITS}
 
-    os.makedirs(path, exist_ok=True)
-    checkpoint.remove_temporaries(path)
-    staging = tempfile.mkdtemp(dir=path, prefix=checkpoint.TMP_PREFIX)
+    # Written whole in a temporary folder beside DIR, then renamed to DIR
+    # (which may exist empty): DIR holds all of the data or none of it.
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=checkpoint.TMP_PREFIX)
     try:
         for split, arrays in splits.items():
             np.savez_compressed(os.path.join(staging, f"{split}.npz"), **arrays)
         if vocabulary is not None:
             with open(os.path.join(staging, VOCABULARY), "w", encoding="utf-8") as file:
                 file.write("".join(f"{token}\n" for token in vocabulary))
-        files = sorted(os.listdir(staging))
         manifest = {
             "format": FORMAT,
             "task": config.task,
@@ -176,14 +174,15 @@ def prepare(config):
             "vocabulary": None if vocabulary is None else {
                 "file": VOCABULARY, "size": len(vocabulary),
                 "fingerprint": vocabularies.fingerprint(vocabulary)},
-            "sha256": {name: checkpoint.sha256(os.path.join(staging, name)) for name in files},
+            "sha256": {name: checkpoint.sha256(os.path.join(staging, name))
+                       for name in sorted(os.listdir(staging))},
         }
+        checkpoint.atomic_write_json(os.path.join(staging, MANIFEST), manifest)
         checkpoint.honour_umask(staging)
-        for name in files:
-            os.replace(os.path.join(staging, name), os.path.join(path, name))
-    finally:
+        os.replace(staging, path)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-    checkpoint.atomic_write_json(os.path.join(path, MANIFEST), manifest)
+        raise
     return manifest
 
 
@@ -346,7 +345,8 @@ class Batches(keras.utils.PyDataset):
                 chunk = order[start:min(start + pool, self.per_pass * self.batch_size)]
                 if self.lengths is not None:
                     chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-                batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+                batches += [chunk[i:i + self.batch_size]
+                            for i in range(0, len(chunk), self.batch_size)]
             self._pass = (number, [batches[i] for i in rng.permutation(len(batches))])
         return self._pass[1]
 

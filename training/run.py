@@ -146,7 +146,8 @@ def _optimizer(config):
 def _sample_arrays(task_model, examples, count=512):
     """The preprocessed arrays of the first `count` examples of a tf.data
     split, named as prepared.py names them."""
-    return prepared_data._pack(*task_model.preprocessor(next(iter(examples.take(count).batch(count)))))
+    batch = next(iter(examples.take(count).batch(count)))
+    return prepared_data.pack(*task_model.preprocessor(batch))
 
 
 IN_MEMORY_EXAMPLES = 1_000_000
@@ -189,19 +190,6 @@ def uses_tensorflow(config):
     """Whether the run needs TensorFlow: tf.data (no `--data`) or the
     TensorFlow backend."""
     return config.data is None or keras.backend.backend() == "tensorflow"
-
-
-def new_vocabulary(config, train_examples):
-    """The vocabulary of a new run or prepared folder (architecture presets
-    of text tasks; None otherwise): `vocabulary_file`'s tokens, else a
-    vocabulary trained on the raw training examples (tf.data)."""
-    if config.task == "vit" or not tasks.is_architecture(config.task, config.preset):
-        return None
-    if config.vocabulary_file is not None:
-        return vocabularies.read(config.vocabulary_file)
-    return tasks.train_vocabulary(
-        config.task, data.text_sample(config.task, train_examples), config.vocabulary_size
-    )
 
 
 def train(config):
@@ -300,7 +288,7 @@ def _train(config):
         if prepared is not None:
             given = prepared.vocabulary
         if vocabulary is None:
-            vocabulary = given or new_vocabulary(config, train_examples)
+            vocabulary = given or tasks.new_vocabulary(config, train_examples)
         elif given is not None and given != vocabulary:
             raise ValueError(
                 f"`vocabulary_file` is not the vocabulary the run {config.output_dir} "
@@ -365,16 +353,17 @@ def _train(config):
         board = evaluation.tensorboard(os.path.join(own_dir, "logs"), uses_tensorflow(config))
         callbacks += [board] if board is not None else []
     started = time.perf_counter()
-    fit(
-        train_batches,
-        epochs=config.steps // config.checkpoint_every,
-        steps_per_epoch=config.checkpoint_every,
-        initial_epoch=step // config.checkpoint_every,
-        validation_data=validation,
-        callbacks=callbacks,
-        shuffle=False,  # train_batches is shuffled, seeded
-        verbose=int(os.environ.get("COLLAB_KERAS_VERBOSE", "1")) if chief else 0,
-    )
+    if step < config.steps:  # a finished run is only evaluated again
+        fit(
+            train_batches,
+            epochs=config.steps // config.checkpoint_every,
+            steps_per_epoch=config.checkpoint_every,
+            initial_epoch=step // config.checkpoint_every,
+            validation_data=validation,
+            callbacks=callbacks,
+            shuffle=False,  # train_batches is shuffled, seeded
+            verbose=int(os.environ.get("COLLAB_KERAS_VERBOSE", "1")) if chief else 0,
+        )
     seconds = time.perf_counter() - started
     if checkpointer.diverged_at is not None:
         kept = history[-1]["step"] if history else None
