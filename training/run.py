@@ -36,6 +36,7 @@ import os
 import time
 
 import keras
+import numpy as np
 
 from collab_keras.training import checkpoint
 from collab_keras.training import data
@@ -447,19 +448,21 @@ def _evaluation_batches(prepared, split, config):
 
 
 def _utilization(config, task_model, train_batches, timer, replicas):
-    """Model TFLOP/s of the median training step, and the MFU when there is
-    a peak to measure it against (see flops.py)."""
-    if timer.median() is None:
+    """The model's training TFLOPs per step and per second, and the MFU when
+    there is a peak to measure it against (see flops.py). Per second: the
+    median over the steps of each step's FLOPs (at its batch's padded
+    length) over its time, which compilation does not move."""
+    if not timer.seconds:
         return {}
-    if isinstance(train_batches, prepared_data.Batches):
-        lengths = [train_batches.length(i) for i in range(len(train_batches))]
-    else:
-        lengths = [config.sequence_length]
-    per_step = sum(flops.nmt_training_flops(task_model.backbone, config.batch_size, n, n)
-                   for n in lengths) / len(lengths)
-    achieved = per_step / timer.median() / 1e12
+    bucketed = isinstance(train_batches, prepared_data.Batches)
+    per_step = [
+        flops.nmt_training_flops(task_model.backbone, config.batch_size, length, length)
+        for length in (train_batches.length(i) if bucketed else config.sequence_length
+                       for i in range(len(timer.seconds)))
+    ]
+    achieved = float(np.median(np.divide(per_step, timer.seconds))) / 1e12
     peak = flops.peak_tflops(config.peak_tflops, _on_gpu(), replicas)
-    result = {"model_tflops_per_step": round(per_step / 1e12, 6),
+    result = {"model_tflops_per_step": round(float(np.mean(per_step)) / 1e12, 6),
               "model_tflops_per_second": round(achieved, 4)}
     if peak is not None:
         result["mfu"] = round(achieved / peak, 4)
