@@ -189,6 +189,16 @@ def test_trains_from_prepared_data_with_tensorflow_blocked(blocked_run):
     assert os.path.isfile(blocked_run / "model" / "model.weights.h5")
 
 
+def test_what_needs_tensorflow_says_so_where_it_is_missing(tmp_path):
+    code, output = without_tensorflow(*FLAGS, "--output-dir", str(tmp_path / "run"))
+    assert code == 2 and "A run without --data (tf.data) needs TensorFlow" in output, output
+    assert "Received: data=None, KERAS_BACKEND='jax'" in output and "Traceback" not in output
+    code, output = without_tensorflow("prepare", "nmt", "--output-dir", str(tmp_path / "data"))
+    assert code == 2 and "`prepare` (tf.data, the task's tokenizer) needs TensorFlow" in output
+    assert "Received: task='nmt'" in output
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.slow
 def test_interrupted_run_from_prepared_data_resumes_to_the_same_weights(nmt_data, blocked_run,
                                                                         tmp_path):

@@ -138,6 +138,8 @@ def prepare(config):
             f"`prepare` supports the tasks {TASKS} (bert-mlm masks at random each "
             f"time it is fed). Received: task={config.task!r}"
         )
+    data.require_tensorflow("`prepare` (tf.data, the task's tokenizer)",
+                            f"task={config.task!r}")
     path, options = config.output_dir, config.data_options()
     if _check_prepare_dir(path, options):
         print(f"{path} already holds this prepared data; nothing to do.")

@@ -204,6 +204,9 @@ def train(config):
     """
     determinism = True
     if uses_tensorflow(config):
+        data.require_tensorflow(
+            "A run without --data (tf.data)" if config.data is None else "The TensorFlow backend",
+            f"data={config.data!r}, KERAS_BACKEND={keras.backend.backend()!r}")
         # TensorFlow has no public way to ask for or to turn off op determinism.
         from tensorflow.python.framework import config as tf_config
 
