@@ -331,3 +331,35 @@ def test_batches_cut_padding_and_resume_in_place(nmt_data):
     assert x["encoder_token_ids"].shape[1] == whole.length(0) <= 16
     assert x["encoder_padding_mask"].sum() == train["x.encoder_padding_mask"][rows].sum()
     assert sample_weight.sum() == train["sample_weight"][rows].sum()
+
+
+@pytest.mark.parametrize("task, shapes", [
+    ("vit", {"x": (8, 32, 32, 3), "y": (8,)}),  # digits resized by the converter
+    ("bert-classify", {"x.token_ids": (8, 16), "x.padding_mask": (8, 16), "y": (8,)}),
+])
+def test_prepare_and_train_the_array_tasks(task, shapes, tmp_path):
+    path = tmp_path / "data"
+    cli.main(["prepare", task, "--output-dir", str(path), *DATA_FLAGS])
+    data = prepared.load(str(path), options(task))
+    assert data.manifest["splits"]["train"] == 128
+    assert (data.vocabulary is None) == (task == "vit")
+    for name, shape in shapes.items():
+        assert data.splits["train"][name].shape[1:] == shape[1:], name
+    assert "sample_weight" not in data.splits["train"]
+    x, y = prepared.Batches(data.splits["train"], 8, seed=0, steps=2)[0]
+    assert y.shape == (8,)
+    if task == "vit":
+        code, output = without_tensorflow("train", task, "--data", str(path), "--output-dir",
+                                          str(tmp_path / "run"), *TRAIN_FLAGS)
+        assert code == 0 and "TENSORFLOW_LOADED=False" in output, output
+        final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+        assert np.isfinite(final["test_sparse_categorical_accuracy"])
+
+
+@pytest.mark.slow
+def test_torch_backend_trains_from_prepared_data_with_tensorflow_blocked(nmt_data, tmp_path):
+    code, output = without_tensorflow(*FLAGS, "--data", str(nmt_data), "--output-dir",
+                                      str(tmp_path), env={"KERAS_BACKEND": "torch"})
+    assert code == 0 and "TENSORFLOW_LOADED=False" in output, output
+    final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+    assert np.isfinite(final["test_loss"]) and "bleu" in final
