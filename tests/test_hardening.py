@@ -559,6 +559,9 @@ SWEEP_FLAGS = [
     (["--dataset", "mnist"], "Received: dataset='mnist'"),
     (["--vocabulary-file", "/no/such/file"], "Received: vocabulary_file='/no/such/file'"),
     (["--set", "2"], "Received: --set='2'"),
+    (["--peak-tflops", "0"], "Received: peak_tflops=0.0"),
+    (["--peak-tflops", "nan"], "Received: peak_tflops=nan"),
+    (["--data", "/no/such/folder"], "Received: data='/no/such/folder'"),
     (["--attention", "linear"], "invalid choice: 'linear'"),
     (["--batch-size", "two"], "invalid int value: 'two'"),
 ]

@@ -1,6 +1,8 @@
 """The `collab-keras` command (also `python -m collab_keras.training`).
 
     collab-keras train TASK --output-dir DIR [options]   train, or resume DIR
+    collab-keras prepare TASK --output-dir DATA [data options]   token arrays for --data
+    collab-keras train TASK --data DATA --output-dir DIR [options]   train from them (no TensorFlow)
     collab-keras train --config DIR/config.json          repeat / resume a run
     collab-keras translate --model DIR | --server HOST:PORT ...   text in, text out
     collab-keras demo                                    the README's comparison
@@ -15,9 +17,37 @@ import signal
 import sys
 
 from collab_keras.training import data
+from collab_keras.training import prepared
 from collab_keras.training import tasks
 from collab_keras.training.config import STRATEGIES
 from collab_keras.training.config import RunConfig
+
+
+def _data_arguments(p, defaults):
+    """The flags that decide a task's data (shared by train and prepare)."""
+    p.add_argument("--preset", help="architecture name (random init) or pretrained preset")
+    p.add_argument("--dataset", help="a dataset name (default: the offline one)")
+    p.add_argument("--data-dir", help="tensorflow-datasets data folder")
+    p.add_argument("--source", help="bible.db source version (default k, English KJV)")
+    p.add_argument("--target", help="bible.db target version (default s, German Schlachter)")
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--vocabulary-file",
+                   help="use this vocabulary (one token a line) instead of training one")
+    p.add_argument("--vocabulary-size", type=int, default=defaults.vocabulary_size)
+    p.add_argument("--sequence-length", type=int, default=defaults.sequence_length)
+
+
+def _prepare_parser(subparsers):
+    p = subparsers.add_parser(
+        "prepare",
+        help="tokenize a task's splits once into arrays for `train --data` (needs TensorFlow)",
+        description="Write a task's splits as token arrays, its vocabulary and a "
+                    "manifest into a new or empty folder (see docs/training.md).",
+    )
+    p.add_argument("task", choices=prepared.TASKS, help="whose data")
+    p.add_argument("--output-dir", required=True, help="a new or empty folder")
+    _data_arguments(p, RunConfig(task="nmt", output_dir="-"))
+    return p
 
 
 def _train_parser(subparsers):
@@ -30,7 +60,9 @@ def _train_parser(subparsers):
     p.add_argument("task", nargs="?", choices=data.TASKS, help="what to train")
     p.add_argument("--config", help="a run's config.json: repeat or resume that run")
     p.add_argument("--output-dir", help="where the run writes (required without --config)")
-    p.add_argument("--preset", help="architecture name (random init) or pretrained preset")
+    _data_arguments(p, defaults)
+    p.add_argument("--data", help="a folder written by `collab-keras prepare`: train from "
+                                  "its arrays (no TensorFlow on JAX and torch)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an architecture argument, e.g. --set num_layers=2")
     p.add_argument("--attention", choices=("concatenate", "collaborative"),
@@ -38,15 +70,6 @@ def _train_parser(subparsers):
     p.add_argument("--shared-key-dim", type=int,
                    help="total query/key width D̃_k: shared by collaborative heads, "
                         "or split across concatenated heads (reduced-key baseline)")
-    p.add_argument("--dataset", help="a dataset name (default: the offline one)")
-    p.add_argument("--data-dir", help="tensorflow-datasets data folder")
-    p.add_argument("--source", help="bible.db source version (default k, English KJV)")
-    p.add_argument("--target", help="bible.db target version (default s, German Schlachter)")
-    p.add_argument("--max-train-examples", type=int)
-    p.add_argument("--vocabulary-file",
-                   help="use this vocabulary (one token a line) instead of training one")
-    p.add_argument("--vocabulary-size", type=int, default=defaults.vocabulary_size)
-    p.add_argument("--sequence-length", type=int, default=defaults.sequence_length)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size,
                    help="global batch size, divided across replicas")
     p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
@@ -72,6 +95,9 @@ def _train_parser(subparsers):
     p.add_argument("--beam-width", type=int, default=defaults.beam_width)
     p.add_argument("--no-export", dest="export", action="store_false",
                    help="do not export a SavedModel for TF Serving")
+    p.add_argument("--peak-tflops", type=float,
+                   help="peak TFLOP/s of one device, for the MFU (default: 790, "
+                        "bfloat16 on an H100-class GPU, when training on GPUs)")
     return p
 
 
@@ -131,6 +157,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="collab-keras", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     _train_parser(subparsers)
+    _prepare_parser(subparsers)
     subparsers.add_parser(
         "translate", help="translate with an exported model (see --help of it)"
     )
@@ -143,13 +170,21 @@ def main(argv=None):
         demo_module.main(args.rest)
         return None
     try:
-        config = config_from_args(args, subparsers.choices["train"])
+        if args.command == "prepare":
+            names = {f.name for f in dataclasses.fields(RunConfig)}
+            config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+        else:
+            config = config_from_args(args, subparsers.choices["train"])
     except ValueError as error:
         parser.error(str(error))
     from collab_keras.training import run
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        if args.command == "prepare":
+            manifest = prepared.prepare(config)
+            print(f"{config.output_dir}: {manifest['splits']}")
+            return None
         metrics = run.train(config)
     except (ValueError, RuntimeError) as error:
         print(f"collab-keras: error: {error}", file=sys.stderr)

@@ -20,7 +20,7 @@ from collab_keras.training import data
 ATTENTIONS = ("concatenate", "collaborative")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker", "tpu", "data-parallel", "model-parallel")
 # The settings that name files or folders, read relative to a config file's folder.
-PATHS = ("output_dir", "vocabulary_file", "data_dir")
+PATHS = ("output_dir", "vocabulary_file", "data_dir", "data")
 # Upper bounds of the sizes: beyond them a run cannot fit in memory (or a
 # typo such as an extra zero is far more likely than intent).
 MAX_VOCABULARY_SIZE = 1_000_000
@@ -70,9 +70,15 @@ class RunConfig:
             (TensorFlow; e.g. 2 to try `mirrored` without GPUs).
         seed: seeds weights, dropout and the data order.
         deterministic: TensorFlow op determinism (bitwise-reproducible runs).
+        data: a folder written by `collab-keras prepare` (see prepared.py):
+            train from its arrays instead of tf.data, without TensorFlow on
+            the JAX and torch backends. Its options must be this run's.
         eval_examples: test examples decoded / evaluated at the end.
         beam_width: beams of the NMT beam-search decodes.
         export: export the trained model for TF Serving to `<output_dir>/export`.
+        peak_tflops: the peak TFLOP/s of one device, for the model FLOP
+            utilization (None: that of an H100-class GPU in bfloat16 when the
+            run trains on GPUs, else no MFU); finite and > 0.
     """
 
     task: str
@@ -103,9 +109,11 @@ class RunConfig:
     cpu_devices: int = None
     seed: int = 0
     deterministic: bool = False
+    data: str = None
     eval_examples: int = 200
     beam_width: int = 4
     export: bool = True
+    peak_tflops: float = None
 
     def __post_init__(self):
         def positive(name, minimum=1, allow_none=False):
@@ -185,6 +193,8 @@ class RunConfig:
         self.learning_rate = check_float("learning_rate", self.learning_rate, strict=True)
         self.weight_decay = check_float("weight_decay", self.weight_decay)
         self.clip_norm = check_float("clip_norm", self.clip_norm)
+        self.peak_tflops = check_float("peak_tflops", self.peak_tflops, allow_none=True,
+                                       strict=True)
 
     def _check_key_size_splits(self):
         """Concatenated heads split `shared_key_dim` across the heads: with an
@@ -259,9 +269,28 @@ class RunConfig:
                 values["preset"] = os.path.abspath(resolve(preset))
         return cls(**values)
 
+    def data_options(self):
+        """The settings that decide a task's token arrays (what `collab-keras
+        prepare` records), defaults filled in."""
+        from collab_keras.training import bible
+        from collab_keras.training import tasks
+
+        dataset = self.dataset or data.OFFLINE[self.task]
+        bible_codes = dataset == "bible"
+        return {
+            "task": self.task,
+            "preset": self.preset or tasks.DEFAULT_ARCHITECTURE[self.task],
+            "dataset": dataset,
+            "source": (self.source or bible.DEFAULT_SOURCE) if bible_codes else None,
+            "target": (self.target or bible.DEFAULT_TARGET) if bible_codes else None,
+            "max_train_examples": self.max_train_examples,
+            "vocabulary_size": self.vocabulary_size,
+            "sequence_length": self.sequence_length,
+        }
+
     def same_run(self, other):
         """Whether `other` trains the same model the same way (resumable)."""
-        ignore = {"output_dir", "eval_examples", "beam_width", "export"}
+        ignore = {"output_dir", "eval_examples", "beam_width", "export", "peak_tflops"}
         mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
         return {k: v for k, v in mine.items() if k not in ignore} == {
             k: v for k, v in theirs.items() if k not in ignore

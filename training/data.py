@@ -45,6 +45,20 @@ TFDS_HOST = ("storage.googleapis.com", 443)
 CONNECT_TIMEOUT = 10.0
 
 
+def require_tensorflow(needed_for, received):
+    """Raises a RuntimeError saying what needs TensorFlow when it cannot be
+    imported (a machine without it, such as the project's GPU machine)."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError as error:
+        raise RuntimeError(
+            f"{needed_for} needs TensorFlow, which cannot be imported here ({error}). "
+            "Where TensorFlow is, write the data once with `collab-keras prepare TASK "
+            "--output-dir DATA`, then train here with `--data DATA` on the JAX or "
+            f"torch backend. Received: {received}"
+        ) from None
+
+
 def _check(name, value, allowed):
     if value not in allowed:
         raise ValueError(

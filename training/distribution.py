@@ -199,6 +199,8 @@ def work_around_multi_worker_fit(model, strategy):
        this worker's (the chief's in the run folder).
     Nothing changes for other strategies.
     """
+    if strategy is None:
+        return
     import tensorflow as tf
     from keras.src.backend.tensorflow import trainer
 

@@ -1,7 +1,12 @@
-"""Scores and the learning-curve plot of a run."""
+"""Scores, timing and the learning curves of a run."""
 
+import csv
+import io
+import json
 import math
+import time
 
+import keras
 import numpy as np
 
 
@@ -66,3 +71,76 @@ def plot_learning_curves(history, path, title):
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
+
+
+def write_learning_curves(history, stem):
+    """Writes the history as `<stem>.jsonl` (one JSON object a line) and
+    `<stem>.csv` (a column per quantity), each atomically."""
+    from collab_keras.training import checkpoint
+
+    lines = "".join(json.dumps(logs, sort_keys=True) + "\n" for logs in history)
+    checkpoint.atomic_write_text(stem + ".jsonl", lines)
+    names = sorted({k for logs in history for k in logs}, key=lambda k: (k != "step", k))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, names, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    checkpoint.atomic_write_text(stem + ".csv", table.getvalue())
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Records the wall time of every training step (from the batch's start
+    to its logs, which the checkpointer reads, so the step has finished)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+        self._started = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds.append(time.perf_counter() - self._started)
+
+    def median(self):
+        """The median step time in seconds (compilation and the rare slow
+        step do not move it), or None before the first step."""
+        return round(float(np.median(self.seconds)), 6) if self.seconds else None
+
+
+class _ScalarWriter(keras.callbacks.Callback):
+    """Writes every epoch's logs as TensorBoard scalars with the tensorboard
+    package's own event writer (`tensorboard.summary.Writer`: numpy only, no
+    TensorFlow), `train/<name>` and `validation/<name>` at the step reached."""
+
+    def __init__(self, log_dir, writer_cls):
+        super().__init__()
+        self.log_dir, self.writer_cls, self.writer = log_dir, writer_cls, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.writer is None:
+            self.writer = self.writer_cls(self.log_dir)
+        step = (epoch + 1) * self.params["steps"]
+        for name, value in (logs or {}).items():
+            split, name = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
+            self.writer.add_scalar(f"{split}/{name}", float(value), step)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def tensorboard(log_dir, with_tensorflow):
+    """A callback writing TensorBoard event files to `log_dir`: Keras'
+    (`with_tensorflow`), else the tensorboard package's scalar writer, else
+    None when the tensorboard package is not installed."""
+    if with_tensorflow:
+        return keras.callbacks.TensorBoard(log_dir)
+    try:
+        from tensorboard.summary import Writer
+    except ImportError:
+        return None
+    return _ScalarWriter(log_dir, Writer)

@@ -10,6 +10,7 @@ Everything a run writes goes to `config.output_dir`:
     export/<version>/      the SavedModel for TF Serving (TensorFlow backend)
     metrics.json           history and final scores
     learning_curves.png    the history, plotted
+    learning_curves.jsonl  the history, one JSON object a line (and .csv)
 
     vocabulary.json        the vocabulary's fingerprint (see vocabulary.py)
 
@@ -20,10 +21,16 @@ same run). Every argument is checked (the data found, the vocabulary read,
 the model built) before the first byte is written: a refused command leaves
 nothing behind. A run writes only inside its folder, and removes only what
 it wrote there (old checkpoints, temporary files of an interrupted write).
+
+TensorFlow is imported only where it is used: tf.data (a run without
+`--data`), the TensorFlow backend (tf.distribute, op determinism, the
+SavedModel export). A run with `--data` (prepared.py) on the JAX or torch
+backend trains, evaluates, decodes and checkpoints without it.
 """
 
 import dataclasses
 import errno
+import functools
 import json
 import os
 import time
@@ -35,6 +42,8 @@ from collab_keras.training import checkpoint
 from collab_keras.training import data
 from collab_keras.training import distribution
 from collab_keras.training import evaluation
+from collab_keras.training import flops
+from collab_keras.training import prepared as prepared_data
 from collab_keras.training import tasks
 from collab_keras.training import vocabulary as vocabularies
 from collab_keras.training.config import RunConfig
@@ -135,11 +144,11 @@ def _optimizer(config):
     )
 
 
-def _mean_tokens(task_model, examples, count=512):
-    """Mean non-padding tokens (all text inputs) per example of a sample."""
-    x, _, _ = task_model.preprocessor(next(iter(examples.take(count).batch(count))))
-    masks = [np.asarray(v) for k, v in x.items() if k.endswith("padding_mask")]
-    return float(sum(m.sum() for m in masks)) / masks[0].shape[0]
+def _sample_arrays(task_model, examples, count=512):
+    """The preprocessed arrays of the first `count` examples of a tf.data
+    split, named as prepared.py names them."""
+    batch = next(iter(examples.take(count).batch(count)))
+    return prepared_data.pack(*task_model.preprocessor(batch))
 
 
 IN_MEMORY_EXAMPLES = 1_000_000
@@ -178,6 +187,12 @@ def training_batches(examples, seed, batch_size, skip=0):
     return positions.batch(batch_size, drop_remainder=True).map(gather)
 
 
+def uses_tensorflow(config):
+    """Whether the run needs TensorFlow: tf.data (no `--data`) or the
+    TensorFlow backend."""
+    return config.data is None or keras.backend.backend() == "tensorflow"
+
+
 def train(config):
     """Runs (or resumes) the training run `config`; returns its metrics dict.
 
@@ -187,10 +202,21 @@ def train(config):
     compiled with `jit_compile=True`, which op determinism silently turns
     off) is not affected.
     """
-    # TensorFlow has no public way to ask for or to turn off op determinism.
-    from tensorflow.python.framework import config as tf_config
+    determinism = True
+    if uses_tensorflow(config):
+        data.require_tensorflow(
+            "A run without --data (tf.data)" if config.data is None else "The TensorFlow backend",
+            f"data={config.data!r}, KERAS_BACKEND={keras.backend.backend()!r}")
+        # TensorFlow has no public way to ask for or to turn off op determinism.
+        from tensorflow.python.framework import config as tf_config
 
-    determinism = tf_config.is_op_determinism_enabled()
+        determinism = tf_config.is_op_determinism_enabled()
+    elif config.deterministic:
+        raise ValueError(
+            "`--deterministic` is TensorFlow's op determinism; a run from "
+            f"`--data` on the {keras.backend.backend()} backend does not use "
+            f"TensorFlow. Received: deterministic=True, data={config.data!r}"
+        )
     policy = keras.mixed_precision.global_policy()
     try:
         return _train(config)
@@ -201,17 +227,19 @@ def train(config):
 
 
 def _train(config):
-    import tensorflow as tf
-
     backend = keras.backend.backend()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
     strategy = None
     if backend == "tensorflow" and config.cpu_devices:
+        import tensorflow as tf
+
         (cpu,) = tf.config.list_physical_devices("CPU")
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices
@@ -238,9 +266,13 @@ def _train(config):
     load = lambda split: data.load(  # noqa: E731
         config.task, split, config.dataset, config.data_dir, config.source, config.target
     )
-    train_examples = load("train")
-    if config.max_train_examples:
-        train_examples = train_examples.take(config.max_train_examples)
+    prepared = train_examples = None
+    if config.data is not None:
+        prepared = prepared_data.load(config.data, config.data_options())
+    else:
+        train_examples = load("train")
+        if config.max_train_examples:
+            train_examples = train_examples.take(config.max_train_examples)
     num_classes = (
         data.num_classes(config.task, config.dataset)
         if config.task in ("bert-classify", "vit")
@@ -252,16 +284,20 @@ def _train(config):
         vocabulary = vocabularies.load_saved(vocabulary_path)
         given = None if config.vocabulary_file is None else vocabularies.read(
             config.vocabulary_file)
-        if vocabulary is None:
-            vocabulary = given or tasks.train_vocabulary(
-                config.task,
-                data.text_sample(config.task, train_examples),
-                config.vocabulary_size,
+        if prepared is not None and given is not None and given != prepared.vocabulary:
+            raise ValueError(
+                f"`vocabulary_file` is not the vocabulary of the prepared data "
+                f"{config.data}. Received: vocabulary_file={config.vocabulary_file!r}"
             )
+        if prepared is not None:
+            given = prepared.vocabulary
+        if vocabulary is None:
+            vocabulary = given or tasks.new_vocabulary(config, train_examples)
         elif given is not None and given != vocabulary:
             raise ValueError(
                 f"`vocabulary_file` is not the vocabulary the run {config.output_dir} "
-                f"uses ({vocabulary_path}). Received: vocabulary={config.vocabulary_file!r}"
+                f"uses ({vocabulary_path}). Received: vocabulary="
+                f"{config.vocabulary_file or config.data!r}"
             )
 
     def build():
@@ -299,25 +335,39 @@ def _train(config):
     if resume and step:
         print(f"Resuming {config.output_dir} from step {step} of {config.steps}.")
 
-    train_batches = training_batches(train_examples, config.seed, config.batch_size, step)
-    validation = load("validation").take(config.eval_examples).batch(config.batch_size)
+    if prepared is None:
+        train_batches = training_batches(train_examples, config.seed, config.batch_size, step)
+        validation = load("validation").take(config.eval_examples).batch(config.batch_size)
+        fit, evaluate = task_model.fit, task_model.evaluate
+    else:
+        train_batches = prepared_data.Batches(
+            prepared.splits["train"], config.batch_size, config.seed, config.steps, step)
+        validation = _evaluation_batches(prepared, "validation", config)
+        # The batches are the preprocessor's outputs: keras.Model's own fit
+        # and evaluate take them (keras-hub's would preprocess them again,
+        # through tf.data).
+        fit = functools.partial(keras.Model.fit, task_model)
+        evaluate = functools.partial(keras.Model.evaluate, task_model)
     checkpointer = checkpoint.Checkpointer(
         checkpoints, config.checkpoint_every, fingerprint, history
     )
-    callbacks = [checkpointer]
+    timer = evaluation.StepTimer()
+    callbacks = [checkpointer, timer]
     if chief:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(own_dir, "logs")))
+        board = evaluation.tensorboard(os.path.join(own_dir, "logs"), uses_tensorflow(config))
+        callbacks += [board] if board is not None else []
     started = time.perf_counter()
-    task_model.fit(
-        train_batches,
-        epochs=config.steps // config.checkpoint_every,
-        steps_per_epoch=config.checkpoint_every,
-        initial_epoch=step // config.checkpoint_every,
-        validation_data=validation,
-        callbacks=callbacks,
-        shuffle=False,  # train_batches is shuffled, seeded
-        verbose=int(os.environ.get("COLLAB_KERAS_VERBOSE", "1")) if chief else 0,
-    )
+    if step < config.steps:  # a finished run is only evaluated again
+        fit(
+            train_batches,
+            epochs=config.steps // config.checkpoint_every,
+            steps_per_epoch=config.checkpoint_every,
+            initial_epoch=step // config.checkpoint_every,
+            validation_data=validation,
+            callbacks=callbacks,
+            shuffle=False,  # train_batches is shuffled, seeded
+            verbose=int(os.environ.get("COLLAB_KERAS_VERBOSE", "1")) if chief else 0,
+        )
     seconds = time.perf_counter() - started
     if checkpointer.diverged_at is not None:
         kept = history[-1]["step"] if history else None
@@ -332,27 +382,39 @@ def _train(config):
         )
     trained_steps = config.steps - step
 
-    test = load("test").take(config.eval_examples)
-    scores = task_model.evaluate(test.batch(config.batch_size), verbose=0, return_dict=True)
+    if prepared is None:
+        test = load("test").take(config.eval_examples)
+        scores = evaluate(test.batch(config.batch_size), verbose=0, return_dict=True)
+    else:
+        scores = evaluate(_evaluation_batches(prepared, "test", config), verbose=0,
+                          return_dict=True)
     metrics = {"test_" + k: float(v) for k, v in scores.items()}
     metrics.update(
         parameters=fingerprint["parameters"],
+        replicas=replicas,
         train_seconds=round(seconds, 2),
         steps_per_second=round(trained_steps / seconds, 3) if trained_steps else None,
         examples_per_second=round(trained_steps * config.batch_size / seconds, 1)
         if trained_steps else None,
+        step_seconds=timer.median(),
     )
     if config.task == "bert-mlm":
         metrics["test_perplexity"] = evaluation.perplexity(metrics["test_loss"])
     if config.task == "nmt":
-        metrics["tokens_per_example"] = _mean_tokens(task_model, train_examples)
+        metrics["tokens_per_example"] = prepared_data.mean_tokens(
+            prepared.splits["train"] if prepared is not None
+            else _sample_arrays(task_model, train_examples))
         if trained_steps:
             metrics["tokens_per_second"] = round(
                 metrics["examples_per_second"] * metrics["tokens_per_example"], 1
             )
-        pairs = [(x["encoder_text"].decode(), x["decoder_text"].decode())
-                 for x in test.as_numpy_iterator()]
-        sources, references = zip(*pairs)
+            metrics.update(_utilization(config, task_model, train_batches, timer, replicas))
+        if prepared is None:
+            pairs = [(x["encoder_text"].decode(), x["decoder_text"].decode())
+                     for x in test.as_numpy_iterator()]
+            sources, references = zip(*pairs)
+        else:
+            sources, references = prepared.texts("test", config.eval_examples)
         hypotheses = evaluation.beam_decode(task_model, list(sources), config.beam_width)
         metrics.update(evaluation.translation_scores(hypotheses, list(references)))
         metrics["examples"] = [
@@ -378,10 +440,49 @@ def _train(config):
             os.path.join(own_dir, "learning_curves.png"),
             f"{config.task} ({config.attention})",
         )
+        evaluation.write_learning_curves(history, os.path.join(own_dir, "learning_curves"))
     return metrics
 
 
-TIMING = ("train_seconds", "steps_per_second", "examples_per_second", "tokens_per_second")
+def _evaluation_batches(prepared, split, config):
+    """The first `eval_examples` of a prepared split, in batches."""
+    arrays = {k: v[:config.eval_examples] for k, v in prepared.splits[split].items()}
+    return prepared_data.Batches(arrays, config.batch_size)
+
+
+def _utilization(config, task_model, train_batches, timer, replicas):
+    """The model's training TFLOPs per step and per second, and the MFU when
+    there is a peak to measure it against (see flops.py). Per second: the
+    median over the steps of each step's FLOPs (at its batch's padded
+    length) over its time, which compilation does not move."""
+    if not timer.seconds:
+        return {}
+    bucketed = isinstance(train_batches, prepared_data.Batches)
+    per_step = [
+        flops.nmt_training_flops(task_model.backbone, config.batch_size, length, length)
+        for length in (train_batches.length(i) if bucketed else config.sequence_length
+                       for i in range(len(timer.seconds)))
+    ]
+    achieved = float(np.median(np.divide(per_step, timer.seconds))) / 1e12
+    peak = flops.peak_tflops(config.peak_tflops, _on_gpu(), replicas)
+    result = {"model_tflops_per_step": round(float(np.mean(per_step)) / 1e12, 6),
+              "model_tflops_per_second": round(achieved, 4)}
+    if peak is not None:
+        result["mfu"] = round(achieved / peak, 4)
+    return result
+
+
+def _on_gpu():
+    """Whether the run trains on GPUs."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return any("gpu" in device.lower() for device in keras.distribution.list_devices())
+
+
+TIMING = ("train_seconds", "steps_per_second", "examples_per_second", "tokens_per_second",
+          "step_seconds", "model_tflops_per_step", "model_tflops_per_second", "mfu")
 
 
 def _recorded_timing(run_dir):

@@ -83,6 +83,22 @@ def train_vocabulary(task, texts, vocabulary_size):
     return vocabulary.train(texts, vocabulary_size, BERT_RESERVED_TOKENS, lowercase=True)
 
 
+def new_vocabulary(config, train_examples):
+    """The vocabulary of a new run or prepared folder (architecture presets
+    of text tasks; None otherwise): `vocabulary_file`'s tokens, else a
+    vocabulary trained on the raw training examples (a tf.data split)."""
+    from collab_keras.training import data
+    from collab_keras.training import vocabulary
+
+    if config.task == "vit" or not is_architecture(config.task, config.preset):
+        return None
+    if config.vocabulary_file is not None:
+        return vocabulary.read(config.vocabulary_file)
+    return train_vocabulary(
+        config.task, data.text_sample(config.task, train_examples), config.vocabulary_size
+    )
+
+
 def build(config, vocabulary=None, num_classes=None):
     """The task model of `config` (uncompiled), with its preprocessor.
 

@@ -1,6 +1,7 @@
 """Preprocessor of `TransformerNMTSeq2SeqLM`: raw text pairs to token ids."""
 
 import keras
+import numpy as np
 from keras_hub.models import Seq2SeqLMPreprocessor
 
 from collab_keras.argument_checks import check_integer
@@ -27,7 +28,8 @@ class TransformerNMTSeq2SeqLMPreprocessor(IntegerMasks, Seq2SeqLMPreprocessor):
 
     For generation, `generate_preprocess` packs the source and an optional
     target prompt (no end token) and `generate_postprocess` detokenizes,
-    dropping special tokens.
+    dropping special tokens (on the JAX and torch backends with numpy and
+    keras-hub's pure-Python detokenization: no TensorFlow needed).
 
     Args:
         tokenizer: A `TransformerNMTTokenizer`.
@@ -71,6 +73,30 @@ class TransformerNMTSeq2SeqLMPreprocessor(IntegerMasks, Seq2SeqLMPreprocessor):
                 "decoder_sequence_length", decoder_sequence_length, 2
             ),
             **kwargs,
+        )
+
+    def generate_postprocess(self, x):
+        """Generated token ids to strings, special tokens and padding dropped.
+
+        keras-hub drops them with a `tf.RaggedTensor`; on the JAX and torch
+        backends this does it with numpy instead, so `generate` needs no
+        TensorFlow there (the detokenization is keras-hub's pure-Python one,
+        which gives the same strings as its TensorFlow one).
+
+        Args:
+            x: dict with `"decoder_token_ids"` and `"decoder_padding_mask"`,
+                each `(batch, length)`.
+
+        Returns:
+            A list of strings (TensorFlow backend: a string tensor).
+        """
+        if keras.backend.backend() == "tensorflow":
+            return super().generate_postprocess(x)
+        ids = keras.ops.convert_to_numpy(x["decoder_token_ids"])  # (B, T)
+        keep = keras.ops.convert_to_numpy(x["decoder_padding_mask"]).astype(bool)
+        keep &= ~np.isin(ids, self.tokenizer.special_token_ids)  # (B, T)
+        return self.tokenizer.detokenize(
+            [row[mask].tolist() for row, mask in zip(ids, keep)]
         )
 
     def get_config(self):
