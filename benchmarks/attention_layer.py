@@ -38,27 +38,15 @@ DEFAULT_SIZES = "16,128,256,8,64;16,128,256,8,128;4,512,256,8,64"
 
 
 def layer_flops(batch, length, d_model, heads, head_dim, shared_key_dim=None):
-    """Forward FLOPs of one self-attention layer (multiply-add = 2 FLOPs).
+    """Forward FLOPs of one self-attention layer (multiply-add = 2 FLOPs):
+    `collab_keras.training.flops.attention_flops` for `batch` sequences, as
+    for MultiHeadAttention with `key_dim = value_dim = head_dim` when
+    `shared_key_dim` is None, else for CollaborativeAttention."""
+    from collab_keras.training import flops
 
-    Projections + scores + values + output, as for MultiHeadAttention with
-    `key_dim = value_dim = head_dim` when `shared_key_dim` is None, else for
-    CollaborativeAttention (shared query/key of width `shared_key_dim`, the
-    content-bias term `y C` and the per-head mixing of the query).
-    Softmax, biases and masks are not counted.
-    """
-    tokens = batch * length
-    values = 2 * tokens * d_model * heads * head_dim  # value projection
-    output = 2 * tokens * heads * head_dim * d_model  # output projection
-    combine = 2 * batch * heads * length * length * head_dim
-    if shared_key_dim is None:
-        query_key = 2 * 2 * tokens * d_model * heads * head_dim
-        scores = 2 * batch * heads * length * length * head_dim
-        extra = 0
-    else:
-        query_key = 2 * 2 * tokens * d_model * shared_key_dim
-        scores = 2 * batch * heads * length * length * shared_key_dim
-        extra = 2 * tokens * d_model * heads + tokens * heads * shared_key_dim
-    return query_key + values + output + scores + combine + extra
+    key_width = heads * head_dim if shared_key_dim is None else shared_key_dim
+    return batch * flops.attention_flops(length, length, d_model, heads, key_width, heads * head_dim,
+                                         collaborative=shared_key_dim is not None)
 
 
 def parse_sizes(text):

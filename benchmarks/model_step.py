@@ -30,7 +30,7 @@ FLOPs.
 Columns: median ms/step of `--repeats` steps (each waited for with
 `jax.block_until_ready`) after a compiling call and `--warmup` steps;
 tokens/s (every position the model processes, source and target for the
-NMT); the ratio to `plain_mask`; MFU, `training_flops / step time / peak`
+NMT); the ratio to `plain_mask`; MFU, `collab_keras.training.flops.transformer_training_flops / step time / peak`
 (peak `--peak-tflops`, default 790: the H100's measured bf16 matmul rate;
 none on CPUs);
 and the attention paths seen while tracing (`attention_paths`): calls of
@@ -78,81 +78,6 @@ ROWS = (
     "nmt_collaborative_256",
 )
 BASELINE = "plain_mask"
-
-
-def attention_flops(batch, query_length, key_length, hidden_dim, num_heads,
-                    key_width, collaborative=False):
-    """Forward matmul FLOPs of one attention layer (multiply-add = 2 FLOPs).
-
-    Query, key, value and output projections, the scores and the weighted
-    sum of the values. Concatenated heads (`MultiHeadAttention`) split
-    `key_width` query/key dimensions across the heads; collaborative heads
-    each score with all `key_width` shared dimensions (the query mixed per
-    head) and add the content term `y C` (`hidden_dim` x `num_heads`).
-    Values are `hidden_dim` wide in total. Softmax, biases, masks and the
-    elementwise mixing are not counted; scores are counted in full for
-    causal attention too.
-
-    Args:
-        batch: Batch size `B`.
-        query_length: Query positions `T`.
-        key_length: Key positions `S`.
-        hidden_dim: Model width `D`.
-        num_heads: Heads `N`.
-        key_width: Total query/key width (`D` for full concatenated heads,
-            `shared_key_dim` otherwise).
-        collaborative: Whether the heads are collaborative.
-
-    Returns:
-        The FLOPs, an int.
-    """
-    queries, keys = batch * query_length, batch * key_length
-    projections = 2 * queries * hidden_dim * (key_width + hidden_dim)  # Wq, Wo
-    projections += 2 * keys * hidden_dim * (key_width + hidden_dim)  # Wk, Wv
-    score_width = key_width * num_heads if collaborative else key_width
-    scores = 2 * batch * query_length * key_length * score_width
-    values = 2 * batch * query_length * key_length * hidden_dim
-    content = 2 * keys * hidden_dim * num_heads if collaborative else 0
-    return projections + scores + values + content
-
-
-def training_flops(batch, length, hidden_dim, intermediate_dim, num_heads,
-                   num_layers, key_width=None, collaborative=False,
-                   decoder_length=0, num_decoder_layers=0):
-    """Analytical FLOPs of one training step of a transformer's blocks.
-
-    Three times the forward FLOPs (the backward computes two products per
-    forward product): per encoder block a self-attention (`attention_flops`)
-    and a feed-forward network (`4 B T D F`); per decoder block a self-
-    and a cross-attention (queries of the target, keys of the source) and a
-    feed-forward network. Embeddings, the pooler or final norm, the loss
-    and the optimizer are not counted (under 0.5% at bert_base).
-
-    Args:
-        batch: Batch size.
-        length: Encoder (source) length.
-        hidden_dim, intermediate_dim, num_heads: Block widths.
-        num_layers: Encoder blocks.
-        key_width: Total query/key width; `None`: `hidden_dim`.
-        collaborative: Whether the attentions are collaborative.
-        decoder_length: Target length (with decoder blocks).
-        num_decoder_layers: Decoder blocks.
-
-    Returns:
-        The FLOPs, an int.
-    """
-    key_width = hidden_dim if key_width is None else key_width
-    widths = (hidden_dim, num_heads, key_width, collaborative)
-
-    def feedforward(tokens):
-        return 2 * 2 * tokens * hidden_dim * intermediate_dim
-
-    encoder = attention_flops(batch, length, length, *widths)
-    encoder += feedforward(batch * length)
-    decoder = attention_flops(batch, decoder_length, decoder_length, *widths)
-    decoder += attention_flops(batch, decoder_length, length, *widths)
-    decoder += feedforward(batch * decoder_length)
-    return 3 * (num_layers * encoder + num_decoder_layers * decoder)
 
 
 @contextlib.contextmanager
@@ -253,6 +178,7 @@ def build_row(name, size, rng):
     from collab_keras.models import ViTBackbone
     from collab_keras.models.bert import bert_backbone
     from collab_keras.models.presets import get_architecture
+    from collab_keras.training import flops as flops_of
 
     batch, length = size["batch"], size["length"]
     bert = get_architecture(BertBackbone, size["bert"])
@@ -269,7 +195,7 @@ def build_row(name, size, rng):
     def flops(hidden_dim, intermediate_dim, num_heads, num_layers, tokens,
               **decoder):
         """The training FLOPs (`tokens` positions a sequence)."""
-        return training_flops(
+        return flops_of.transformer_training_flops(
             batch, tokens, hidden_dim, intermediate_dim, num_heads,
             num_layers, key_width=switch(hidden_dim)["shared_key_dim"],
             collaborative=collaborative, **decoder,

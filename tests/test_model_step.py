@@ -1,4 +1,4 @@
-"""benchmarks/model_step.py: its FLOP count against hand counts, and a quick
+"""benchmarks/model_step.py: its FLOP count (collab_keras.training.flops) against hand counts, and a quick
 run of every row under JAX with TensorFlow blocked (the GPU machine has
 none)."""
 
@@ -14,29 +14,30 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import model_step  # noqa: E402
 
+from collab_keras.training import flops  # noqa: E402
+
 
 def test_bert_base_step_flops_by_hand():
     """12 layers at batch 32 x 512, width 768, feed-forward 3072: the 9.3
-    TFLOP a step of issue 24."""
+    TFLOP a step of issue 24, as the benchmark counts it."""
     tokens = 32 * 512
     projections = 4 * 2 * tokens * 768 * 768  # Wq, Wk, Wv, Wo
     feedforward = 2 * 2 * tokens * 768 * 3072
     scores_and_values = 2 * 2 * 32 * 512 * 512 * 768
     by_hand = 3 * 12 * (projections + feedforward + scores_and_values)
     assert by_hand == 9_277_129_359_360
-    assert model_step.training_flops(32, 512, 768, 3072, 12, 12) == by_hand
+    assert flops.transformer_training_flops(32, 512, 768, 3072, 12, 12) == by_hand
 
 
 def test_attention_flops_by_hand():
-    # B 1, T 2, S 3, D 4, N 2, key width 6.
+    # T 2, S 3, D 4, N 2, key width 6, value width 4.
     # Projections: 2 queries x 4 x (6 + 4) x 2 = 160, 3 keys: 240.
     # Concatenated scores 2 x 2 x 3 x 6 = 72, values 2 x 2 x 3 x 4 = 48.
-    assert model_step.attention_flops(1, 2, 3, 4, 2, 6) == 160 + 240 + 72 + 48
-    # Collaborative: every head scores with all 6 shared dimensions (144),
-    # content term 2 x 3 keys x 4 x 2 heads = 48.
-    assert model_step.attention_flops(1, 2, 3, 4, 2, 6, collaborative=True) == (
-        160 + 240 + 144 + 48 + 48
-    )
+    assert flops.attention_flops(2, 3, 4, 2, 6, 4, collaborative=False) == 160 + 240 + 72 + 48
+    # Collaborative: every head scores with all 6 shared dimensions (144)
+    # after its mixing row scales the query (2 x 2 x 6 = 24), content term
+    # 2 x 3 keys x 4 x 2 heads = 48.
+    assert flops.attention_flops(2, 3, 4, 2, 6, 4, collaborative=True) == 160 + 240 + 144 + 24 + 48 + 48
 
 
 def test_encoder_decoder_flops_by_hand():
@@ -45,7 +46,7 @@ def test_encoder_decoder_flops_by_hand():
     decoder_self = 128 + 128 + 32 + 32
     cross = 128 + 192 + 48 + 48  # queries of the target, keys of the source
     decoder = decoder_self + cross + 4 * 2 * 4 * 8
-    assert model_step.training_flops(
+    assert flops.transformer_training_flops(
         1, 3, 4, 8, 2, 1, decoder_length=2, num_decoder_layers=1
     ) == 3 * (encoder + decoder) == 5712
 

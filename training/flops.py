@@ -47,6 +47,48 @@ def attention_flops(query_length, key_length, hidden_dim, num_heads, key_width,
     return projections + 2 * num_heads * t * s * key_width + mixing + content + values
 
 
+def transformer_training_flops(batch_size, encoder_length, hidden_dim, intermediate_dim, num_heads,
+                               num_encoder_layers, key_width=None, collaborative=False, decoder_length=0,
+                               num_decoder_layers=0, vocabulary_size=0):
+    """FLOPs of one training step of a Transformer's blocks (and logits).
+
+    Per encoder block a self-attention over S positions and a feed-forward
+    network; per decoder block a self-attention over T positions, a
+    cross-attention (T queries, S keys) and a feed-forward network; logits
+    over `vocabulary_size` for the T decoder positions. Three forward passes.
+
+    Args:
+        batch_size: examples in the (global) batch.
+        encoder_length: S, the encoder's (or the only stack's) length.
+        hidden_dim: F.
+        intermediate_dim: I, the feed-forward width.
+        num_heads: N.
+        num_encoder_layers: encoder blocks.
+        key_width: K, the total query/key width; None: F.
+        collaborative: whether the attentions are collaborative.
+        decoder_length: T (with decoder blocks).
+        num_decoder_layers: decoder blocks.
+        vocabulary_size: logits per decoder position (0: none counted).
+
+    Returns:
+        The FLOP count (forward and backward), a float.
+    """
+    f = hidden_dim
+    key_width = f if key_width is None else key_width
+
+    def attention(t, s):
+        return attention_flops(t, s, f, num_heads, key_width, f, collaborative)
+
+    def feed_forward(t):
+        return 4 * t * f * intermediate_dim
+
+    s, t = encoder_length, decoder_length
+    encoder = num_encoder_layers * (attention(s, s) + feed_forward(s))
+    decoder = num_decoder_layers * (attention(t, t) + attention(t, s) + feed_forward(t))
+    logits = 2 * t * f * vocabulary_size
+    return 3.0 * batch_size * (encoder + decoder + logits)
+
+
 def nmt_training_flops(backbone, batch_size, encoder_length, decoder_length):
     """FLOPs of one training step of a `TransformerNMTSeq2SeqLM`.
 
@@ -59,21 +101,12 @@ def nmt_training_flops(backbone, batch_size, encoder_length, decoder_length):
     Returns:
         The FLOP count (forward and backward), a float.
     """
-    f, n = backbone.hidden_dim, backbone.num_heads
-    key_width = backbone.shared_key_dim or f
-    collaborative = backbone.attention == "collaborative"
-
-    def attention(t, s):
-        return attention_flops(t, s, f, n, key_width, f, collaborative)
-
-    def feed_forward(t):
-        return 4 * t * f * backbone.intermediate_dim
-
-    s, t = encoder_length, decoder_length
-    encoder = backbone.num_encoder_layers * (attention(s, s) + feed_forward(s))
-    decoder = backbone.num_decoder_layers * (attention(t, t) + attention(t, s) + feed_forward(t))
-    logits = 2 * t * f * backbone.vocabulary_size
-    return 3.0 * batch_size * (encoder + decoder + logits)
+    return transformer_training_flops(
+        batch_size, encoder_length, backbone.hidden_dim, backbone.intermediate_dim, backbone.num_heads,
+        backbone.num_encoder_layers, key_width=backbone.shared_key_dim,
+        collaborative=backbone.attention == "collaborative", decoder_length=decoder_length,
+        num_decoder_layers=backbone.num_decoder_layers, vocabulary_size=backbone.vocabulary_size,
+    )
 
 
 # bfloat16 dense peak of an H100-class GPU, in TFLOP/s per device.
