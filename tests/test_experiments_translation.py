@@ -63,6 +63,8 @@ def test_data_runs_take_the_manifest_options_and_are_collab_keras_train(nmt_data
         # The subprocess's own parser makes the very same run.
         parsed = parser.parse_args(argv[3:])
         assert cli.config_from_args(parsed, parser._subparsers._group_actions[0].choices["train"]) == config
+    with pytest.raises(ValueError, match="Received: sequence_length=32, data="):
+        translation_bible.parse(["--data", str(nmt_data), "--sequence-length", "32"])
     with pytest.raises(ValueError, match="Received: parallel=0"):
         translation_bible.parse(["--parallel", "0"])
     with pytest.raises(ValueError, match=r"Received: data='/no/such/folder'"):

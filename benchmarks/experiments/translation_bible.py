@@ -106,7 +106,7 @@ def parse(argv=None):
                         help="a folder of `collab-keras prepare nmt`: every run a `collab-keras train nmt --data` "
                              "subprocess (architecture, vocabulary, length and verses from its manifest)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time with --data, sharing the card")
-    parser.add_argument("--deadline", type=float, default=math.inf, help="seconds after which no run starts")
+    parser.add_argument("--deadline", type=float, default=math.inf, help="seconds from the start after which no run starts")
     parser.add_argument("--archive", default=None,
                         help="a new .tar.gz: the output folder without checkpoints/ and model/, "
                              "rewritten after every finished run")
@@ -144,8 +144,15 @@ def parse(argv=None):
                 f"({', '.join(sorted(TransformerNMTBackbone.architectures))}). "
                 f"Received: data={args.data!r} with preset={options['preset']!r}"
             )
-        args.architecture = options["preset"]
-        args.sequence_length, args.vocabulary_size = options["sequence_length"], options["vocabulary_size"]
+        for name, value in (("architecture", options["preset"]), ("sequence_length", options["sequence_length"]),
+                            ("vocabulary_size", options["vocabulary_size"])):
+            given = getattr(args, name)
+            if given != parser.get_default(name) and given != value:
+                raise ValueError(
+                    f"With --data, `{name}` is the prepared folder's ({value!r}); leave it out or prepare "
+                    f"another folder. Received: {name}={given!r}, data={args.data!r}"
+                )
+            setattr(args, name, value)
     if args.archive is not None:
         args.archive = os.path.abspath(args.archive)
         if os.path.exists(args.archive):
