@@ -5,8 +5,10 @@
 weights, for training from scratch. Pretrained checkpoints are loaded with
 `from_preset` (a preset directory or handle, or `"all_minilm_l6_v2"`).
 
-Sources: Transformer base/big (Vaswani et al. 2017: one shared 37,000-token
-BPE vocabulary and embedding; learned positions here instead of sinusoids;
+Sources: Transformer small (the plain Transformer that reached BLEU 20.7
+on this project's Bible split, sized to its 30k verse pairs: d_model 256,
+4+4 layers, 4 heads, FFN 1024), base/big (Vaswani et al. 2017: one shared
+37,000-token BPE vocabulary and embedding; learned positions here instead of sinusoids;
 the paper's WMT16 En-De runs use base, its first version big); BERT base
 (Devlin et al. 2019; `bert_base_cased` is the paper's parameter-count
 model) and the compact BERTs (Turc et al. 2019); ViT-B/16 (Dosovitskiy et
@@ -30,6 +32,15 @@ TRANSFORMER_ARCHITECTURES = {
         hidden_dim=64,
         intermediate_dim=128,
         max_sequence_length=64,
+    ),
+    "transformer_small": dict(
+        vocabulary_size=8000,
+        num_encoder_layers=4,
+        num_decoder_layers=4,
+        num_heads=4,
+        hidden_dim=256,
+        intermediate_dim=1024,
+        max_sequence_length=256,
     ),
     "transformer_base": dict(
         vocabulary_size=37000,

@@ -560,6 +560,8 @@ SWEEP_FLAGS = [
     (["--vocabulary-file", "/no/such/file"], "Received: vocabulary_file='/no/such/file'"),
     (["--set", "2"], "Received: --set='2'"),
     (["--peak-tflops", "0"], "Received: peak_tflops=0.0"),
+    (["--label-smoothing", "1"], "Received: label_smoothing=1.0"),
+    (["--label-smoothing", "0.1"], "Received: label_smoothing=0.1, task='vit'"),
     (["--peak-tflops", "nan"], "Received: peak_tflops=nan"),
     (["--data", "/no/such/folder"], "Received: data='/no/such/folder'"),
     (["--attention", "linear"], "invalid choice: 'linear'"),

@@ -122,6 +122,20 @@ def test_parameter_count_closed_form(options):
     assert _backbone(**options).count_params() == expected
 
 
+@pytest.mark.parametrize("attention, shared_key_dim", [("concatenate", None), ("collaborative", 64)])
+def test_transformer_small_is_the_bible_sized_model(attention, shared_key_dim):
+    backbone = TransformerNMTBackbone.from_architecture(
+        "transformer_small", attention=attention, shared_key_dim=shared_key_dim
+    )
+    assert (backbone.hidden_dim, backbone.num_heads, backbone.intermediate_dim) == (256, 4, 1024)
+    assert len(backbone.encoder_transformer_layers) == len(backbone.decoder_transformer_layers) == 4
+    expected = count_parameters(
+        "transformer", "transformer_small", attention=attention, shared_key_dim=shared_key_dim
+    )
+    assert backbone.count_params() == expected
+    assert 8e6 < expected < 10e6  # 8,000 tokens, one tied embedding
+
+
 @pytest.mark.parametrize("attention, shared_key_dim", ATTENTIONS)
 def test_cache_size_closed_form(attention, shared_key_dim):
     backbone = _backbone(attention, shared_key_dim)
@@ -146,7 +160,7 @@ def test_cross_attention_can_stay_concatenated():
 
 def test_architectures_and_numpy_sizes():
     assert set(TransformerNMTBackbone.architectures) == {
-        "transformer_tiny", "transformer_base", "transformer_big"
+        "transformer_tiny", "transformer_small", "transformer_base", "transformer_big"
     }
     backbone = TransformerNMTBackbone.from_architecture(
         "transformer_tiny",

@@ -103,6 +103,34 @@ def test_every_task_trains_and_writes_its_run_folder(task, attention, tmp_path):
     assert again == tiny_config(task, tmp_path, attention=attention)
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_label_smoothed_loss_is_the_smoothed_token_cross_entropy(label_smoothing):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 7)).astype("float32")  # (batch, length, vocabulary)
+    labels = rng.integers(0, 7, (2, 5))
+    mask = (np.arange(5) < np.array([[5], [3]])).astype("float32")  # padding
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    expected = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
+    expected = (expected * mask).sum() / mask.size  # Keras' sum_over_batch_size
+    loss = run.LabelSmoothedCrossentropy(label_smoothing)(labels, logits, sample_weight=mask)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    if not label_smoothing:
+        plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        np.testing.assert_allclose(float(loss), float(plain(labels, logits, sample_weight=mask)), rtol=1e-5)
+    restored = keras.losses.deserialize(keras.losses.serialize(run.LabelSmoothedCrossentropy(0.2)))
+    assert restored.label_smoothing == 0.2
+
+
+def test_label_smoothing_trains_nmt(tmp_path):
+    run.train(tiny_config("nmt", tmp_path, label_smoothing=0.1, eval_examples=4))
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [2, 4]
+    assert 0 < history[0]["seconds"] < history[1]["seconds"]  # training seconds so far
+    lines = (tmp_path / "test_translations.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4 and set(json.loads(lines[0])) == {"source", "reference", "translation"}
+
+
 def test_finished_run_is_resumed_not_overwritten(tmp_path):
     config = tiny_config("vit", tmp_path)
     run.train(config)

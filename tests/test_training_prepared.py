@@ -183,6 +183,9 @@ def test_trains_from_prepared_data_with_tensorflow_blocked(blocked_run):
     assert final["replicas"] == 1
     lines = open(blocked_run / "learning_curves.jsonl").readlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4]
+    assert 0 < json.loads(lines[0])["seconds"] < json.loads(lines[1])["seconds"]
+    translations = open(blocked_run / "test_translations.jsonl", encoding="utf-8").readlines()
+    assert len(translations) == 8  # --eval-examples
     assert open(blocked_run / "learning_curves.csv").readline().startswith("step,loss,")
     assert os.path.isfile(blocked_run / "learning_curves.png")
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(blocked_run / "logs"))

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -125,7 +126,9 @@ class Checkpointer(keras.callbacks.Callback):
         steps_per_epoch: optimizer steps in one Keras epoch.
         fingerprint: a dict stored with every checkpoint and compared on
             restore (the vocabulary's hash, the model's parameter count).
-        history: the per-epoch logs of the epochs before this `fit`.
+        history: the per-epoch logs of the epochs before this `fit`. Each
+            epoch appends its logs with `step` (optimizer steps so far) and
+            `seconds` (wall seconds of training so far, over resumes).
     """
 
     def __init__(self, directory, steps_per_epoch, fingerprint, history):
@@ -136,6 +139,11 @@ class Checkpointer(keras.callbacks.Callback):
         self.history = history
         self.diverged_at = None
         self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        # Training seconds before this `fit` (a resumed run) and its start.
+        self._seconds_before = self.history[-1].get("seconds", 0.0) if self.history else 0.0
+        self._started = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -151,6 +159,9 @@ class Checkpointer(keras.callbacks.Callback):
             return  # the weights are not finite: keep the last checkpoint
         entry = {k: float(v) for k, v in (logs or {}).items()}
         entry["step"] = (epoch + 1) * self.steps_per_epoch
+        # Wall seconds of training up to here (validation included, the
+        # checkpoint writes of earlier epochs too), summed over resumes.
+        entry["seconds"] = round(self._seconds_before + time.perf_counter() - self._started, 3)
         self.history.append(entry)
         save(self.model, self.directory, entry["step"], self.history, self.fingerprint)
 

@@ -80,6 +80,8 @@ def _train_parser(subparsers):
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     p.add_argument("--clip-norm", type=float, default=defaults.clip_norm,
                    help="gradient clipping by global norm (0: off)")
+    p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                   help="nmt: label smoothing of the token loss, in [0, 1)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16")
     p.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
                    help="XLA compilation (default: Keras' auto)")

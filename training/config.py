@@ -62,6 +62,10 @@ class RunConfig:
             finite and >= 0).
             Under tf.distribute Keras clips every replica's gradients before
             they are summed, so a clipped step differs from one device's.
+        label_smoothing: `nmt` only: the weight, in [0, 1), moved from the
+            reference token to a uniform distribution over the vocabulary
+            in the training loss (Szegedy et al. 2016; 0.1 in Vaswani et al.
+            2017). 0: the task's plain cross-entropy.
         mixed_precision: train in `mixed_bfloat16`.
         jit_compile: None (Keras' "auto"), True or False.
         strategy: see `distribution.STRATEGIES`.
@@ -102,6 +106,7 @@ class RunConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     clip_norm: float = 1.0
+    label_smoothing: float = 0.0
     mixed_precision: bool = False
     jit_compile: bool = None
     strategy: str = "auto"
@@ -193,6 +198,12 @@ class RunConfig:
         self.learning_rate = check_float("learning_rate", self.learning_rate, strict=True)
         self.weight_decay = check_float("weight_decay", self.weight_decay)
         self.clip_norm = check_float("clip_norm", self.clip_norm)
+        self.label_smoothing = check_float("label_smoothing", self.label_smoothing, below=1.0)
+        if self.label_smoothing and self.task != "nmt":
+            raise ValueError(
+                "`label_smoothing` applies to the `nmt` task's token loss only. "
+                f"Received: label_smoothing={self.label_smoothing}, task={self.task!r}"
+            )
         self.peak_tflops = check_float("peak_tflops", self.peak_tflops, allow_none=True,
                                        strict=True)
 

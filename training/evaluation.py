@@ -55,7 +55,7 @@ def plot_learning_curves(history, path, title):
     from matplotlib import pyplot
 
     names = sorted({k for logs in history for k in logs if not k.startswith("val_")})
-    names = [n for n in names if n not in ("learning_rate", "step")]
+    names = [n for n in names if n not in ("learning_rate", "step", "seconds")]
     figure, axes = pyplot.subplots(1, max(1, len(names)), figsize=(4 * max(1, len(names)), 3))
     axes = np.atleast_1d(axes)
     steps = [logs.get("step", i + 1) for i, logs in enumerate(history)]

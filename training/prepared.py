@@ -143,7 +143,7 @@ def prepare(config):
     path, options = config.output_dir, config.data_options()
     if _check_prepare_dir(path, options):
         print(f"{path} already holds this prepared data; nothing to do.")
-        return _read_manifest(path)
+        return read_manifest(path)
     tasks.check_preset(config.task, config.preset)
     examples = {split: data.load(config.task, split, config.dataset, config.data_dir,
                                  config.source, config.target) for split in SPLITS}
@@ -195,7 +195,10 @@ def _unusable(file, why, path):
     )
 
 
-def _read_manifest(path):
+def read_manifest(path):
+    """The manifest of the prepared folder `path` (a dict), or a ValueError
+    naming the folder or the file when it is missing or unreadable. Checks
+    the manifest only, not the arrays (see `load`)."""
     file = os.path.join(path, MANIFEST)
     if not os.path.isdir(path):
         raise ValueError(
@@ -246,7 +249,7 @@ def load(path, options):
             data of another task or other options, or a file whose SHA-256
             is not the one recorded in the manifest.
     """
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     file = os.path.join(path, MANIFEST)
     if manifest["format"] != FORMAT:
         raise _unusable(file, f"has format {manifest['format']!r}, this version reads "

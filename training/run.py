@@ -10,7 +10,11 @@ Everything a run writes goes to `config.output_dir`:
     export/<version>/      the SavedModel for TF Serving (TensorFlow backend)
     metrics.json           history and final scores
     learning_curves.png    the history, plotted
-    learning_curves.jsonl  the history, one JSON object a line (and .csv)
+    learning_curves.jsonl  the history, one JSON object a line (and .csv): per
+                           checkpoint the step, the training seconds so far,
+                           the training and validation scores
+    test_translations.jsonl  nmt: every decoded test verse (source, reference,
+                           translation), one JSON object a line
 
     vocabulary.json        the vocabulary's fingerprint (see vocabulary.py)
 
@@ -142,6 +146,39 @@ def _optimizer(config):
         weight_decay=config.weight_decay,
         global_clipnorm=config.clip_norm or None,
     )
+
+
+@keras.saving.register_keras_serializable(package="collab_keras")
+class LabelSmoothedCrossentropy(keras.losses.Loss):
+    """Token cross-entropy from logits with label smoothing.
+
+    Keras' `SparseCategoricalCrossentropy` has no label smoothing: this is
+    `keras.losses.categorical_crossentropy(..., label_smoothing=...)` on the
+    one-hot of the sparse labels, the target `(1 - label_smoothing)` on the
+    reference token plus `label_smoothing / vocabulary` on every token.
+    Sample weights (the padding mask) weigh the tokens as in the plain loss.
+
+    Args:
+        label_smoothing: float in [0, 1).
+        **kwargs: `keras.losses.Loss` arguments (`reduction`, `name`, `dtype`).
+    """
+
+    def __init__(self, label_smoothing=0.1, **kwargs):
+        kwargs.setdefault("name", "label_smoothed_crossentropy")
+        super().__init__(**kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        # y_true: (batch, length) token ids; y_pred: (batch, length, vocabulary) logits.
+        one_hot = keras.ops.one_hot(
+            keras.ops.cast(y_true, "int32"), keras.ops.shape(y_pred)[-1], dtype=y_pred.dtype
+        )
+        return keras.losses.categorical_crossentropy(  # (batch, length)
+            one_hot, y_pred, from_logits=True, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
 def _sample_arrays(task_model, examples, count=512):
@@ -316,8 +353,10 @@ def _train(config):
 
     with distribution.scope(strategy):
         task_model = build()
+        loss = {"loss": LabelSmoothedCrossentropy(config.label_smoothing)} if (
+            config.label_smoothing) else {}  # else the task's own loss
         task_model.compile(optimizer=_optimizer(config), jit_compile=(
-            "auto" if config.jit_compile is None else config.jit_compile))
+            "auto" if config.jit_compile is None else config.jit_compile), **loss)
         fingerprint = {
             "task": config.task,
             "vocabulary": None if vocabulary is None else vocabularies.fingerprint(vocabulary),
@@ -417,10 +456,9 @@ def _train(config):
             sources, references = prepared.texts("test", config.eval_examples)
         hypotheses = evaluation.beam_decode(task_model, list(sources), config.beam_width)
         metrics.update(evaluation.translation_scores(hypotheses, list(references)))
-        metrics["examples"] = [
-            {"source": s, "reference": r, "translation": h}
-            for s, r, h in list(zip(sources, references, hypotheses))[:5]
-        ]
+        translations = [{"source": s, "reference": r, "translation": h}
+                        for s, r, h in zip(sources, references, hypotheses)]
+        metrics["examples"] = translations[:5]
 
     if not trained_steps:  # a finished run again: keep the timing it recorded
         metrics.update(_recorded_timing(own_dir))
@@ -441,6 +479,11 @@ def _train(config):
             f"{config.task} ({config.attention})",
         )
         evaluation.write_learning_curves(history, os.path.join(own_dir, "learning_curves"))
+        if config.task == "nmt":  # every decoded test verse, for paired significance tests
+            checkpoint.atomic_write_text(
+                os.path.join(own_dir, "test_translations.jsonl"),
+                "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in translations),
+            )
     return metrics
 
 

@@ -66,9 +66,14 @@ def environment():
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    device = _device_kind()
+    if device == "gpu" and keras.backend.backend() == "jax":
+        import jax
+
+        device = ", ".join(sorted({d.device_kind for d in jax.devices()}))  # e.g. NVIDIA H100 80GB HBM3
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} CPUs ({cpu}), {_device_kind()}",
+        "machine": f"{os.cpu_count()} CPUs ({cpu}), {device}",
         "load_average": os.getloadavg(),
         "backend": keras.backend.backend(),
         "versions": versions,

@@ -2,87 +2,164 @@
 
 The paper's translation claim, at small scale: a Transformer trained from
 scratch with collaborative heads keeps its BLEU when the shared key size
-shrinks (d, d/2, d/4, d/8), while concatenated heads with the same total key
-size (each head `key size / num_heads` query/key dimensions, values
-unchanged) lose it.
+shrinks (d/2, d/4, d/8, d/16), while concatenated heads with the same total
+key size (each head `key size / num_heads` query/key dimensions, values
+unchanged) lose it. Rows: concatenated heads at the full key size d (the
+baseline), then both kinds at every `--key-sizes`; `--seeds` seeds each.
 
-Every run is one call of the training package's entry point,
-`collab_keras.training.run.train(RunConfig(task="nmt", ...))`, the run that
-`collab-keras train nmt` makes: the offline English (King James) to German
-(Schlachter 1951) Bible (30,447 training verses; the 301 test verses held out
-by a hash of the reference), the zoo's `TransformerNMTSeq2SeqLM` on a
-`TransformerNMTBackbone` architecture ("transformer_tiny": 2+2 layers, d 64,
-4 heads), AdamW with linear warmup and cosine decay, a seeded data order.
-The concatenated baseline at key size D is `attention="concatenate",
+Every run is the run `collab-keras train nmt` makes: the offline English
+(King James) to German (Schlachter 1951) Bible (30,447 training verses; the
+301 test verses held out by a hash of the reference), the zoo's
+`TransformerNMTSeq2SeqLM` on a `TransformerNMTBackbone` architecture
+(`--architecture`: "transformer_tiny", 2+2 layers, d 64, on the CPU;
+"transformer_small", 4+4 layers, d 256, sized to this data, on a GPU),
+AdamW with linear warmup and cosine decay, a seeded data order. The
+concatenated baseline at key size D is `attention="concatenate",
 shared_key_dim=D` (at D = d: the standard layers), the collaborative model
-`attention="collaborative", shared_key_dim=D`. One joint WordPiece
-vocabulary is trained once and passed to every run as `vocabulary_file`.
-BLEU, chrF (sacrebleu, through `collab_keras.training.evaluation`), the test
-loss, the training loss and the training time are read from the
-`metrics.json` each run writes; the test split is decoded with beam search
-(`--beam-width`, 1: greedy).
+`attention="collaborative", shared_key_dim=D`. Every run uses one joint
+WordPiece vocabulary, and the test split is decoded with beam search
+(`--beam-width`).
 
-Each run writes its folder under `<output-dir>/runs/`; a run whose folder
-already holds its `metrics.json` is read instead of trained again (the JSON
-counts `runs_trained` and `runs_read`), and an interrupted one resumes from
-its last checkpoint, so rerunning the command completes an interrupted grid,
-or, on a finished one, prints its table and draws its figures again.
+Two ways to run:
 
-    python benchmarks/experiments/translation_bible.py                # 8 configurations x 3 seeds: about 1 h on 2 shared CPU cores
-    python benchmarks/experiments/translation_bible.py --quick        # 2 key sizes, 1 seed, 20 steps: a few minutes
+- Without `--data` (TensorFlow installed: the CPU): each run is
+  `collab_keras.training.run.train(RunConfig(...))` in this process, one
+  after the other, the vocabulary trained once into the output folder.
+- With `--data DIR`, a folder written by `collab-keras prepare nmt` (its
+  manifest decides the architecture, the vocabulary, the sequence length
+  and the training verses): each run is a `collab-keras train nmt --data
+  DIR ...` subprocess, `--parallel` of them at a time sharing the one card
+  (each with `XLA_PYTHON_CLIENT_MEM_FRACTION` = 0.8 / parallel). TensorFlow
+  is not needed: the GPU machine's JAX.
+
+Each run writes its folder `<output-dir>/runs/<kind>_<size>_seed<k>/`; a
+run whose folder holds its `metrics.json` is read instead of trained again,
+an interrupted one resumes from its last checkpoint, and no run starts after
+`--deadline` seconds: rerunning the command completes the grid, and on a
+finished grid prints its table again. A `transformer_small` run's checkpoint
+(weights and AdamW moments) is 115 MB (101 MB collaborative at d/4) and its `model/` 39 MB, too
+large to carry to and from a GPU machine that takes 64 MiB a call: there
+the unit is a run that finishes within one call, and `--archive FILE`
+writes (again after every finished run) a .tar.gz of the output folder
+without `checkpoints/` and `model/`: the records to carry back.
+
+The table (mean ± std over seeds), printed last and written to
+`translation_bible.json` with every run's record: BLEU and chrF with
+sacrebleu's signatures, the test loss, parameters, training seconds, and the
+step and seconds at which a run's validation loss first reached the
+baseline's final one (mean over its seeds; read from each run's learning
+curves; NaN where a seed never did); before it, sacrebleu's paired bootstrap
+test (`sacrebleu.significance.PairedTest`, 1,000 resamples) of each
+collaborative run against the concatenated run of the same key size and
+seed, on the test translations every run saves (`test_translations.jsonl`).
+
+    python benchmarks/experiments/translation_bible.py                # 9 configurations x 3 seeds on the CPU
+    python benchmarks/experiments/translation_bible.py --quick        # d and d/8, 1 seed, 20 steps: a few minutes
+    collab-keras prepare nmt --output-dir DATA --preset transformer_small --vocabulary-size 8000 --sequence-length 128
+    KERAS_BACKEND=jax python benchmarks/experiments/translation_bible.py --data DATA --parallel 4 \\
+        --deadline 300 --mixed-precision --label-smoothing 0.1 --archive records.tar.gz   # the GPU
 """
 
 import argparse
+import dataclasses
 import json
+import math
 import os
+import subprocess
+import sys
+import tarfile
+import time
 
 import _common
 
 from collab_keras.models import TransformerNMTBackbone
 from collab_keras.training import data
+from collab_keras.training import prepared
 from collab_keras.training import run
 from collab_keras.training import tasks
 from collab_keras.training import vocabulary as vocabularies
 from collab_keras.training.config import RunConfig
 
-METRICS = ["bleu", "chrf", "test_loss", "final_train_loss", "parameters", "query_key_parameters", "train_seconds"]
+METRICS = ["bleu", "chrf", "test_loss", "parameters", "query_key_parameters", "train_seconds",
+           "steps_to_baseline", "seconds_to_baseline"]
 FORMATS = {
     "bleu": "{:.2f}",
     "chrf": "{:.2f}",
     "test_loss": "{:.3f}",
-    "final_train_loss": "{:.3f}",
     "parameters": "{:,.0f}",
     "query_key_parameters": "{:,.0f}",
     "train_seconds": "{:.0f}",
+    "steps_to_baseline": "{:.0f}",
+    "seconds_to_baseline": "{:.0f}",
 }
+# What a run folder holds that is too large to carry: left out of --archive.
+NOT_ARCHIVED = ("checkpoints", "model")
+# The data options a prepared folder's manifest decides, besides the
+# architecture and the sequence length (RunConfig fields).
+DATA_OPTIONS = ("dataset", "source", "target", "max_train_examples", "vocabulary_size")
 
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="key sizes d, d/8, one seed, 20 steps, 32 test verses")
-    parser.add_argument("--architecture", default="transformer_tiny")
-    parser.add_argument("--key-sizes", default=None, help="default: d, d/2, d/4, d/8 of the architecture")
+    parser.add_argument("--data", default=None,
+                        help="a folder of `collab-keras prepare nmt`: every run a `collab-keras train nmt --data` "
+                             "subprocess (architecture, vocabulary, length and verses from its manifest)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time with --data, sharing the card")
+    parser.add_argument("--deadline", type=float, default=math.inf, help="seconds from the start after which no run starts")
+    parser.add_argument("--archive", default=None,
+                        help="a new .tar.gz: the output folder without checkpoints/ and model/, "
+                             "rewritten after every finished run")
+    parser.add_argument("--architecture", default="transformer_tiny", help="without --data")
+    parser.add_argument("--key-sizes", default=None,
+                        help="default: d/2, d/4, d/8, d/16 of the architecture (the baseline d always runs)")
     parser.add_argument("--kinds", default="concatenate,collaborative")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--checkpoint-every", type=int, default=None, help="default: steps / 2")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--sequence-length", type=int, default=48)
+    parser.add_argument("--sequence-length", type=int, default=48, help="without --data")
     parser.add_argument("--learning-rate", type=float, default=4e-3)
     parser.add_argument("--warmup-steps", type=int, default=None, help="default: steps / 10")
-    parser.add_argument("--vocabulary-size", type=int, default=2000)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16")
+    parser.add_argument("--vocabulary-size", type=int, default=2000, help="without --data")
     parser.add_argument("--test-examples", type=int, default=301, help="test verses decoded (301: all)")
-    parser.add_argument("--beam-width", type=int, default=1, help="1: greedy")
+    parser.add_argument("--beam-width", type=int, default=4, help="1: greedy")
     parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--figures", default=_common.FIGURES, help="where the figures go")
     quick = dict(seeds=1, steps=20, test_examples=32, vocabulary_size=1000)
     args = parser.parse_args(argv)
     if args.quick:
         parser.set_defaults(**quick)
         args = parser.parse_args(argv)
-    architecture = TransformerNMTBackbone.architectures[args.architecture]
-    d = architecture["hidden_dim"]
+    if args.parallel < 1:
+        raise ValueError(f"`--parallel` must be at least 1. Received: parallel={args.parallel}")
+    if args.data is not None:
+        args.data = os.path.abspath(args.data)
+        options = prepared.read_manifest(args.data)["options"]
+        if options["preset"] not in TransformerNMTBackbone.architectures:
+            raise ValueError(
+                "`--data` must be prepared for an architecture of TransformerNMTBackbone "
+                f"({', '.join(sorted(TransformerNMTBackbone.architectures))}). "
+                f"Received: data={args.data!r} with preset={options['preset']!r}"
+            )
+        for name, value in (("architecture", options["preset"]), ("sequence_length", options["sequence_length"]),
+                            ("vocabulary_size", options["vocabulary_size"])):
+            given = getattr(args, name)
+            if given != parser.get_default(name) and given != value:
+                raise ValueError(
+                    f"With --data, `{name}` is the prepared folder's ({value!r}); leave it out or prepare "
+                    f"another folder. Received: {name}={given!r}, data={args.data!r}"
+                )
+            setattr(args, name, value)
+    if args.archive is not None:
+        args.archive = os.path.abspath(args.archive)
+        if os.path.exists(args.archive):
+            raise ValueError(f"`--archive` must be a new file; nothing is overwritten. Received: archive={args.archive!r}")
+    d = TransformerNMTBackbone.architectures[args.architecture]["hidden_dim"]
     if args.key_sizes is None:
-        args.key_sizes = ",".join(str(d // f) for f in ((1, 8) if args.quick else (1, 2, 4, 8)))
+        args.key_sizes = ",".join(str(d // f) for f in ((8,) if args.quick else (2, 4, 8, 16)))
     args.checkpoint_every = args.checkpoint_every or max(1, args.steps // 2)
     if args.warmup_steps is None:
         args.warmup_steps = args.steps // 10
@@ -90,50 +167,135 @@ def parse(argv=None):
 
 
 def run_configs(args, vocabulary_file, runs_dir):
-    """The `RunConfig` of every run: seeds x kinds x key sizes.
+    """The `(kind, key size, RunConfig)` of every run: the concatenated
+    baseline at d, then every kind at every key size, seed after seed.
 
     The concatenated run at the full key size d is the standard model
-    (`shared_key_dim=None`); its record says `shared_key_dim` d.
+    (`shared_key_dim=None`); its record says `shared_key_dim` d. With
+    `args.data` the runs train from that prepared folder, with the data
+    options of its manifest.
     """
     d = TransformerNMTBackbone.architectures[args.architecture]["hidden_dim"]
+    rows = [("concatenate", d)]
+    for size in (int(s) for s in args.key_sizes.split(",")):
+        rows += [(kind, size) for kind in args.kinds.split(",") if (kind, size) not in rows]
+    options = {} if args.data is None else {
+        k: v for k, v in prepared.read_manifest(args.data)["options"].items() if k in DATA_OPTIONS}
     configs = []
     # Seed by seed, so that an interrupted grid has every configuration.
     for seed in range(args.seeds):
-        for kind in args.kinds.split(","):
-            for size in (int(s) for s in args.key_sizes.split(",")):
-                configs.append(
-                    (
-                        kind,
-                        size,
-                        RunConfig(
-                            task="nmt",
-                            output_dir=os.path.join(runs_dir, f"{kind}_{size}_seed{seed}"),
-                            preset=args.architecture,
-                            attention=kind,
-                            shared_key_dim=None if (kind == "concatenate" and size == d) else size,
-                            vocabulary_file=vocabulary_file,
-                            sequence_length=args.sequence_length,
-                            batch_size=args.batch_size,
-                            steps=args.steps,
-                            checkpoint_every=args.checkpoint_every,
-                            learning_rate=args.learning_rate,
-                            warmup_steps=args.warmup_steps,
-                            seed=seed,
-                            eval_examples=args.test_examples,
-                            beam_width=args.beam_width,
-                            export=False,
-                        ),
-                    )
-                )
+        for kind, size in rows:
+            config = RunConfig(
+                task="nmt",
+                output_dir=os.path.join(runs_dir, f"{kind}_{size}_seed{seed}"),
+                preset=args.architecture,
+                attention=kind,
+                shared_key_dim=None if (kind == "concatenate" and size == d) else size,
+                vocabulary_file=vocabulary_file,
+                sequence_length=args.sequence_length,
+                batch_size=args.batch_size,
+                steps=args.steps,
+                checkpoint_every=args.checkpoint_every,
+                learning_rate=args.learning_rate,
+                warmup_steps=args.warmup_steps,
+                label_smoothing=args.label_smoothing,
+                mixed_precision=args.mixed_precision,
+                seed=seed,
+                data=args.data,
+                eval_examples=args.test_examples,
+                beam_width=args.beam_width,
+                export=False,
+                **options,
+            )
+            configs.append((kind, size, config))
     return configs
 
 
-def record(kind, size, config, metrics_file):
-    """One flat record from a finished run's `metrics.json`."""
-    with open(metrics_file) as f:
+def command(config):
+    """`python -m collab_keras.training train nmt ...`: the command line of
+    `config` (the settings that differ from `RunConfig`'s defaults)."""
+    defaults = RunConfig(task=config.task, output_dir="-")
+    arguments = [sys.executable, "-m", "collab_keras.training", "train", config.task,
+                 "--output-dir", config.output_dir]
+    for field in dataclasses.fields(RunConfig):
+        value = getattr(config, field.name)
+        if field.name in ("task", "output_dir") or value == getattr(defaults, field.name):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "overrides":
+            arguments += [item for k, v in value.items() for item in ("--set", f"{k}={v!r}")]
+        elif field.name == "export":
+            arguments.append("--no-export")
+        elif field.name == "jit_compile":
+            arguments.append(flag if value else "--no-jit-compile")
+        elif isinstance(value, bool):
+            arguments.append(flag)
+        else:
+            arguments += [flag, str(value)]
+    return arguments
+
+
+def finished(config):
+    return os.path.exists(os.path.join(config.output_dir, "metrics.json"))
+
+
+def train_in_processes(configs, args, started, after_each):
+    """Runs `configs` as `collab-keras train` subprocesses, `args.parallel`
+    at a time, none started after `args.deadline` seconds from `started`.
+    Each writes its output to `<run folder>.log`; `after_each(config,
+    returncode)` is called as each ends. Returns the configs not started."""
+    environment = dict(os.environ)
+    environment["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.8 / args.parallel:.3f}"
+    environment.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)  # this process's, see main
+    environment.setdefault("COLLAB_KERAS_VERBOSE", "2")  # one line per checkpoint
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [_common.REPOSITORY] + [p for p in [environment.get("PYTHONPATH")] if p])
+    pending, running = list(configs), []
+    try:
+        while pending or running:
+            for process, config, log in list(running):
+                if process.poll() is not None:
+                    log.close()
+                    running.remove((process, config, log))
+                    after_each(config, process.returncode)
+            while pending and len(running) < args.parallel and time.time() - started < args.deadline:
+                config = pending.pop(0)
+                os.makedirs(os.path.dirname(config.output_dir), exist_ok=True)
+                log = open(config.output_dir + ".log", "a", encoding="utf-8")
+                print(f"start {os.path.basename(config.output_dir)}", flush=True)
+                running.append((subprocess.Popen(command(config), stdout=log, stderr=subprocess.STDOUT,
+                                                 env=environment), config, log))
+            if time.time() - started >= args.deadline and not running:
+                break
+            time.sleep(1)
+    finally:  # interrupted: the runs keep their last checkpoints
+        for process, _, log in running:
+            process.terminate()
+            process.wait()
+            log.close()
+    return pending
+
+
+def write_archive(output_dir, path):
+    """Writes `path`, a .tar.gz of `output_dir` (its name the top folder)
+    without the runs' `checkpoints/` and `model/`, through a temporary file."""
+    def keep(info):
+        parts = info.name.split("/")
+        return None if set(parts[1:]) & set(NOT_ARCHIVED) else info
+
+    tmp = path + ".tmp"
+    with tarfile.open(tmp, "w:gz") as archive:
+        archive.add(output_dir, arcname=os.path.basename(os.path.normpath(output_dir)), filter=keep)
+    os.replace(tmp, path)
+
+
+def record(kind, size, config):
+    """One flat record from a finished run's folder (`metrics.json`, its
+    history, `vocabulary.txt`)."""
+    with open(os.path.join(config.output_dir, "metrics.json")) as f:
         saved = json.load(f)
     final, history = saved["final"], saved["history"]
-    vocabulary = vocabularies.read(config.vocabulary_file)
+    vocabulary = vocabularies.read(os.path.join(config.output_dir, "vocabulary.txt"))
     backbone = TransformerNMTBackbone.from_architecture(
         config.preset,
         vocabulary_size=len(vocabulary),
@@ -148,83 +310,197 @@ def record(kind, size, config, metrics_file):
         "chrf": final["chrf"],
         "test_loss": final["test_loss"],
         "final_train_loss": history[-1]["loss"],
+        "final_validation_loss": history[-1].get("val_loss"),
         "parameters": backbone.count_params() - sum(w.numpy().size for w in backbone.non_trainable_weights),
         "query_key_parameters": _common.query_key_parameters(backbone),
-        "train_seconds": final["train_seconds"],
+        # All training seconds (over resumes) where the history has them.
+        "train_seconds": history[-1].get("seconds", final["train_seconds"]),
         "steps_per_second": final["steps_per_second"],
+        "tokens_per_second": final.get("tokens_per_second"),
         "bleu_signature": final["bleu_signature"],
         "chrf_signature": final["chrf_signature"],
         "example": final["examples"][0],
-        "run_dir": os.path.relpath(config.output_dir, _common.REPOSITORY),
+        "history": [{k: h.get(k) for k in ("step", "seconds", "loss", "val_loss")} for h in history],
+        "run_dir": config.output_dir,
     }
+
+
+def add_time_to_baseline(records, baseline_dim):
+    """Sets each record's `steps_to_baseline` / `seconds_to_baseline`: the
+    first checkpoint whose validation loss is at most the concatenated
+    full-width baseline's final one (mean over its seeds); NaN if none.
+    Returns that target loss (None without finished baseline runs)."""
+    finals = [r["final_validation_loss"] for r in records
+              if (r["kind"], r["shared_key_dim"]) == ("concatenated", baseline_dim)
+              and r["final_validation_loss"] is not None]
+    target = sum(finals) / len(finals) if finals else None
+    for r in records:
+        reached = [h for h in r["history"] if target is not None and h["val_loss"] is not None
+                   and h["val_loss"] <= target]
+        r["steps_to_baseline"] = reached[0]["step"] if reached else math.nan
+        seconds = reached[0]["seconds"] if reached else None
+        r["seconds_to_baseline"] = math.nan if seconds is None else seconds
+    return target
+
+
+def translations(run_dir):
+    with open(os.path.join(run_dir, "test_translations.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def paired_bootstrap(records, samples=1000):
+    """sacrebleu's paired bootstrap test of every collaborative run against
+    the concatenated run of the same key size and seed, on their test
+    translations: one dict per pair (BLEU and chrF of both, p-values) and
+    the test's signatures."""
+    import sacrebleu
+    from sacrebleu.significance import PairedTest
+
+    by_key = {(r["kind"], r["shared_key_dim"], r["seed"]): r for r in records}
+    results, signatures = [], {}
+    for (kind, dim, seed), collaborative in sorted(by_key.items()):
+        concatenated = by_key.get(("concatenated", dim, seed))
+        if kind != "collaborative" or concatenated is None:
+            continue
+        baseline, system = translations(concatenated["run_dir"]), translations(collaborative["run_dir"])
+        references = [t["reference"] for t in baseline]
+        if references != [t["reference"] for t in system]:
+            raise ValueError(
+                "Paired runs must translate the same test verses (same --test-examples). "
+                f"Received: {concatenated['run_dir']!r} and {collaborative['run_dir']!r}")
+        test = PairedTest(
+            [("concatenated", [t["translation"] for t in baseline]),
+             ("collaborative", [t["translation"] for t in system])],
+            {"BLEU": sacrebleu.BLEU(), "chrF": sacrebleu.CHRF()},
+            references=[references], test_type="bs", n_samples=samples)
+        signatures, scores = test()
+        (bleu_name, bleu), (chrf_name, chrf) = [(k, v) for k, v in scores.items() if k != "System"]
+        results.append({
+            "shared_key_dim": dim, "seed": seed,
+            "bleu_concatenated": bleu[0].score, "bleu_collaborative": bleu[1].score, "p_bleu": bleu[1].p_value,
+            "chrf_concatenated": chrf[0].score, "chrf_collaborative": chrf[1].score, "p_chrf": chrf[1].p_value,
+        })
+    return results, {name: str(signature) for name, signature in signatures.items()}
+
+
+def bootstrap_table(results):
+    lines = ["| shared_key_dim | seed | BLEU concatenated | BLEU collaborative | p | chrF concatenated | "
+             "chrF collaborative | p |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['shared_key_dim']} | {r['seed']} | {r['bleu_concatenated']:.2f} | "
+                     f"{r['bleu_collaborative']:.2f} | {r['p_bleu']:.4f} | {r['chrf_concatenated']:.2f} | "
+                     f"{r['chrf_collaborative']:.2f} | {r['p_chrf']:.4f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     args = parse(argv)
+    if args.data is not None:
+        # This process only starts the runs and reads their records: it must
+        # not take the card's memory from them (JAX preallocates 75%).
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     env = _common.environment()
     env["settings"] = vars(args)
     total = _common.Stopwatch()
+    started = time.time()
     _common.print_header("Transformer from scratch, Bible English -> German", env)
-    output_dir = args.output_dir or _common.default_output_dir()
+    output_dir = os.path.abspath(args.output_dir or _common.default_output_dir())
     suffix = "_quick" if args.quick else ""
     os.makedirs(output_dir, exist_ok=True)
+    if args.archive is not None and os.path.commonpath([args.archive, output_dir]) == output_dir:
+        raise ValueError(f"`--archive` must lie outside the output folder {output_dir}. "
+                         f"Received: archive={args.archive!r}")
 
-    # One vocabulary for every run, trained once as `collab-keras train` would.
-    vocabulary_file = os.path.join(output_dir, f"vocabulary{suffix}.txt")
-    watch = _common.Stopwatch()
-    vocabulary = vocabularies.load_or_train(
-        vocabulary_file,
-        lambda: tasks.train_vocabulary("nmt", data.text_sample("nmt", data.load("nmt", "train")), args.vocabulary_size),
-    )
+    vocabulary_file = None
+    if args.data is None:
+        # One vocabulary for every run, trained once as `collab-keras train` would.
+        vocabulary_file = os.path.join(output_dir, f"vocabulary{suffix}.txt")
+        watch = _common.Stopwatch()
+        vocabularies.load_or_train(
+            vocabulary_file,
+            lambda: tasks.train_vocabulary(
+                "nmt", data.text_sample("nmt", data.load("nmt", "train")), args.vocabulary_size),
+        )
+        print(f"vocabulary trained or read in {watch():.0f} s", flush=True)
     print(
-        f"{args.architecture}, vocabulary {len(vocabulary)} tokens ({watch():.0f} s), {args.steps} steps of "
-        f"{args.batch_size} pairs, length {args.sequence_length}, lr {args.learning_rate}, "
-        f"{args.test_examples} test verses, beam {args.beam_width}\n",
+        f"{args.architecture}, vocabulary {args.vocabulary_size} tokens, {args.steps} steps of "
+        f"{args.batch_size} pairs, length {args.sequence_length}, lr {args.learning_rate}, warmup "
+        f"{args.warmup_steps}, label smoothing {args.label_smoothing}, {args.test_examples} test verses, "
+        f"beam {args.beam_width}" + (f", from {args.data}, {args.parallel} at a time" if args.data else "") + "\n",
         flush=True,
     )
 
-    records = []
-    env["runs_trained"] = env["runs_read"] = 0  # read: finished earlier
-    for kind, size, config in run_configs(args, vocabulary_file, os.path.join(output_dir, f"runs{suffix}")):
-        metrics_file = os.path.join(config.output_dir, "metrics.json")
-        watch = _common.Stopwatch()
-        if os.path.exists(metrics_file):
-            env["runs_read"] += 1
-        else:
-            run.train(config)
+    configs = run_configs(args, vocabulary_file, os.path.join(output_dir, f"runs{suffix}"))
+    pending = [c for _, _, c in configs if not finished(c)]
+    env["runs_read"] = len(configs) - len(pending)  # finished earlier
+    env["runs_trained"] = env["runs_failed"] = 0
+
+    def after_each(config, returncode):
+        name = os.path.basename(config.output_dir)
+        if returncode == 0 and finished(config):
             env["runs_trained"] += 1
-            import keras
+            print(f"done {name} ({time.time() - started:.0f} s)", flush=True)
+        else:
+            env["runs_failed"] += 1
+            print(f"FAILED {name} (status {returncode}; see {config.output_dir}.log)", flush=True)
+        if args.archive is not None:
+            write_archive(output_dir, args.archive)
 
+    if args.data is not None:
+        not_started = train_in_processes(pending, args, started, after_each)
+    else:
+        not_started = list(pending)
+        import keras
+
+        while not_started and time.time() - started < args.deadline:
+            config = not_started.pop(0)
+            run.train(config)
             keras.backend.clear_session()
-        records.append(record(kind, size, config, metrics_file))
-        r = records[-1]
-        print(
-            f"{kind} {size} seed {config.seed}: BLEU {r['bleu']:.2f} chrF {r['chrf']:.2f} "
-            f"test loss {r['test_loss']:.3f} train loss {r['final_train_loss']:.3f}, "
-            f"train {r['train_seconds']:.0f} s, run {watch():.0f} s",
-            flush=True,
-        )
-        # Raw records so far, so that an interrupted grid keeps them.
-        _common.save(output_dir, f"translation_bible{suffix}", {"environment": env, "records": records})
+            after_each(config, 0)
+    env["runs_not_started"] = len(not_started)
+    if not_started:
+        print(f"{len(not_started)} runs not started (--deadline {args.deadline:.0f} s): rerun the command", flush=True)
 
+    records = [record(kind, size, config) for kind, size, config in configs if finished(config)]
+    if not records:
+        print("no finished runs yet")
+        return records
+    d = TransformerNMTBackbone.architectures[args.architecture]["hidden_dim"]
+    target = add_time_to_baseline(records, d)
+    for r in records:
+        print(f"{r['kind']} {r['shared_key_dim']} seed {r['seed']}: BLEU {r['bleu']:.2f} chrF {r['chrf']:.2f} "
+              f"test loss {r['test_loss']:.3f} validation loss {r['final_validation_loss'] or math.nan:.3f}, "
+              f"train {r['train_seconds']:.0f} s")
+    bootstrap, bootstrap_signatures = paired_bootstrap(records)
     rows = _common.summarize(records, METRICS)
-    print(f"\n### Bible En->De test split ({args.test_examples} verses), {args.steps} steps, {args.seeds} seeds\n")
-    print(_common.markdown_table(rows, METRICS, FORMATS))
-    print(f"\n{records[0]['bleu_signature']}; {records[0]['chrf_signature']}")
-    example = records[-1]["example"]
-    print(f"example (last run): {example['source']!r} -> {example['translation']!r} (reference {example['reference']!r})")
-    print(f"total time {total() / 60:.1f} min\n")
     for metric, label in (("bleu", "test BLEU"), ("chrf", "test chrF"), ("test_loss", "test loss (token cross-entropy)")):
         _common.plot(
             rows,
             metric,
-            os.path.join(_common.FIGURES, f"results_translation_{metric}{suffix}.png"),
+            os.path.join(args.figures, f"results_translation_{metric}{suffix}.png"),
             f"{args.architecture} from scratch, Bible En->De, {args.steps} steps x {args.batch_size}, "
             f"{args.seeds} seeds",
             ylabel=label,
         )
     env["total_seconds"] = total()
-    _common.save(output_dir, f"translation_bible{suffix}", {"environment": env, "records": records, "summary": rows})
+    _common.save(output_dir, f"translation_bible{suffix}",
+                 {"environment": env, "records": records, "summary": rows, "baseline_validation_loss": target,
+                  "paired_bootstrap": bootstrap, "paired_bootstrap_signatures": bootstrap_signatures})
+    if args.archive is not None:
+        write_archive(output_dir, args.archive)
+    example = records[-1]["example"]
+    print(f"\nexample (last run): {example['source']!r} -> {example['translation']!r} "
+          f"(reference {example['reference']!r})")
+    print(f"total time {total() / 60:.1f} min, {env['runs_trained']} runs trained, {env['runs_read']} read, "
+          f"{env['runs_failed']} failed, {len(not_started)} not started")
+    if bootstrap:
+        print("\n### Paired bootstrap: collaborative against concatenated at the same key size and seed\n")
+        print(bootstrap_table(bootstrap))
+        print("\n" + "; ".join(bootstrap_signatures.values()))
+    print(f"\n### Bible En->De test split ({args.test_examples} verses), {args.architecture}, {args.steps} steps, "
+          f"{args.seeds} seeds; baseline validation loss {target if target is None else round(target, 3)}\n")
+    print(_common.markdown_table(rows, METRICS, FORMATS))
+    print(f"\n{records[0]['bleu_signature']}; {records[0]['chrf_signature']}")
     return records
 
 
