@@ -338,19 +338,16 @@ class InverseSquareRoot:
 
 
 def token_loss(label_smoothing):
-    """Mean cross-entropy over the tokens (sample weights mask the padding),
-    with label smoothing over the whole vocabulary as fairseq does."""
+    """Mean cross-entropy over the tokens from the logits (sample weights mask
+    the padding), with label smoothing over the whole vocabulary as fairseq
+    does: the training package's loss."""
     import keras
 
-    def loss(labels, logits):
-        log_probs = keras.ops.log_softmax(keras.ops.cast(logits, "float32"), axis=-1)  # (B, T, V)
-        nll = -keras.ops.take_along_axis(log_probs, keras.ops.expand_dims(keras.ops.cast(labels, "int32"), -1),
-                                          axis=-1)[..., 0]
-        if not label_smoothing:
-            return nll
-        return (1 - label_smoothing) * nll - label_smoothing * keras.ops.mean(log_probs, axis=-1)
+    from collab_keras.training.run import LabelSmoothedCrossentropy
 
-    return loss
+    if label_smoothing:
+        return LabelSmoothedCrossentropy(label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 # --------------------------------------------------------------------------
@@ -377,9 +374,9 @@ def train_one(variant, seed, data_dir, output_dir, epochs=None, max_steps=None, 
     steps_per_epoch = math.ceil(len(train_source) / MODEL["batch_size"])
     total = min(epochs * steps_per_epoch, max_steps or 10**9)
     # The CE metric has no label smoothing: it is the loss reported.
-    cross_entropy = token_loss(0.0)
     model.compile(optimizer=optimizer(config, total), loss=token_loss(config["label_smoothing"]),
-                  metrics=[keras.metrics.MeanMetricWrapper(cross_entropy, name="ce")], jit_compile=True)
+                  metrics=[keras.metrics.SparseCategoricalCrossentropy(name="ce", from_logits=True)],
+                  jit_compile=True)
 
     rng = np.random.default_rng(seed)
     curves, steps, tokens, train_seconds, step_seconds = [], 0, 0, 0.0, []
