@@ -5,6 +5,7 @@ data go to subprocesses on JAX where an import hook makes TensorFlow
 unimportable (tests/without_tensorflow.py).
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -139,6 +140,22 @@ def test_missing_data_folder_is_refused_before_the_run_writes(tmp_path, capsys):
                      *TRAIN_FLAGS], capsys)
     assert "does not exist" in err and f"Received: data={missing!r}" in err
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_train_takes_the_data_flags_not_given_from_the_folder(nmt_data, tmp_path):
+    parser = argparse.ArgumentParser()
+    train_parser = cli._train_parser(parser.add_subparsers(dest="command"))
+    run_dir = str(tmp_path / "run")
+    config = cli.config_from_args(parser.parse_args(
+        ["train", "nmt", "--data", str(nmt_data), "--output-dir", run_dir]), train_parser)
+    assert config.data_options() == options()
+    # A flag given keeps its value, so loading the folder refuses it.
+    config = cli.config_from_args(parser.parse_args(
+        ["train", "nmt", "--data", str(nmt_data), "--output-dir", run_dir,
+         "--sequence-length", "32"]), train_parser)
+    assert config.sequence_length == 32 and config.vocabulary_size == 1000
+    with pytest.raises(ValueError, match="'sequence_length': \\(16, 32\\)"):
+        prepared.load(str(nmt_data), config.data_options())
 
 
 def test_prepare_refuses_a_folder_it_did_not_write(nmt_data, tmp_path, capsys):

@@ -108,7 +108,9 @@ def config_from_args(args, parser=None):
 
     With `--config`, relative paths in the file are read relative to its
     folder, and no other flag may be given (the file says how the run goes);
-    `--output-dir` may, to repeat the run in another folder.
+    `--output-dir` may, to repeat the run in another folder. With `--data`,
+    the data flags not given (`--preset`, `--vocabulary-size`, ...) are the
+    ones the folder was prepared with.
     """
     names = {f.name for f in dataclasses.fields(RunConfig)}
     if args.config:
@@ -141,6 +143,15 @@ def config_from_args(args, parser=None):
         )
     values = {k: v for k, v in vars(args).items() if k in names}
     values["overrides"] = tasks.parse_overrides(args.set)
+    if args.data is not None and parser is not None:
+        # The data flags not given default to what the folder was prepared
+        # with; a flag given and different is refused when the run loads it.
+        from collab_keras.training import prepared
+
+        recorded = prepared.read_manifest(args.data)["options"]
+        for name, value in recorded.items():
+            if name in names and name != "task" and values[name] == parser.get_default(name):
+                values[name] = value
     return RunConfig(**values)
 
 
