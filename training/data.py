@@ -207,10 +207,13 @@ def num_classes(task, dataset=None):
     return {"tweets": 3, "glue/sst2": 2, "digits": 10, "cifar10": 10}[dataset]
 
 
-def text_sample(task, examples, limit=10000):
-    """Up to `limit` examples' strings of a raw training set, for a vocabulary."""
+def text_sample(task, examples, limit=None):
+    """The strings of a raw training set's first `limit` examples (all of them
+    when `limit` is None), for a vocabulary."""
+    if limit is not None:
+        examples = examples.take(limit)
     texts = []
-    for batch in examples.take(limit).batch(1000).as_numpy_iterator():
+    for batch in examples.batch(1000).as_numpy_iterator():
         if task == "nmt":
             columns = (batch["encoder_text"], batch["decoder_text"])
         elif task == "bert-mlm":
