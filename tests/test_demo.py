@@ -13,11 +13,12 @@ def test_demo_trains_both_attentions_and_translates_through_the_export(
     tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setenv("COLLAB_KERAS_VERBOSE", "0")
-    results, translated = demo.main([
+    outcome = demo.main([
         "--output-dir", str(tmp_path), "--steps", "3", "--batch-size", "8",
         "--sequence-length", "16", "--vocabulary-size", "300",
         "--vocabulary-examples", "200", "--eval-examples", "4",
     ])
+    results, translated = outcome["results"], outcome["translated"]
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines()
             if line.startswith(("concatenate ", "collaborative "))]

@@ -4,7 +4,8 @@
     collab-keras prepare TASK --output-dir DATA [data options]   token arrays for --data
     collab-keras train TASK --data DATA --output-dir DIR [options]   train from them (no TensorFlow)
     collab-keras train --config DIR/config.json          repeat / resume a run
-    collab-keras translate --model DIR | --server HOST:PORT ...   text in, text out
+    collab-keras preset --run DIR --output-dir PRESET [--dtype float16]   a finished nmt run as a translator preset
+    collab-keras translate --model DIR | --server HOST:PORT | --preset NAME ...   text in, text out
     collab-keras demo                                    the README's comparison
 
 TASK is nmt, bert-mlm, bert-classify or vit. See docs/training.md.
@@ -47,6 +48,24 @@ def _prepare_parser(subparsers):
     p.add_argument("task", choices=prepared.TASKS, help="whose data")
     p.add_argument("--output-dir", required=True, help="a new or empty folder")
     _data_arguments(p, RunConfig(task="nmt", output_dir="-"))
+    return p
+
+
+def _preset_parser(subparsers):
+    p = subparsers.add_parser(
+        "preset",
+        help="a finished nmt run as a translator preset (keras-hub preset folder)",
+        description="Save a finished `train nmt` run's model as a keras-hub preset folder, "
+                    "scored on the run's test split (see docs/training.md).",
+    )
+    p.add_argument("--run", required=True, help="the run folder of `collab-keras train nmt`")
+    p.add_argument("--output-dir", required=True,
+                   help="a new or empty folder, or a previous translator preset (replaced)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="dtype of the saved weights (float16: half the size; loads as float32)")
+    p.add_argument("--eval-examples", type=int,
+                   help="test verses translated to score the preset (default: the run's)")
+    p.add_argument("--beam-width", type=int, help="beams of those translations (default: the run's)")
     return p
 
 
@@ -171,8 +190,9 @@ def main(argv=None):
     subparsers = parser.add_subparsers(dest="command", required=True)
     _train_parser(subparsers)
     _prepare_parser(subparsers)
+    _preset_parser(subparsers)
     subparsers.add_parser(
-        "translate", help="translate with an exported model (see --help of it)"
+        "translate", help="translate with an exported model or a preset (see --help of it)"
     )
     demo = subparsers.add_parser("demo", help="the README's NMT comparison", add_help=False)
     demo.add_argument("rest", nargs=argparse.REMAINDER)
@@ -186,7 +206,7 @@ def main(argv=None):
         if args.command == "prepare":
             names = {f.name for f in dataclasses.fields(RunConfig)}
             config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
-        else:
+        elif args.command == "train":
             config = config_from_args(args, subparsers.choices["train"])
     except ValueError as error:
         parser.error(str(error))
@@ -197,6 +217,13 @@ def main(argv=None):
         if args.command == "prepare":
             manifest = prepared.prepare(config)
             print(f"{config.output_dir}: {manifest['splits']}")
+            return None
+        if args.command == "preset":
+            from collab_keras.training import preset
+
+            results = preset.make_preset(args.run, args.output_dir, args.dtype,
+                                         args.eval_examples, args.beam_width)
+            print(preset.summary(args.output_dir, results))
             return None
         metrics = run.train(config)
     except (ValueError, RuntimeError) as error:

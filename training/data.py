@@ -207,6 +207,16 @@ def num_classes(task, dataset=None):
     return {"tweets": 3, "glue/sst2": 2, "digits": 10, "cifar10": 10}[dataset]
 
 
+def text_pairs(examples):
+    """The `(sources, references)` lists of strings of a tf.data split of
+    translation examples (`{"encoder_text", "decoder_text"}`)."""
+    sources, references = [], []
+    for example in examples.as_numpy_iterator():
+        sources.append(example["encoder_text"].decode())
+        references.append(example["decoder_text"].decode())
+    return sources, references
+
+
 def text_sample(task, examples, limit=None):
     """The strings of a raw training set's first `limit` examples (all of them
     when `limit` is None), for a vocabulary."""

@@ -96,7 +96,8 @@ def _preprocess(task_model, examples, task):
     return arrays
 
 
-def _refuse(path, why):
+def refuse_output_dir(path, why):
+    """The ValueError refusing to write in `path` (`why`: what it holds)."""
     return ValueError(
         f"{path} {why}; nothing there is overwritten. Choose a new or empty "
         f"--output-dir. Received: output_dir={path!r}"
@@ -107,16 +108,16 @@ def _check_prepare_dir(path, options):
     """True when `path` already holds the complete data of `options`; False
     when it is new or empty; else a ValueError naming `output_dir`."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise _refuse(path, "is a file")
+        raise refuse_output_dir(path, "is a file")
     entries = os.listdir(path) if os.path.isdir(path) else []
     if not entries:
         return False
     if MANIFEST not in entries:
-        raise _refuse(path, "is not empty and holds no prepared data (no manifest.json)")
+        raise refuse_output_dir(path, "is not empty and holds no prepared data (no manifest.json)")
     try:
         load(path, options)
     except ValueError as error:
-        raise _refuse(path, f"holds prepared data that is not this one ({error})") from None
+        raise refuse_output_dir(path, f"holds prepared data that is not this one ({error})") from None
     return True
 
 

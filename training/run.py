@@ -449,13 +449,11 @@ def _train(config):
             )
             metrics.update(_utilization(config, task_model, train_batches, timer, replicas))
         if prepared is None:
-            pairs = [(x["encoder_text"].decode(), x["decoder_text"].decode())
-                     for x in test.as_numpy_iterator()]
-            sources, references = zip(*pairs)
+            sources, references = data.text_pairs(test)
         else:
             sources, references = prepared.texts("test", config.eval_examples)
-        hypotheses = evaluation.beam_decode(task_model, list(sources), config.beam_width)
-        metrics.update(evaluation.translation_scores(hypotheses, list(references)))
+        hypotheses = evaluation.beam_decode(task_model, sources, config.beam_width)
+        metrics.update(evaluation.translation_scores(hypotheses, references))
         translations = [{"source": s, "reference": r, "translation": h}
                         for s, r, h in zip(sources, references, hypotheses)]
         metrics["examples"] = translations[:5]

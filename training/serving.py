@@ -1,4 +1,5 @@
-"""Translate text with an exported Seq2SeqLM: a local SavedModel or TF Serving.
+"""Translate text with an exported Seq2SeqLM (a local SavedModel or TF Serving)
+or with a translator preset.
 
 The exported graph takes token ids (see `collab_keras.training.export`); this
 client does the text part with the preprocessor saved beside it in
@@ -9,6 +10,11 @@ with `generate_preprocess`, calls the `translate` (greedy) or
     collab-keras translate --model exports/nmt "In the beginning"
     collab-keras translate --server localhost:8501 --model-name nmt \\
         --vocabulary exports/nmt "In the beginning"
+    collab-keras translate --preset bible_en_de_collaborative "In the beginning"
+
+A preset (`--preset`, a registered name or a preset folder) is loaded with
+`from_preset` and decodes in this process with beam search
+(`collab_keras.training.preset.translate`); no export is involved.
 
 Python: `translate(texts, model=...)` or `translate(texts, server=...,
 vocabulary=...)`.
@@ -269,13 +275,17 @@ def translate_main(argv=None):
     parser = argparse.ArgumentParser(
         prog="collab-keras translate",
         description="Translate with an exported Transformer-NMT model, locally "
-        "or through TF Serving's REST API.",
+        "or through TF Serving's REST API, or with a translator preset.",
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--model", help="export folder (a version or the base folder)"
     )
     where.add_argument("--server", help="TF Serving REST address HOST:PORT")
+    where.add_argument(
+        "--preset",
+        help="a translator preset: bible_en_de_collaborative or a preset folder",
+    )
     parser.add_argument(
         "--vocabulary",
         help="with --server: the export folder whose saved vocabulary tokenizes",
@@ -287,6 +297,12 @@ def translate_main(argv=None):
         "--beam", action="store_true", help="beam search (translate_beam)"
     )
     parser.add_argument(
+        "--beam-width",
+        type=int,
+        help="with --preset: beams of the beam search, 1 for greedy (default: "
+        "the width of the preset's recorded test scores)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds (--server)"
     )
     parser.add_argument(
@@ -295,6 +311,10 @@ def translate_main(argv=None):
     args = parser.parse_args(argv)
     if args.server is not None and args.vocabulary is None:
         parser.error("--server needs --vocabulary (the exported model folder)")
+    if args.preset is not None and args.beam:
+        parser.error("--beam picks an export's signature; with --preset pass --beam-width")
+    if args.preset is None and args.beam_width is not None:
+        parser.error("--beam-width goes with --preset (an export's beams are fixed: --beam)")
     texts = args.texts or [
         line.rstrip("\n") for line in sys.stdin if line.strip()
     ]
@@ -303,15 +323,22 @@ def translate_main(argv=None):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            translations = translate(
-                texts,
-                model=args.model,
-                server=args.server,
-                vocabulary=args.vocabulary,
-                model_name=args.model_name,
-                beam=args.beam,
-                timeout=args.timeout,
-            )
+            if args.preset is not None:
+                from collab_keras.training import preset
+
+                translations = preset.translate(
+                    texts, args.preset, args.beam_width
+                )
+            else:
+                translations = translate(
+                    texts,
+                    model=args.model,
+                    server=args.server,
+                    vocabulary=args.vocabulary,
+                    model_name=args.model_name,
+                    beam=args.beam,
+                    timeout=args.timeout,
+                )
         for warning in caught:
             if issubclass(warning.category, UserWarning):
                 print(f"collab-keras translate: warning: {warning.message}", file=sys.stderr)

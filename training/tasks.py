@@ -3,8 +3,9 @@
 `--preset` is either a size-only architecture name of the family's backbone
 (`<Backbone>.architectures`: random weights, trained from scratch with a
 vocabulary trained on the run's data) or a pretrained preset (a keras-hub
-preset folder or handle, a folder written by `save_to_preset`, or
-"all_minilm_l6_v2"), whose tokenizer and weights are loaded.
+preset folder or handle, a folder written by `save_to_preset`, or an offline
+preset name: "all_minilm_l6_v2", "bible_en_de_collaborative"), whose
+tokenizer and weights are loaded.
 """
 
 import ast
@@ -58,16 +59,18 @@ def is_architecture(task, preset):
 
 def check_preset(task, preset):
     """Raises a ValueError naming `preset` when it is neither kind."""
+    from collab_keras.models.presets import OFFLINE_PRESETS
+
     backbone_cls, _ = _families()[task]
     if preset is None or preset in backbone_cls.architectures:
         return
-    if os.path.isdir(preset) or preset == "all_minilm_l6_v2" or "://" in preset:
+    if os.path.isdir(preset) or preset in OFFLINE_PRESETS or "://" in preset:
         return
     raise ValueError(
         f"`--preset` must be an architecture of {backbone_cls.__name__} "
         f"({', '.join(sorted(backbone_cls.architectures))}), a preset folder, "
-        f"a preset handle (kaggle://..., hf://...) or 'all_minilm_l6_v2'. "
-        f"Received: preset={preset!r}"
+        f"a preset handle (kaggle://..., hf://...) or one of "
+        f"{sorted(OFFLINE_PRESETS)}. Received: preset={preset!r}"
     )
 
 
