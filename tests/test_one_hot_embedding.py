@@ -44,3 +44,27 @@ def test_mixed_precision_output_dtype():
     out = layer(np.zeros((2, 3), "int32"))
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert layer.embeddings.dtype == "float32"
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_gradient_benchmark_prints_equal_gradients_on_every_backend(backend):
+    # benchmarks/embedding_gradient.py: the table of issue 24's check, at a
+    # tiny size; its float32 row compares the two layers' gradients.
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "embedding_gradient.py"),
+         "--batch", "2", "--length", "16", "--width", "8", "--repeats", "2"],
+        env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": root},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| float32")
+            or line.startswith("| mixed_bfloat16")]
+    assert [row[1].strip() for row in rows] == ["float32", "mixed_bfloat16"]
+    assert f"backend {backend}" in result.stdout
+    assert float(rows[0][5]) < 1e-5  # float32: the same gradient
+    assert float(rows[1][5]) < 1e-1  # bfloat16: the lookup's rounding
