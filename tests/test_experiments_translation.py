@@ -141,7 +141,7 @@ def test_records_time_to_baseline_and_paired_bootstrap(tmp_path, vocabulary):
 def test_archive_leaves_out_checkpoints_and_models(tmp_path):
     run_dir = tmp_path / "grid" / "runs" / "concatenate_64_seed0"
     for name in ("metrics.json", "checkpoints/step-00000004/model.weights.h5", "model/model.weights.h5",
-                 "logs/events"):
+                 "logs/events", "learning_curves.png"):
         (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / name).write_text(name)
     (tmp_path / "grid" / "translation_bible.json").write_text("{}")

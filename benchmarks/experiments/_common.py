@@ -15,8 +15,9 @@ rerunning the command completes the grid. With `--data DIR` (a folder of
 train ... --data DIR` subprocess, `--parallel` at a time sharing the card
 (each with `XLA_PYTHON_CLIENT_MEM_FRACTION` = 0.8 / parallel), which needs
 no TensorFlow; `--archive FILE` writes, after every finished run, a .tar.gz
-of the output folder without the runs' `checkpoints/` and `model/` (the
-records, small enough to carry back from a GPU machine).
+of the output folder without the runs' `checkpoints/`, `model/` and
+`learning_curves.png` (the records, small enough to carry back from a GPU
+machine and to travel with the tree on the next call).
 """
 
 import dataclasses
@@ -263,8 +264,10 @@ def print_header(title, env):
 # ---------------------------------------------------------------------------
 # Grids of `collab-keras train` runs (see the module doc).
 
-# What a run folder holds that is too large to carry: left out of --archive.
-NOT_ARCHIVED = ("checkpoints", "model")
+# What a run folder holds that is too large to carry: left out of --archive
+# (learning_curves.png: 40 kB a run, redrawn from learning_curves.jsonl with
+# collab_keras.training.evaluation.plot_learning_curves).
+NOT_ARCHIVED = ("checkpoints", "model", "learning_curves.png")
 
 
 def add_grid_arguments(parser, task):
@@ -276,7 +279,7 @@ def add_grid_arguments(parser, task):
     parser.add_argument("--deadline", type=float, default=math.inf,
                         help="seconds from the start after which no run starts")
     parser.add_argument("--archive", default=None,
-                        help="a new .tar.gz: the output folder without checkpoints/ and model/, "
+                        help="a new .tar.gz: the output folder without checkpoints/, model/, learning_curves.png, "
                              "rewritten after every finished run")
 
 
@@ -387,7 +390,7 @@ def train_in_processes(configs, args, started, after_each):
 
 def write_archive(output_dir, path):
     """Writes `path`, a .tar.gz of `output_dir` (its name the top folder)
-    without the runs' `checkpoints/` and `model/`, through a temporary file."""
+    without what `NOT_ARCHIVED` names, through a temporary file."""
     def keep(info):
         parts = info.name.split("/")
         return None if set(parts[1:]) & set(NOT_ARCHIVED) else info

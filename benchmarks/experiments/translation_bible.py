@@ -41,7 +41,8 @@ finished grid prints its table again. A `transformer_small` run's checkpoint
 large to carry to and from a GPU machine that takes 64 MiB a call: there
 the unit is a run that finishes within one call, and `--archive FILE`
 writes (again after every finished run) a .tar.gz of the output folder
-without `checkpoints/` and `model/`: the records to carry back.
+without `checkpoints/`, `model/` and the learning curves' figures: the
+records to carry back.
 
 The table (mean ± std over seeds), printed last and written to
 `translation_bible.json` with every run's record: BLEU and chrF with
