@@ -446,8 +446,14 @@ def preprocess(preprocessor, data):
     x, _, _ = keras.utils.unpack_x_y_sample_weight(preprocessor(data))
     if not isinstance(x, dict):
         return keras.ops.convert_to_numpy(x)
-    x = {k: keras.ops.convert_to_numpy(v) for k, v in x.items()}
-    if "padding_mask" in x:
+    return cut_padding({k: keras.ops.convert_to_numpy(v) for k, v in x.items()})
+
+
+def cut_padding(x):
+    """Text inputs (a dict of numpy arrays with a `padding_mask`) cut after
+    the longest sequence, which changes no unpadded output; other inputs
+    unchanged."""
+    if isinstance(x, dict) and "padding_mask" in x:
         length = max(1, int(x["padding_mask"].astype(bool).sum(1).max()))
         x = {k: v[:, :length] for k, v in x.items()}
     return x

@@ -20,6 +20,7 @@ from tests.test_training_prepared import nmt_data  # noqa: F401 (a fixture)
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "experiments")
 sys.path.insert(0, os.path.abspath(EXPERIMENTS))
 translation_bible = pytest.importorskip("translation_bible")
+import _common  # noqa: E402 (benchmarks/experiments/, on the path above)
 SCRIPT = os.path.join(EXPERIMENTS, "translation_bible.py")
 TOKENS = ["[PAD]", "[START]", "[END]", "[UNK]", "a", "b"]
 
@@ -58,7 +59,7 @@ def test_data_runs_take_the_manifest_options_and_are_collab_keras_train(nmt_data
     parser = argparse_parser()
     for _, _, config in grid:
         assert config.data == str(nmt_data) and config.max_train_examples == 128
-        argv = translation_bible.command(config)
+        argv = _common.command(config)
         assert argv[:5] == [sys.executable, "-m", "collab_keras.training", "train", "nmt"]
         # The subprocess's own parser makes the very same run.
         parsed = parser.parse_args(argv[3:])
@@ -140,11 +141,11 @@ def test_records_time_to_baseline_and_paired_bootstrap(tmp_path, vocabulary):
 def test_archive_leaves_out_checkpoints_and_models(tmp_path):
     run_dir = tmp_path / "grid" / "runs" / "concatenate_64_seed0"
     for name in ("metrics.json", "checkpoints/step-00000004/model.weights.h5", "model/model.weights.h5",
-                 "logs/events"):
+                 "logs/events", "learning_curves.png"):
         (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / name).write_text(name)
     (tmp_path / "grid" / "translation_bible.json").write_text("{}")
-    translation_bible.write_archive(str(tmp_path / "grid"), str(tmp_path / "records.tar.gz"))
+    _common.write_archive(str(tmp_path / "grid"), str(tmp_path / "records.tar.gz"))
     with tarfile.open(tmp_path / "records.tar.gz") as archive:
         files = {m.name for m in archive.getmembers() if m.isfile()}
     assert files == {"grid/translation_bible.json", "grid/runs/concatenate_64_seed0/metrics.json",

@@ -16,6 +16,11 @@ On resume every link of that chain is checked: `latest.json` names a
 the recorded checksum and says step N, the weight files have theirs. Any
 mismatch is a ValueError naming the file; nothing is deleted.
 
+With early stopping (`Checkpointer(early_stopping=...)`) the checkpoint of
+the best validation score so far is kept too (it is the one the history in
+the latest checkpoint names, so an interrupted run finds it), and the run
+ends with its weights (`restore_weights`).
+
 Files and folders written here honour the process umask (as `open` does),
 although they are made through `tempfile`, which creates them private.
 """
@@ -38,6 +43,14 @@ import numpy as np
 TMP_PREFIX = ".tmp-"
 CHECKPOINT_NAME = re.compile(r"step-([0-9]{8})")
 WEIGHT_FILES = ("model.weights.h5", "seeds.npz")
+# The validation score early stopping watches, per task, and which way is
+# better: `keras.callbacks.EarlyStopping`'s `monitor` and `mode`.
+EARLY_STOPPING = {
+    "nmt": ("val_loss", "min"),
+    "bert-mlm": ("val_loss", "min"),
+    "bert-classify": ("val_sparse_categorical_accuracy", "max"),
+    "vit": ("val_sparse_categorical_accuracy", "max"),
+}
 
 
 def _umask():
@@ -111,6 +124,35 @@ def _seed_variables(model):
     return [v for v in model.variables if id(v) not in weights]
 
 
+def early_stopping(history, monitor, mode, patience):
+    """What `keras.callbacks.EarlyStopping(monitor, mode=mode, patience=
+    patience, restore_best_weights=True)` decides over epochs that logged
+    `history` (one dict of logs per epoch, from the first): the same
+    comparisons (strictly better than the best so far; an epoch without
+    `monitor` is skipped), as a function of the history alone, so that a
+    resumed run decides as an uninterrupted one.
+
+    Returns:
+        `(best, stopped)`: the index in `history` of the epoch whose weights
+        the callback restores (None when no epoch logged `monitor`), and of
+        the epoch after which it stops training (None: training goes on).
+    """
+    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+    best_value, best, wait = None, None, 0
+    for index, logs in enumerate(history):
+        current = logs.get(monitor)
+        if current is None:
+            continue
+        wait += 1
+        # The first value is the best so far, whatever it is (NaN too).
+        if best is None or better(current, best_value):
+            best_value, best, wait = current, index, 0
+            continue
+        if wait >= patience and index > 0:
+            return best, index
+    return best, None
+
+
 class Checkpointer(keras.callbacks.Callback):
     """Saves a resumable checkpoint at the end of every Keras epoch, and stops
     training at a non-finite loss.
@@ -129,14 +171,18 @@ class Checkpointer(keras.callbacks.Callback):
         history: the per-epoch logs of the epochs before this `fit`. Each
             epoch appends its logs with `step` (optimizer steps so far) and
             `seconds` (wall seconds of training so far, over resumes).
+        early_stopping: None, or `(monitor, mode, patience)`: training stops
+            where `early_stopping()` says over the history, and the best
+            epoch's checkpoint is kept beside the latest one.
     """
 
-    def __init__(self, directory, steps_per_epoch, fingerprint, history):
+    def __init__(self, directory, steps_per_epoch, fingerprint, history, early_stopping=None):
         super().__init__()
         self.directory = directory
         self.steps_per_epoch = steps_per_epoch
         self.fingerprint = fingerprint
         self.history = history
+        self.early_stopping = early_stopping
         self.diverged_at = None
         self._epoch = 0
 
@@ -163,7 +209,19 @@ class Checkpointer(keras.callbacks.Callback):
         # checkpoint writes of earlier epochs too), summed over resumes.
         entry["seconds"] = round(self._seconds_before + time.perf_counter() - self._started, 3)
         self.history.append(entry)
-        save(self.model, self.directory, entry["step"], self.history, self.fingerprint)
+        keep = ()
+        if self.early_stopping is not None:
+            monitor = self.early_stopping[0]
+            if monitor not in entry:
+                raise RuntimeError(
+                    f"Early stopping watches {monitor}, which this run does not log "
+                    f"(it logs {sorted(entry)}). Received: monitor={monitor!r}"
+                )
+            best, stopped = early_stopping(self.history, *self.early_stopping)
+            keep = (self.history[best]["step"],)
+            if stopped is not None:
+                self.model.stop_training = True
+        save(self.model, self.directory, entry["step"], self.history, self.fingerprint, keep)
 
 
 def _check_room(model, directory):
@@ -188,8 +246,9 @@ def _check_room(model, directory):
         )
 
 
-def save(model, directory, step, history, fingerprint):
-    """Writes checkpoint `step-<step>` atomically and points `latest` to it."""
+def save(model, directory, step, history, fingerprint, keep=()):
+    """Writes checkpoint `step-<step>` atomically and points `latest` to it;
+    then removes the other checkpoints but those of the steps in `keep`."""
     os.makedirs(directory, exist_ok=True)
     _check_room(model, directory)
     name = f"step-{step:08d}"
@@ -212,10 +271,16 @@ def save(model, directory, step, history, fingerprint):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_json(os.path.join(directory, "latest.json"),
-                      {"checkpoint": name, "state_sha256": state_sha256})
+    # The kept ones' state.json checksums too, so that `restore_weights`
+    # trusts them as `restore` trusts the latest.
+    kept = {f"step-{k:08d}" for k in keep} - {name}
+    pointer = {"checkpoint": name, "state_sha256": state_sha256}
+    if kept:
+        pointer["kept"] = {k: sha256(os.path.join(directory, k, "state.json")) for k in sorted(kept)}
+    atomic_write_json(os.path.join(directory, "latest.json"), pointer)
+    kept.add(name)
     for entry in os.listdir(directory):
-        if CHECKPOINT_NAME.fullmatch(entry) and entry != name:
+        if CHECKPOINT_NAME.fullmatch(entry) and entry not in kept:
             shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
 
 
@@ -226,16 +291,24 @@ def _unusable(path, why, received):
     )
 
 
-def _read_verified(directory):
-    """The checkpoint folder `latest.json` points to and its state, each
-    link of the chain checked (see the module doc)."""
+def _read_pointer(directory):
+    """The contents of `latest.json`, or a ValueError naming it."""
     latest = os.path.join(directory, "latest.json")
     try:
         with open(latest, encoding="utf-8") as file:
             pointer = json.load(file)
-        name = pointer["checkpoint"]
+        pointer["checkpoint"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise _unusable(latest, f"is unreadable ({error})", f"checkpoint={latest!r}") from None
+    return pointer
+
+
+def _read_verified(directory):
+    """The checkpoint folder `latest.json` points to and its state, each
+    link of the chain checked (see the module doc)."""
+    latest = os.path.join(directory, "latest.json")
+    pointer = _read_pointer(directory)
+    name = pointer["checkpoint"]
     match = CHECKPOINT_NAME.fullmatch(name) if isinstance(name, str) else None
     if not match:
         raise _unusable(latest, "must name a step-NNNNNNNN folder of checkpoints/",
@@ -251,9 +324,16 @@ def _read_verified(directory):
     if sha256(state_file) != pointer["state_sha256"]:
         raise _unusable(state_file, "does not match the checksum in latest.json "
                         "(edited or corrupted)", f"checkpoint={name!r}")
+    return path, _verified_state(path, int(match.group(1)))
+
+
+def _verified_state(path, step):
+    """The state of the checkpoint folder `path` of `step`, its weight files
+    checked against the checksums it records."""
+    name = os.path.basename(path)
+    state_file = os.path.join(path, "state.json")
     with open(state_file, encoding="utf-8") as file:
         state = json.load(file)
-    step = int(match.group(1))
     if state.get("step") != step:
         raise _unusable(state_file, f"says step {state.get('step')!r}, its folder step {step}",
                         f"checkpoint={name!r}")
@@ -263,7 +343,7 @@ def _read_verified(directory):
         if not os.path.isfile(weights) or sha256(weights) != expected:
             raise _unusable(weights, "is corrupt or truncated (its SHA-256 is not the "
                             "one recorded in state.json)", f"checkpoint={weights!r}")
-    return path, state
+    return state
 
 
 def restore(model, directory, fingerprint):
@@ -300,3 +380,27 @@ def restore(model, directory, fingerprint):
         raise _unusable(weights, f"cannot be loaded ({error})",
                         f"checkpoint={weights!r}") from error
     return state["step"], state["history"]
+
+
+def restore_weights(model, directory, step):
+    """Loads the weights of the kept checkpoint of `step` (early stopping's
+    best) into `model`; its files are checked as `restore` checks them."""
+    latest, _ = _read_verified(directory)
+    name = f"step-{step:08d}"
+    path = os.path.join(directory, name)
+    if name != os.path.basename(latest):
+        state_file = os.path.join(path, "state.json")
+        expected = _read_pointer(directory).get("kept", {}).get(name)
+        if not os.path.isfile(state_file) or expected is None:
+            raise _unusable(path, "is missing or not kept by latest.json (the best "
+                            "checkpoint of early stopping)", f"checkpoint={name!r}")
+        if sha256(state_file) != expected:
+            raise _unusable(state_file, "does not match the checksum in latest.json "
+                            "(edited or corrupted)", f"checkpoint={name!r}")
+        _verified_state(path, step)
+    weights = os.path.join(path, "model.weights.h5")
+    try:
+        model.load_weights(weights)
+    except Exception as error:
+        raise _unusable(weights, f"cannot be loaded ({error})",
+                        f"checkpoint={weights!r}") from error

@@ -20,6 +20,7 @@ import sys
 from collab_keras.training import data
 from collab_keras.training import prepared
 from collab_keras.training import tasks
+from collab_keras.training.config import CALIBRATIONS
 from collab_keras.training.config import STRATEGIES
 from collab_keras.training.config import RunConfig
 
@@ -89,6 +90,12 @@ def _train_parser(subparsers):
     p.add_argument("--shared-key-dim", type=int,
                    help="total query/key width D̃_k: shared by collaborative heads, "
                         "or split across concatenated heads (reduced-key baseline)")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default=defaults.calibration,
+                   help="what the conversion of a pretrained preset to collaborative heads "
+                        "fits on: auto (synthetic inputs below the full width), none "
+                        "(the weights alone), synthetic, train (the first "
+                        "--calibration-examples training examples)")
+    p.add_argument("--calibration-examples", type=int, default=defaults.calibration_examples)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size,
                    help="global batch size, divided across replicas")
     p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
@@ -101,6 +108,13 @@ def _train_parser(subparsers):
                    help="gradient clipping by global norm (0: off)")
     p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
                    help="nmt: label smoothing of the token loss, in [0, 1)")
+    p.add_argument("--augment-shift", type=int, default=defaults.augment_shift,
+                   help="vit with --data: shift each training image by up to N pixels "
+                        "(random, per image; 0: off)")
+    p.add_argument("--early-stopping-patience", type=int,
+                   help="stop after this many checkpoints without a better validation score "
+                        "(accuracy; nmt, bert-mlm: loss) and end with the best checkpoint's "
+                        "weights (default: off)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16")
     p.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
                    help="XLA compilation (default: Keras' auto)")

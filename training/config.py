@@ -18,6 +18,9 @@ from collab_keras.argument_checks import check_integer
 from collab_keras.training import data
 
 ATTENTIONS = ("concatenate", "collaborative")
+# What a pretrained preset converted to collaborative heads is calibrated on
+# (see `RunConfig.calibration`).
+CALIBRATIONS = ("auto", "none", "synthetic", "train")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker", "tpu", "data-parallel", "model-parallel")
 # The settings that name files or folders, read relative to a config file's folder.
 PATHS = ("output_dir", "vocabulary_file", "data_dir", "data")
@@ -42,6 +45,16 @@ class RunConfig:
             summed query/key width of the heads (the paper's baseline at a
             reduced key size: `shared_key_dim // num_heads` per head, values
             unchanged; a multiple of the architecture's `num_heads`).
+        calibration: what the conversion of a pretrained (concatenated)
+            preset to collaborative heads fits the attention logits on:
+            `"auto"` (the zoo's default: the backbone's synthetic inputs
+            below the full width, the weights alone at it), `"none"` (the
+            weights alone: tensor-only), `"synthetic"` (the backbone's
+            random token sequences) or `"train"` (the first
+            `calibration_examples` training examples: data-aware). Anything
+            but `"auto"` needs a run that converts (a pretrained preset and
+            `attention="collaborative"`).
+        calibration_examples: training examples of `calibration="train"`, >= 1.
         dataset: a dataset name of `data.datasets_for(task)`.
         data_dir: tensorflow-datasets' data folder.
         source, target: bible.db version codes (translation and MLM on `bible`).
@@ -66,6 +79,17 @@ class RunConfig:
             reference token to a uniform distribution over the vocabulary
             in the training loss (Szegedy et al. 2016; 0.1 in Vaswani et al.
             2017). 0: the task's plain cross-entropy.
+        augment_shift: `vit` from `data` only: shift every training image by
+            a random whole number of pixels in [-N, N] along each axis (zero
+            fill), drawn per image from the seed and the step (so a resumed
+            run sees the same images); 0: off. >= 0.
+        early_stopping_patience: None (off), or stop training when this many
+            checkpoints in a row bring no improvement of the validation
+            score (`checkpoint.EARLY_STOPPING`: accuracy for the classification tasks,
+            loss for the others), as `keras.callbacks.EarlyStopping(patience=
+            ..., restore_best_weights=True)` does with one Keras epoch per
+            checkpoint; the run then ends with the weights of its best
+            checkpoint. >= 0.
         mixed_precision: train in `mixed_bfloat16`.
         jit_compile: None (Keras' "auto"), True or False.
         strategy: see `distribution.STRATEGIES`.
@@ -91,6 +115,8 @@ class RunConfig:
     overrides: dict = dataclasses.field(default_factory=dict)
     attention: str = "collaborative"
     shared_key_dim: int = None
+    calibration: str = "auto"
+    calibration_examples: int = 64
     dataset: str = None
     data_dir: str = None
     source: str = None
@@ -107,6 +133,8 @@ class RunConfig:
     weight_decay: float = 0.01
     clip_norm: float = 1.0
     label_smoothing: float = 0.0
+    augment_shift: int = 0
+    early_stopping_patience: int = None
     mixed_precision: bool = False
     jit_compile: bool = None
     strategy: str = "auto"
@@ -148,6 +176,11 @@ class RunConfig:
             raise ValueError(
                 f"`attention` must be one of {ATTENTIONS}. Received: attention={self.attention!r}"
             )
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(
+                f"`calibration` must be one of {CALIBRATIONS}. "
+                f"Received: calibration={self.calibration!r}"
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"`strategy` must be one of {STRATEGIES}. Received: strategy={self.strategy!r}"
@@ -175,6 +208,17 @@ class RunConfig:
         if self.attention == "concatenate" and self.shared_key_dim is not None:
             self._check_key_size_splits()
         positive("cpu_devices", allow_none=True)
+        positive("calibration_examples")
+        positive("early_stopping_patience", 0, allow_none=True)
+        if self.calibration != "auto":
+            self._check_conversion()
+        positive("augment_shift", 0)
+        if self.augment_shift and (self.task != "vit" or self.data is None):
+            raise ValueError(
+                "`augment_shift` shifts the images of a `vit` run from prepared data "
+                f"(`--data`). Received: augment_shift={self.augment_shift}, "
+                f"task={self.task!r}, data={self.data!r}"
+            )
         positive("max_train_examples", allow_none=True)
         for name in ("mixed_precision", "deterministic", "export"):
             setattr(self, name, check_bool(name, getattr(self, name)))
@@ -227,6 +271,20 @@ class RunConfig:
                 "query/key size of the concatenated heads) must be a multiple "
                 f"of `num_heads`. Received: shared_key_dim={self.shared_key_dim}, "
                 f"num_heads={num_heads}"
+            )
+
+    def _check_conversion(self):
+        """A `calibration` other than "auto" needs a run that converts a
+        pretrained preset to collaborative heads."""
+        from collab_keras.training import tasks
+
+        if self.attention != "collaborative" or tasks.is_architecture(self.task, self.preset):
+            raise ValueError(
+                "`calibration` applies to the conversion of a pretrained preset "
+                "to collaborative heads (a pretrained `preset` and "
+                "attention='collaborative'). Received: "
+                f"calibration={self.calibration!r}, preset={self.preset!r}, "
+                f"attention={self.attention!r}"
             )
 
     def to_json(self):

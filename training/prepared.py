@@ -52,6 +52,8 @@ VERSIONED = ("collab-keras", "keras", "keras-hub", "numpy", "tensorflow", "tenso
 # Batches are grouped by length inside pools of this many batches, so each
 # batch pads to a length near its own longest example.
 POOL_BATCHES = 64
+# The third word of the seed of a batch's image shifts: (seed, batch, this).
+SHIFT_STREAM = 0x5817
 
 
 def _version(package):
@@ -310,17 +312,22 @@ class Batches(keras.utils.PyDataset):
     up to a bucket (a multiple of a quarter of the padded length, at least
     8), so few shapes are compiled and padding does not dominate.
 
+    Training batches of images may be augmented (`shift`, see
+    `shift_images`), each batch with a generator seeded by (seed, batch
+    number in the run), so a resumed run sees the same images.
+
     Args:
         arrays: a split's named arrays (`Prepared.splits[split]`).
         batch_size: examples per batch (global, divided across replicas).
         seed: the data-order seed, or None for evaluation.
         steps: the run's total optimizer steps (training).
         skip: batches already trained (a resumed run).
+        shift: training images: shift each by up to this many pixels.
     """
 
-    def __init__(self, arrays, batch_size, seed=None, steps=None, skip=0):
+    def __init__(self, arrays, batch_size, seed=None, steps=None, skip=0, shift=0):
         super().__init__()
-        self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
+        self.arrays, self.batch_size, self.seed, self.shift = arrays, batch_size, seed, shift
         self.count = len(arrays["y"])
         self.lengths = lengths(arrays)
         if self.lengths is not None:
@@ -380,4 +387,25 @@ class Batches(keras.utils.PyDataset):
             if length is not None and values.ndim == 2:  # (batch, sequence)
                 values = values[:, :length]
             batch[name] = values
+        if self.shift and self.seed is not None:
+            rng = np.random.default_rng((self.seed, self.first + index, SHIFT_STREAM))
+            batch["x"] = shift_images(batch["x"], self.shift, rng)
         return _unpack(batch)
+
+
+def shift_images(images, shift, rng):
+    """Each image of `images` (batch, height, width, channels: channels
+    last, as the zoo's image converter writes them) moved by a
+    random whole number of pixels in [-shift, shift] along each axis, the
+    uncovered border filled with zeros (the digits' background): random
+    translation, the usual augmentation of small digit images.
+
+    Args:
+        images: numpy array.
+        shift: the largest move, in pixels.
+        rng: a `numpy.random.Generator`.
+    """
+    batch, height, width = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+    rows, columns = rng.integers(0, 2 * shift + 1, (2, batch))
+    return np.stack([padded[i, r:r + height, c:c + width] for i, (r, c) in enumerate(zip(rows, columns))])

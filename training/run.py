@@ -337,9 +337,13 @@ def _train(config):
                 f"{config.vocabulary_file or config.data!r}"
             )
 
+    calibration = None
+    if config.calibration == "train":
+        calibration = _calibration_examples(config, prepared, train_examples)
+
     def build():
         keras.utils.set_random_seed(config.seed)
-        return tasks.build(config, vocabulary, num_classes)
+        return tasks.build(config, vocabulary, num_classes, calibration)
 
     if backend == "jax":
         dist = distribution.jax_distribution(config.strategy, build, config.model_parallel)
@@ -380,15 +384,19 @@ def _train(config):
         fit, evaluate = task_model.fit, task_model.evaluate
     else:
         train_batches = prepared_data.Batches(
-            prepared.splits["train"], config.batch_size, config.seed, config.steps, step)
+            prepared.splits["train"], config.batch_size, config.seed, config.steps, step,
+            shift=config.augment_shift)
         validation = _evaluation_batches(prepared, "validation", config)
         # The batches are the preprocessor's outputs: keras.Model's own fit
         # and evaluate take them (keras-hub's would preprocess them again,
         # through tf.data).
         fit = functools.partial(keras.Model.fit, task_model)
         evaluate = functools.partial(keras.Model.evaluate, task_model)
+    early = None
+    if config.early_stopping_patience is not None:
+        early = (*checkpoint.EARLY_STOPPING[config.task], config.early_stopping_patience)
     checkpointer = checkpoint.Checkpointer(
-        checkpoints, config.checkpoint_every, fingerprint, history
+        checkpoints, config.checkpoint_every, fingerprint, history, early
     )
     timer = evaluation.StepTimer()
     callbacks = [checkpointer, timer]
@@ -396,7 +404,10 @@ def _train(config):
         board = evaluation.tensorboard(os.path.join(own_dir, "logs"), uses_tensorflow(config))
         callbacks += [board] if board is not None else []
     started = time.perf_counter()
-    if step < config.steps:  # a finished run is only evaluated again
+    # A finished run (at its last step, or stopped early) is only evaluated again.
+    done = step >= config.steps or (
+        early is not None and checkpoint.early_stopping(history, *early)[1] is not None)
+    if not done:
         fit(
             train_batches,
             epochs=config.steps // config.checkpoint_every,
@@ -419,7 +430,18 @@ def _train(config):
             + "Try a lower --learning-rate or a --clip-norm, in a new --output-dir. "
             f"Received: learning_rate={config.learning_rate}"
         )
-    trained_steps = config.steps - step
+    trained_steps = (history[-1]["step"] if history else step) - step
+    stopping = None
+    if early is not None and history:
+        # As keras.callbacks.EarlyStopping(restore_best_weights=True): the
+        # run ends with the weights of its best checkpoint.
+        best, stopped = checkpoint.early_stopping(history, *early)
+        stopping = {"monitor": early[0], "patience": early[2], "best": history[best][early[0]],
+                    "best_step": history[best]["step"],
+                    "stopped_step": None if stopped is None else history[stopped]["step"]}
+        if stopping["best_step"] != history[-1]["step"]:
+            with distribution.scope(strategy):
+                checkpoint.restore_weights(task_model, checkpoints, stopping["best_step"])
 
     if prepared is None:
         test = load("test").take(config.eval_examples)
@@ -437,6 +459,8 @@ def _train(config):
         if trained_steps else None,
         step_seconds=timer.median(),
     )
+    if stopping is not None:
+        metrics["early_stopping"] = stopping
     if config.task == "bert-mlm":
         metrics["test_perplexity"] = evaluation.perplexity(metrics["test_loss"])
     if config.task == "nmt":
@@ -483,6 +507,29 @@ def _train(config):
                 "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in translations),
             )
     return metrics
+
+
+def _calibration_examples(config, prepared, train_examples):
+    """The first `calibration_examples` training examples, for a conversion
+    with `calibration="train"`: the backbone's inputs from prepared arrays
+    (padding after the longest cut), else the raw examples of tf.data
+    (strings or images, which the task's preprocessor turns into them)."""
+    from collab_keras.models.zoo_model import cut_padding
+
+    count = config.calibration_examples
+    if prepared is not None:
+        train = prepared.splits["train"]
+        if "x" in train:
+            return train["x"][:count]
+        return cut_padding({k[2:]: v[:count] for k, v in train.items() if k.startswith("x.")})
+    batch = next(iter(train_examples.take(count).batch(count)))
+    x = batch if config.task == "nmt" or config.task == "bert-mlm" else batch[0]
+
+    def raw(values):
+        values = values.numpy()
+        return [v.decode() for v in values] if values.dtype == object else values
+
+    return keras.tree.map_structure(raw, x)
 
 
 def _evaluation_batches(prepared, split, config):

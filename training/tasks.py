@@ -110,14 +110,23 @@ def new_vocabulary(config, train_examples):
     )
 
 
-def build(config, vocabulary=None, num_classes=None):
+def build(config, vocabulary=None, num_classes=None, calibration_data=None):
     """The task model of `config` (uncompiled), with its preprocessor.
+
+    A pretrained preset is loaded with `from_preset`, which converts it to
+    `config.attention` (`collab_keras.reparametrize`, calibrated as
+    `config.calibration` says); a text preprocessor of it takes
+    `config.sequence_length` tokens, at most the backbone's
+    `max_sequence_length`.
 
     Args:
         config: a `RunConfig`.
         vocabulary: the token list for an architecture (size-only) preset;
             ignored for a pretrained preset, whose tokenizer is loaded.
         num_classes: for the classification tasks.
+        calibration_data: with `config.calibration == "train"`, the
+            training examples to calibrate on: raw inputs (strings) or the
+            backbone's inputs (a dict of arrays).
     """
     from collab_keras import models
 
@@ -127,7 +136,25 @@ def build(config, vocabulary=None, num_classes=None):
     length = config.sequence_length
     classes = {} if num_classes is None else {"num_classes": num_classes}
     if not is_architecture(task, config.preset):
-        return task_cls.from_preset(config.preset, **attention, **classes)
+        if config.calibration == "train" and calibration_data is None:
+            raise ValueError(
+                "calibration='train' needs the training examples to calibrate on. "
+                "Received: calibration_data=None"
+            )
+        calibration = {"none": None, "train": calibration_data}.get(
+            config.calibration, config.calibration)
+        task_model = task_cls.from_preset(
+            config.preset, **attention, **classes, calibration_data=calibration)
+        preprocessor = task_model.preprocessor
+        if hasattr(preprocessor, "sequence_length"):
+            limit = task_model.backbone.max_sequence_length
+            if length > limit:
+                raise ValueError(
+                    f"`sequence_length` must be at most the preset's max_sequence_length "
+                    f"{limit}. Received: sequence_length={length}, preset={config.preset!r}"
+                )
+            preprocessor.sequence_length = length
+        return task_model
 
     name = config.preset or DEFAULT_ARCHITECTURE[task]
     overrides = dict(config.overrides)

@@ -41,7 +41,8 @@ finished grid prints its table again. A `transformer_small` run's checkpoint
 large to carry to and from a GPU machine that takes 64 MiB a call: there
 the unit is a run that finishes within one call, and `--archive FILE`
 writes (again after every finished run) a .tar.gz of the output folder
-without `checkpoints/` and `model/`: the records to carry back.
+without `checkpoints/`, `model/` and the learning curves' figures: the
+records to carry back.
 
 The table (mean ± std over seeds), printed last and written to
 `translation_bible.json` with every run's record: BLEU and chrF with
@@ -61,13 +62,9 @@ seed, on the test translations every run saves (`test_translations.jsonl`).
 """
 
 import argparse
-import dataclasses
 import json
 import math
 import os
-import subprocess
-import sys
-import tarfile
 import time
 
 import _common
@@ -75,7 +72,6 @@ import _common
 from collab_keras.models import TransformerNMTBackbone
 from collab_keras.training import data
 from collab_keras.training import prepared
-from collab_keras.training import run
 from collab_keras.training import tasks
 from collab_keras.training import vocabulary as vocabularies
 from collab_keras.training.config import RunConfig
@@ -92,8 +88,6 @@ FORMATS = {
     "steps_to_baseline": "{:.0f}",
     "seconds_to_baseline": "{:.0f}",
 }
-# What a run folder holds that is too large to carry: left out of --archive.
-NOT_ARCHIVED = ("checkpoints", "model")
 # The data options a prepared folder's manifest decides, besides the
 # architecture and the sequence length (RunConfig fields).
 DATA_OPTIONS = ("dataset", "source", "target", "max_train_examples", "vocabulary_size")
@@ -102,14 +96,7 @@ DATA_OPTIONS = ("dataset", "source", "target", "max_train_examples", "vocabulary
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="key sizes d, d/8, one seed, 20 steps, 32 test verses")
-    parser.add_argument("--data", default=None,
-                        help="a folder of `collab-keras prepare nmt`: every run a `collab-keras train nmt --data` "
-                             "subprocess (architecture, vocabulary, length and verses from its manifest)")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at a time with --data, sharing the card")
-    parser.add_argument("--deadline", type=float, default=math.inf, help="seconds from the start after which no run starts")
-    parser.add_argument("--archive", default=None,
-                        help="a new .tar.gz: the output folder without checkpoints/ and model/, "
-                             "rewritten after every finished run")
+    _common.add_grid_arguments(parser, "nmt")  # --data: architecture, vocabulary, length and verses from it
     parser.add_argument("--architecture", default="transformer_tiny", help="without --data")
     parser.add_argument("--key-sizes", default=None,
                         help="default: d/2, d/4, d/8, d/16 of the architecture (the baseline d always runs)")
@@ -133,10 +120,8 @@ def parse(argv=None):
     if args.quick:
         parser.set_defaults(**quick)
         args = parser.parse_args(argv)
-    if args.parallel < 1:
-        raise ValueError(f"`--parallel` must be at least 1. Received: parallel={args.parallel}")
+    _common.check_grid_arguments(args)
     if args.data is not None:
-        args.data = os.path.abspath(args.data)
         options = prepared.read_manifest(args.data)["options"]
         if options["preset"] not in TransformerNMTBackbone.architectures:
             raise ValueError(
@@ -153,10 +138,6 @@ def parse(argv=None):
                     f"another folder. Received: {name}={given!r}, data={args.data!r}"
                 )
             setattr(args, name, value)
-    if args.archive is not None:
-        args.archive = os.path.abspath(args.archive)
-        if os.path.exists(args.archive):
-            raise ValueError(f"`--archive` must be a new file; nothing is overwritten. Received: archive={args.archive!r}")
     d = TransformerNMTBackbone.architectures[args.architecture]["hidden_dim"]
     if args.key_sizes is None:
         args.key_sizes = ",".join(str(d // f) for f in ((8,) if args.quick else (2, 4, 8, 16)))
@@ -211,90 +192,10 @@ def run_configs(args, vocabulary_file, runs_dir):
     return configs
 
 
-def command(config):
-    """`python -m collab_keras.training train nmt ...`: the command line of
-    `config` (the settings that differ from `RunConfig`'s defaults)."""
-    defaults = RunConfig(task=config.task, output_dir="-")
-    arguments = [sys.executable, "-m", "collab_keras.training", "train", config.task,
-                 "--output-dir", config.output_dir]
-    for field in dataclasses.fields(RunConfig):
-        value = getattr(config, field.name)
-        if field.name in ("task", "output_dir") or value == getattr(defaults, field.name):
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        if field.name == "overrides":
-            arguments += [item for k, v in value.items() for item in ("--set", f"{k}={v!r}")]
-        elif field.name == "export":
-            arguments.append("--no-export")
-        elif field.name == "jit_compile":
-            arguments.append(flag if value else "--no-jit-compile")
-        elif isinstance(value, bool):
-            arguments.append(flag)
-        else:
-            arguments += [flag, str(value)]
-    return arguments
-
-
-def finished(config):
-    return os.path.exists(os.path.join(config.output_dir, "metrics.json"))
-
-
-def train_in_processes(configs, args, started, after_each):
-    """Runs `configs` as `collab-keras train` subprocesses, `args.parallel`
-    at a time, none started after `args.deadline` seconds from `started`.
-    Each writes its output to `<run folder>.log`; `after_each(config,
-    returncode)` is called as each ends. Returns the configs not started."""
-    environment = dict(os.environ)
-    environment["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.8 / args.parallel:.3f}"
-    environment.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)  # this process's, see main
-    environment.setdefault("COLLAB_KERAS_VERBOSE", "2")  # one line per checkpoint
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [_common.REPOSITORY] + [p for p in [environment.get("PYTHONPATH")] if p])
-    pending, running = list(configs), []
-    try:
-        while pending or running:
-            for process, config, log in list(running):
-                if process.poll() is not None:
-                    log.close()
-                    running.remove((process, config, log))
-                    after_each(config, process.returncode)
-            while pending and len(running) < args.parallel and time.time() - started < args.deadline:
-                config = pending.pop(0)
-                os.makedirs(os.path.dirname(config.output_dir), exist_ok=True)
-                log = open(config.output_dir + ".log", "a", encoding="utf-8")
-                print(f"start {os.path.basename(config.output_dir)}", flush=True)
-                running.append((subprocess.Popen(command(config), stdout=log, stderr=subprocess.STDOUT,
-                                                 env=environment), config, log))
-            if time.time() - started >= args.deadline and not running:
-                break
-            time.sleep(1)
-    finally:  # interrupted: the runs keep their last checkpoints
-        for process, _, log in running:
-            process.terminate()
-            process.wait()
-            log.close()
-    return pending
-
-
-def write_archive(output_dir, path):
-    """Writes `path`, a .tar.gz of `output_dir` (its name the top folder)
-    without the runs' `checkpoints/` and `model/`, through a temporary file."""
-    def keep(info):
-        parts = info.name.split("/")
-        return None if set(parts[1:]) & set(NOT_ARCHIVED) else info
-
-    tmp = path + ".tmp"
-    with tarfile.open(tmp, "w:gz") as archive:
-        archive.add(output_dir, arcname=os.path.basename(os.path.normpath(output_dir)), filter=keep)
-    os.replace(tmp, path)
-
-
 def record(kind, size, config):
     """One flat record from a finished run's folder (`metrics.json`, its
     history, `vocabulary.txt`)."""
-    with open(os.path.join(config.output_dir, "metrics.json")) as f:
-        saved = json.load(f)
-    final, history = saved["final"], saved["history"]
+    final, history = _common.run_metrics(config)
     vocabulary = vocabularies.read(os.path.join(config.output_dir, "vocabulary.txt"))
     backbone = TransformerNMTBackbone.from_architecture(
         config.preset,
@@ -395,10 +296,6 @@ def bootstrap_table(results):
 
 def main(argv=None):
     args = parse(argv)
-    if args.data is not None:
-        # This process only starts the runs and reads their records: it must
-        # not take the card's memory from them (JAX preallocates 75%).
-        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     env = _common.environment()
     env["settings"] = vars(args)
     total = _common.Stopwatch()
@@ -407,9 +304,7 @@ def main(argv=None):
     output_dir = os.path.abspath(args.output_dir or _common.default_output_dir())
     suffix = "_quick" if args.quick else ""
     os.makedirs(output_dir, exist_ok=True)
-    if args.archive is not None and os.path.commonpath([args.archive, output_dir]) == output_dir:
-        raise ValueError(f"`--archive` must lie outside the output folder {output_dir}. "
-                         f"Received: archive={args.archive!r}")
+    _common.check_archive(args, output_dir)
 
     vocabulary_file = None
     if args.data is None:
@@ -431,37 +326,9 @@ def main(argv=None):
     )
 
     configs = run_configs(args, vocabulary_file, os.path.join(output_dir, f"runs{suffix}"))
-    pending = [c for _, _, c in configs if not finished(c)]
-    env["runs_read"] = len(configs) - len(pending)  # finished earlier
-    env["runs_trained"] = env["runs_failed"] = 0
+    not_started = _common.run_grid([c for _, _, c in configs], args, output_dir, started, env)
 
-    def after_each(config, returncode):
-        name = os.path.basename(config.output_dir)
-        if returncode == 0 and finished(config):
-            env["runs_trained"] += 1
-            print(f"done {name} ({time.time() - started:.0f} s)", flush=True)
-        else:
-            env["runs_failed"] += 1
-            print(f"FAILED {name} (status {returncode}; see {config.output_dir}.log)", flush=True)
-        if args.archive is not None:
-            write_archive(output_dir, args.archive)
-
-    if args.data is not None:
-        not_started = train_in_processes(pending, args, started, after_each)
-    else:
-        not_started = list(pending)
-        import keras
-
-        while not_started and time.time() - started < args.deadline:
-            config = not_started.pop(0)
-            run.train(config)
-            keras.backend.clear_session()
-            after_each(config, 0)
-    env["runs_not_started"] = len(not_started)
-    if not_started:
-        print(f"{len(not_started)} runs not started (--deadline {args.deadline:.0f} s): rerun the command", flush=True)
-
-    records = [record(kind, size, config) for kind, size, config in configs if finished(config)]
+    records = [record(kind, size, config) for kind, size, config in configs if _common.finished(config)]
     if not records:
         print("no finished runs yet")
         return records
@@ -487,7 +354,7 @@ def main(argv=None):
                  {"environment": env, "records": records, "summary": rows, "baseline_validation_loss": target,
                   "paired_bootstrap": bootstrap, "paired_bootstrap_signatures": bootstrap_signatures})
     if args.archive is not None:
-        write_archive(output_dir, args.archive)
+        _common.write_archive(output_dir, args.archive)
     example = records[-1]["example"]
     print(f"\nexample (last run): {example['source']!r} -> {example['translation']!r} "
           f"(reference {example['reference']!r})")
