@@ -302,13 +302,13 @@ def test_backbone_predict_rejects_out_of_range_ids(bad):
 
 def test_over_long_text_is_translated_with_a_warning():
     # wrong 12: translate cut long input to the encoder length silently.
-    from collab_keras.training import serving
+    from collab_keras.training import evaluation
     from tests import serving_tasks
 
     preprocessor = serving_tasks.nmt_seq2seq_lm().preprocessor  # length 12
     texts = ["a", " ".join(["in the beginning"] * 8)]
     with pytest.warns(UserWarning, match=r"Text 1 is \d+ tokens long.*first 12") as caught:
-        serving.warn_truncated(preprocessor, texts)
+        evaluation.warn_truncated(preprocessor, texts)
     assert [str(w.message)[:7] for w in caught if "tokens long" in str(w.message)] == ["Text 1 "]
 
 

@@ -5,6 +5,7 @@ import io
 import json
 import math
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -24,6 +25,23 @@ def translation_scores(hypotheses, references):
         "chrf": round(chrf_score.score, 2),
         "chrf_signature": str(chrf.get_signature()),
     }
+
+
+def warn_truncated(preprocessor, texts):
+    """Warns for each text longer than the encoder's sequence length."""
+    length = preprocessor.encoder_sequence_length
+    # The start and end tokens the packer adds: the length of an empty text.
+    special = int(np.asarray(preprocessor.generate_preprocess([""])["encoder_padding_mask"]).sum())
+    for i, ids in enumerate(preprocessor.tokenizer(texts)):
+        tokens = len(ids) + special
+        if tokens > length:
+            warnings.warn(
+                f"Text {i} is {tokens} tokens long (start and end tokens "
+                f"included); the model reads the first {length} "
+                f"(encoder_sequence_length) and the rest is not translated. "
+                f"Received: texts[{i}]={texts[i][:60]!r}",
+                stacklevel=3,
+            )
 
 
 def beam_decode(seq2seq, sources, beam_width=4, batch_size=32):

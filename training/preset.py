@@ -46,7 +46,6 @@ from collab_keras.training import data
 from collab_keras.training import evaluation
 from collab_keras.training.config import RunConfig
 from collab_keras.training.prepared import refuse_output_dir
-from collab_keras.training.serving import warn_truncated
 
 FORMAT = 1
 RESULTS_FILE = "results.json"
@@ -304,5 +303,5 @@ def translate(texts, preset, beam_width=None):
         beam_width = (read_results(folder, preset)["test"]["beam_width"] if recorded
                       else DEFAULT_BEAM_WIDTH)
     task = TransformerNMTSeq2SeqLM.from_preset(folder)
-    warn_truncated(task.preprocessor, texts)
+    evaluation.warn_truncated(task.preprocessor, texts)
     return evaluation.beam_decode(task, list(texts), beam_width)

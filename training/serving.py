@@ -95,25 +95,6 @@ def load_preprocessor(path, argument="model"):
     return preprocessor
 
 
-def warn_truncated(preprocessor, texts):
-    """Warns for each text longer than the encoder's sequence length."""
-    import numpy as np
-
-    length = preprocessor.encoder_sequence_length
-    # The start and end tokens the packer adds: the length of an empty text.
-    special = int(np.asarray(preprocessor.generate_preprocess([""])["encoder_padding_mask"]).sum())
-    for i, ids in enumerate(preprocessor.tokenizer(texts)):
-        tokens = len(ids) + special
-        if tokens > length:
-            warnings.warn(
-                f"Text {i} is {tokens} tokens long (start and end tokens "
-                f"included); the model reads the first {length} "
-                f"(encoder_sequence_length) and the rest is not translated. "
-                f"Received: texts[{i}]={texts[i][:60]!r}",
-                stacklevel=3,
-            )
-
-
 def translate(
     texts,
     model=None,
@@ -161,6 +142,8 @@ def translate(
         model if model is not None else vocabulary,
         "model" if model is not None else "vocabulary",
     )
+    from collab_keras.training.evaluation import warn_truncated
+
     warn_truncated(preprocessor, texts)
     x = preprocessor.generate_preprocess(texts)
     inputs = {
