@@ -72,12 +72,9 @@ def gradient_function(layer, ids, upstream):
 
 
 def to_numpy(x):
+    """A gradient as a float32 numpy array (torch's through `.detach()`)."""
     if hasattr(x, "detach"):
         return x.detach().float().cpu().numpy()
-    if hasattr(x, "values"):  # tf.IndexedSlices
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(x)
     return np.asarray(x, dtype="float32")
 
 

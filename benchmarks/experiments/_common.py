@@ -306,18 +306,12 @@ def check_archive(args, output_dir):
                          f"Received: archive={args.archive!r}")
 
 
-def read_manifest(data):
-    """The manifest of the prepared folder `data` (checked by
-    `collab_keras.training.prepared.read_manifest`)."""
-    from collab_keras.training import prepared
-
-    return prepared.read_manifest(data)
-
-
 def manifest_options(data):
     """The data options a run needs to train from the prepared folder
     `data` (`RunConfig` arguments: all of the manifest's but the task)."""
-    return {k: v for k, v in read_manifest(data)["options"].items() if k != "task"}
+    from collab_keras.training import prepared
+
+    return {k: v for k, v in prepared.read_manifest(data)["options"].items() if k != "task"}
 
 
 def command(config):
@@ -480,11 +474,13 @@ def start_grid(args, title):
     prepared folder's manifest. Returns a namespace: `env`, `started`
     (`time.time()`), `total` (a `Stopwatch`), `output_dir`, `suffix`
     ("_quick" or ""), `manifest`."""
+    from collab_keras.training import prepared
+
     env = environment()
     env["settings"] = vars(args)
     grid = types.SimpleNamespace(env=env, started=time.time(), total=Stopwatch(),
                                  output_dir=os.path.abspath(args.output_dir or default_output_dir()),
-                                 suffix="_quick" if args.quick else "", manifest=read_manifest(args.data))
+                                 suffix="_quick" if args.quick else "", manifest=prepared.read_manifest(args.data))
     print_header(title, env)
     os.makedirs(grid.output_dir, exist_ok=True)
     check_archive(args, grid.output_dir)
