@@ -24,6 +24,10 @@ recipe setting change between variants (`VARIANTS`):
   be the layer's, not the method's;
 - `collab-D-nodecay`: `collab-D-scale` without weight decay on the mixing
   matrix and the content bias;
+- `collab-D-normal`: `collab-D-scale` with the mixing matrix drawn from
+  normal(0, 0.5) instead of block one-hot: every head sees every shared
+  dimension from step 0, with the logits' spread of `concat-D` (D draws of
+  variance 1/4 against D / 4 ones);
 - `collab-D-float32`, `concat-D-float32`: the whole model in float32;
 - `paper-*`: the paper's fairseq recipe (`transformer_wmt_en_de`): Adam
   (0.9, 0.98), no weight decay, inverse square-root schedule, label
@@ -66,7 +70,7 @@ MAX_LENGTH = 128
 BUCKETS = (32, 48, 64, 128)  # padded lengths of the batches
 
 BASE = dict(
-    attention="concatenate", keys=128, key_dim=None, frozen_mixing=False, decay_mixing=True,
+    attention="concatenate", keys=128, key_dim=None, mixing="concatenate", frozen_mixing=False, decay_mixing=True,
     dtype="mixed_bfloat16", recipe="adamw", epochs=24,
 )
 VARIANTS = {
@@ -75,6 +79,7 @@ VARIANTS = {
     **{f"collab-{d}-scale": dict(attention="collaborative", keys=d) for d in (128, 64)},
     "collab-128-frozen": dict(attention="collaborative", keys=128, frozen_mixing=True),
     "collab-128-nodecay": dict(attention="collaborative", keys=128, decay_mixing=False),
+    "collab-128-normal": dict(attention="collaborative", keys=128, mixing="normal"),
     "concat-128-float32": dict(keys=128, dtype="float32"),
     "collab-128-float32": dict(attention="collaborative", keys=128, key_dim=64, dtype="float32"),
     "paper-concat-128": dict(keys=128, recipe="paper"),
@@ -233,8 +238,12 @@ def attention_layer(config, name):
             heads, config["keys"] // heads, value_dim=value_dim, dropout=dropout,
             flash_attention=False if dropout == 0 and config["keys"] // heads != value_dim else None,
             name=name)
+    mixing = config["mixing"]
+    if mixing == "normal":
+        mixing = keras.initializers.RandomNormal(stddev=0.5)  # seeded by keras.utils.set_random_seed
     layer = CollaborativeAttention(
-        heads, config["key_dim"], shared_key_dim=config["keys"], value_dim=value_dim, dropout=dropout, name=name)
+        heads, config["key_dim"], shared_key_dim=config["keys"], value_dim=value_dim, dropout=dropout,
+        mixing_initializer=mixing, name=name)
     return layer
 
 
@@ -561,7 +570,7 @@ def table(output_dir):
 
 
 def initial_logits(variants=("concat-64", "collab-64", "collab-64-scale", "concat-128", "collab-128",
-                               "collab-128-scale", "concat-256", "collab-256"), seed=0):
+                               "collab-128-scale", "collab-128-normal", "concat-256", "collab-256"), seed=0):
     """What differs at step 0: the spread of the initial query kernels and of
     the attention logits (scaled scores) on unit-variance inputs, as a
     post-LN block feeds them, for each variant's attention layer."""
