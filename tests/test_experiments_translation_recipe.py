@@ -97,3 +97,17 @@ def test_at_step_0_only_the_score_scale_differs(capsys):
     # ... so the logits differ by the scale alone: 1/sqrt(64) against 1/sqrt(32).
     assert abs(logit_std["collab-128-scale"] / logit_std["concat-128"] - 1) < 0.1
     assert abs(logit_std["collab-128"] / logit_std["concat-128"] - 2**-0.5) < 0.1
+
+
+def test_normal_mixing_is_dense_with_the_logit_spread_of_concatenated(capsys):
+    normal = recipe.settings("collab-128-normal")
+    assert (normal["mixing"], normal["key_dim"], normal["frozen_mixing"]) == ("normal", 32, False)
+    model = recipe.build_model(normal, vocabulary_size=50, seed=0)
+    mixing = np.concatenate([np.asarray(layer.mixing) for layer in model.layers if hasattr(layer, "mixing")])
+    assert mixing.shape == (3 * recipe.MODEL["layers"] * recipe.MODEL["heads"], 128)
+    # Every head sees every shared dimension: no block one-hot zeros.
+    assert np.all(mixing != 0) and abs(mixing.std() - 0.5) < 0.02 and abs(mixing.mean()) < 0.02
+    recipe.initial_logits(("concat-128", "collab-128-normal"))
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    logit_std = {r[0].strip(): float(r[3]) for r in rows}
+    assert abs(logit_std["collab-128-normal"] / logit_std["concat-128"] - 1) < 0.1
