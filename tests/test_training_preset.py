@@ -69,7 +69,7 @@ def test_preset_holds_the_task_and_its_recorded_scores(nmt_run, presets):
                                    "split": "test", "examples": 4, "beam_width": 2}
         assert results["scores"]["bleu_signature"].startswith("nrefs:1|case:mixed")
         assert results["run"] == {
-            "path": str(nmt_run), "steps": 4,
+            "name": nmt_run.name, "steps": 4,
             "scores": {"bleu": final["bleu"], "chrf": final["chrf"], "examples": 4,
                        "beam_width": 2}}
     # The float32 preset is the run's model: the same decodes, the same scores.

@@ -224,7 +224,7 @@ def make_preset(run_dir, output_dir, dtype="float32", eval_examples=None, beam_w
             "test": test,
             "scores": scores,
             "run": {
-                "path": os.path.abspath(run_dir),
+                "name": os.path.basename(os.path.normpath(run_dir)),  # not a path of the machine that made it
                 "steps": config.steps,
                 "scores": {"bleu": final["bleu"], "chrf": final["chrf"],
                            "examples": config.eval_examples, "beam_width": config.beam_width},
