@@ -15,9 +15,14 @@
 # every 45 s, so a call cut short still returns its records (NOTES.md, 2026-12-06 and 2026-12-07).
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-export XLA_FLAGS="--xla_gpu_autotune_level=0"  # many small processes: no GEMM autotuning under contention
 L=/tmp/logs; mkdir -p $L /tmp/rec /tmp/tb
-python3 -c "import jax; print(jax.devices(), jax.numpy.ones(3).sum())" > $L/flags.txt 2>&1 || unset XLA_FLAGS
+# Many small processes compiling at once: no GEMM autotuning under contention, and cuBLAS instead of
+# Triton GEMM fusions (whose compiles took minutes on 2026-12-06). XLA aborts on a flag it does not
+# know, so each set is probed and the first that runs is kept.
+for flags in "--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false" "--xla_gpu_autotune_level=0" ""; do
+  export XLA_FLAGS="$flags"
+  python3 -c "import jax; print(jax.devices(), jax.numpy.ones(3).sum())" >> $L/flags.txt 2>&1 && break
+done
 echo "XLA_FLAGS=$XLA_FLAGS" >> $L/flags.txt
 R=benchmarks/experiments/translation_recipe.py
 T=benchmarks/experiments/translation_bible.py
