@@ -111,3 +111,16 @@ def test_normal_mixing_is_dense_with_the_logit_spread_of_concatenated(capsys):
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
     logit_std = {r[0].strip(): float(r[3]) for r in rows}
     assert abs(logit_std["collab-128-normal"] / logit_std["concat-128"] - 1) < 0.1
+
+
+def test_nobias_pair_has_the_same_parameters_reshaped():
+    counts = {}
+    for variant in ("concat-128-nobias", "collab-128-frozen-nobias"):
+        model = recipe.build_model(recipe.settings(variant), vocabulary_size=50, seed=0)
+        attention = [layer for layer in model.layers if "attention" in layer.name and layer.weights]
+        assert attention and all(not layer.use_bias for layer in attention)
+        counts[variant] = sum(int(np.prod(w.shape)) for layer in attention for w in layer.trainable_weights)
+        if variant.startswith("collab"):
+            assert all(layer.content_bias is None and not layer.mixing.trainable for layer in attention)
+    # Query and key kernels (256, 4, 32) against (256, 128): the same count.
+    assert counts["concat-128-nobias"] == counts["collab-128-frozen-nobias"]

@@ -19,9 +19,16 @@ recipe setting change between variants (`VARIANTS`):
 - `collab-D-scale`: `key_dim=D // 4`, so the scale is that of `concat-D`
   and at step 0 both compute the same function;
 - `collab-D-frozen`: that, with the mixing matrix frozen at its
-  block one-hot start: the same function as `concat-D` at every step (the
-  content bias stands for the query bias), so a gap between the two would
-  be the layer's, not the method's;
+  block one-hot start: the functions of `concat-D` at every step, but not
+  its parameters for the key-only score term (a free `(d_model,)` content
+  bias per head against `concat-D`'s query bias times its key kernel), so
+  Adam moves that term differently;
+- `concat-D-nobias`, `collab-D-frozen-nobias`: both without biases
+  (`use_bias=False`): the same functions and the same parameters, reshaped
+  (per-head query and key kernels against the shared ones cut into head
+  blocks by the frozen one-hot mixing); only the initial draw and the
+  kernels that compute them differ, so a gap between the two would be
+  the layer's, not the method's;
 - `collab-D-nodecay`: `collab-D-scale` without weight decay on the mixing
   matrix and the content bias;
 - `collab-D-normal`: `collab-D-scale` with the mixing matrix drawn from
@@ -71,6 +78,7 @@ BUCKETS = (32, 48, 64, 128)  # padded lengths of the batches
 
 BASE = dict(
     attention="concatenate", keys=128, key_dim=None, mixing="concatenate", frozen_mixing=False, decay_mixing=True,
+    use_bias=True,
     dtype="mixed_bfloat16", recipe="adamw", epochs=24,
 )
 VARIANTS = {
@@ -78,6 +86,8 @@ VARIANTS = {
     **{f"collab-{d}": dict(attention="collaborative", keys=d, key_dim=64) for d in (256, 128, 64)},
     **{f"collab-{d}-scale": dict(attention="collaborative", keys=d) for d in (128, 64)},
     "collab-128-frozen": dict(attention="collaborative", keys=128, frozen_mixing=True),
+    "concat-128-nobias": dict(keys=128, use_bias=False),
+    "collab-128-frozen-nobias": dict(attention="collaborative", keys=128, frozen_mixing=True, use_bias=False),
     "collab-128-nodecay": dict(attention="collaborative", keys=128, decay_mixing=False),
     "collab-128-normal": dict(attention="collaborative", keys=128, mixing="normal"),
     "concat-128-float32": dict(keys=128, dtype="float32"),
@@ -235,7 +245,7 @@ def attention_layer(config, name):
         # keras's flash path needs key_dim == value_dim; without dropout it
         # would be tried and fail.
         return keras.layers.MultiHeadAttention(
-            heads, config["keys"] // heads, value_dim=value_dim, dropout=dropout,
+            heads, config["keys"] // heads, value_dim=value_dim, dropout=dropout, use_bias=config["use_bias"],
             flash_attention=False if dropout == 0 and config["keys"] // heads != value_dim else None,
             name=name)
     mixing = config["mixing"]
@@ -243,7 +253,7 @@ def attention_layer(config, name):
         mixing = keras.initializers.RandomNormal(stddev=0.5)  # seeded by keras.utils.set_random_seed
     layer = CollaborativeAttention(
         heads, config["key_dim"], shared_key_dim=config["keys"], value_dim=value_dim, dropout=dropout,
-        mixing_initializer=mixing, name=name)
+        use_bias=config["use_bias"], mixing_initializer=mixing, name=name)
     return layer
 
 
