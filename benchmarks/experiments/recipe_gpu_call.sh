@@ -1,7 +1,7 @@
 #!/bin/bash
 # One 10-minute GPU call (JAX, no TensorFlow) for issues 25, 20 and 24, ready to run:
 #   - issue 25: translation_recipe.py's grid, concat-128 / collab-128 / collab-128-scale x seeds 0,1,2
-#     and collab-128-frozen, collab-128-normal seed 0, 10 epochs each, next to tests/gpu_training_shapes.py (item 1);
+#     and collab-128-frozen, collab-128-normal and the no-bias pair seed 0, 10 epochs each, next to tests/gpu_training_shapes.py (item 1);
 #   - issue 20: translation_bible.py, the zoo's transformer_small, concatenated at 256 and collaborative
 #     at 64, one seed, 5,000 steps; the collaborative run's model/ comes back split into 15 MiB parts
 #     (the candidate for the bible_en_de_collaborative preset: `collab-keras preset --run ...`);
@@ -38,7 +38,7 @@ PACK=$!
   --kinds collaborative --key-sizes 64 --parallel 2 --steps 5000 --checkpoint-every 5000 --batch-size 96 \
   --learning-rate 1e-3 --warmup-steps 800 --label-smoothing 0.1 --mixed-precision > $L/tb.txt 2>&1) &
 TB=$!
-(timeout 450 python3 $R run --data .data/translation_recipe --output /tmp/rec --variants collab-128-frozen,collab-128-normal \
+(timeout 450 python3 $R run --data .data/translation_recipe --output /tmp/rec --variants collab-128-frozen,collab-128-normal,concat-128-nobias,collab-128-frozen-nobias \
   --seeds 0 --parallel 12 --epochs 10 > $L/grid2.txt 2>&1) &
 timeout 450 python3 $R run --data .data/translation_recipe --output /tmp/rec \
   --variants concat-128,collab-128,collab-128-scale --seeds 0,1,2 --parallel 12 --epochs 10 > $L/grid.txt 2>&1
