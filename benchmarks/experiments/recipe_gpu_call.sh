@@ -13,6 +13,9 @@
 # `translation_recipe.py prepare` and .data/nmt-bible-small from `collab-keras prepare nmt --preset
 # transformer_small --sequence-length 128 --vocabulary-size 8000`. What there is gets packed into $OUT
 # every 45 s, so a call cut short still returns its records (NOTES.md, 2026-12-06 and 2026-12-07).
+# CALL_SECONDS (default 450) bounds the training processes, for a session with less device time left:
+#   run(command="CALL_SECONDS=300 bash benchmarks/experiments/recipe_gpu_call.sh", ...)
+S=${CALL_SECONDS:-450}
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 L=/tmp/logs; mkdir -p $L /tmp/rec /tmp/tb
@@ -26,21 +29,21 @@ done
 echo "XLA_FLAGS=$XLA_FLAGS" >> $L/flags.txt
 R=benchmarks/experiments/translation_recipe.py
 T=benchmarks/experiments/translation_bible.py
-(XLA_PYTHON_CLIENT_MEM_FRACTION=0.05 timeout 380 python3 tests/gpu_training_shapes.py > $L/gpu_check.txt 2>&1; echo "rc $?" >> $L/gpu_check.txt) &
-(sleep 200; nvidia-smi > $L/smi.txt) &
+(XLA_PYTHON_CLIENT_MEM_FRACTION=0.05 timeout $((S - 70)) python3 tests/gpu_training_shapes.py > $L/gpu_check.txt 2>&1; echo "rc $?" >> $L/gpu_check.txt) &
+(sleep $((S / 2)); nvidia-smi > $L/smi.txt) &
 (while sleep 45; do
   tar czf $OUT/records.tgz.new -C /tmp/rec . && mv $OUT/records.tgz.new $OUT/records.tgz
   tar czf $OUT/logs.tgz.new -C $L . && mv $OUT/logs.tgz.new $OUT/logs.tgz
   tar czf $OUT/tb.tgz.new --exclude=checkpoints --exclude=model -C /tmp/tb . && mv $OUT/tb.tgz.new $OUT/tb.tgz
 done 2>/dev/null) &
 PACK=$!
-(PYTHONPATH=/tmp/site:$PWD timeout 460 python3 $T --data .data/nmt-bible-small --output-dir /tmp/tb --seeds 1 \
+(PYTHONPATH=/tmp/site:$PWD timeout $((S + 10)) python3 $T --data .data/nmt-bible-small --output-dir /tmp/tb --seeds 1 \
   --kinds collaborative --key-sizes 64 --parallel 2 --steps 5000 --checkpoint-every 5000 --batch-size 96 \
   --learning-rate 1e-3 --warmup-steps 800 --label-smoothing 0.1 --mixed-precision > $L/tb.txt 2>&1) &
 TB=$!
-(timeout 450 python3 $R run --data .data/translation_recipe --output /tmp/rec --variants collab-128-frozen,collab-128-normal,concat-128-nobias,collab-128-frozen-nobias \
+(timeout $S python3 $R run --data .data/translation_recipe --output /tmp/rec --variants collab-128-frozen,collab-128-normal,concat-128-nobias,collab-128-frozen-nobias \
   --seeds 0 --parallel 12 --epochs 10 > $L/grid2.txt 2>&1) &
-timeout 450 python3 $R run --data .data/translation_recipe --output /tmp/rec \
+timeout $S python3 $R run --data .data/translation_recipe --output /tmp/rec \
   --variants concat-128,collab-128,collab-128-scale --seeds 0,1,2 --parallel 12 --epochs 10 > $L/grid.txt 2>&1
 wait $TB; kill $PACK
 # Patterns that cannot match this script's own command line.
