@@ -392,24 +392,30 @@ def train_one(variant, seed, data_dir, output_dir, epochs=None, max_steps=None, 
     train_source, train_target = splits["train"]
     steps_per_epoch = math.ceil(len(train_source) / MODEL["batch_size"])
     total = min(epochs * steps_per_epoch, max_steps or 10**9)
-    # The CE metric has no label smoothing: it is the loss reported.
+    # The CE metric has no label smoothing: it is the loss reported. Weighted:
+    # the mean over the target tokens, padding out (`metrics=` would count
+    # the padding, which no step trains).
     model.compile(optimizer=optimizer(config, total), loss=token_loss(config["label_smoothing"]),
-                  metrics=[keras.metrics.SparseCategoricalCrossentropy(name="ce", from_logits=True)],
+                  weighted_metrics=[keras.metrics.SparseCategoricalCrossentropy(name="ce", from_logits=True)],
                   jit_compile=True)
 
     rng = np.random.default_rng(seed)
     curves, steps, tokens, train_seconds, step_seconds = [], 0, 0, 0.0, []
     for epoch in range(epochs):
-        model.reset_metrics()
         started = time.perf_counter()
+        # `train_on_batch` resets the metrics: the epoch's mean is summed here.
+        ce_sum, ce_tokens = 0.0, 0.0
         for x, y, w in batches(train_source, train_target, MODEL["batch_size"], rng):
             t0 = time.perf_counter()
             logs = model.train_on_batch(x, y, sample_weight=w, return_dict=True)
             step_seconds.append(time.perf_counter() - t0)
             steps += 1
             tokens += int(w.sum()) + int((x["source"] != PAD).sum())
+            ce_sum += float(logs["ce"]) * float(w.sum())
+            ce_tokens += float(w.sum())
             if steps >= total:
                 break
+        logs = {"ce": ce_sum / ce_tokens}
         train_seconds += time.perf_counter() - started
         validation = evaluate(model, *splits["validation"])
         curves.append(dict(epoch=epoch + 1, steps=steps, train_ce=float(logs["ce"]), validation_ce=validation,
