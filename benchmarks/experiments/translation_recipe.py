@@ -472,8 +472,8 @@ def evaluate(model, source, target):
     import numpy as np
 
     total, count = 0.0, 0.0
-    for x, y, w in batches(source, target, 128):
-        logits = model.predict_on_batch(x)
+    for x, y, w in batches(source, target, 64):
+        logits = model.predict_on_batch(x)  # (B, T, V) float32
         log_probs = logits - _logsumexp(logits)
         nll = -np.take_along_axis(log_probs, y[..., None], -1)[..., 0]
         total += float((nll * w).sum())
@@ -488,7 +488,7 @@ def _logsumexp(x):
     return top + np.log(np.exp(x - top).sum(-1, keepdims=True))
 
 
-def greedy(model, source, batch_size=128):
+def greedy(model, source, batch_size=64):
     """Greedy decoding, up to `MAX_LENGTH` tokens, in one compiled loop per batch."""
     import jax
     import jax.numpy as jnp
@@ -535,7 +535,7 @@ def run_grid(args):
     print(f"{len(pending)} runs to train, {args.parallel} at a time", flush=True)
     started = time.time()
     running = []
-    env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.8 / args.parallel:.3f}")
+    env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{args.memory_share / args.parallel:.3f}")
     os.makedirs(args.output, exist_ok=True)
     while pending or running:
         running = [(p, run) for p, run in running if p.poll() is None]
@@ -626,6 +626,8 @@ def main(argv=None):
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds after which no run starts")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--memory-share", type=float, default=0.8,
+                        help="the share of the card's memory the grid's runs take together")
     parser.add_argument("--quick", action="store_true", help="a few steps of two variants, on the CPU")
     args = parser.parse_args(argv)
     args.variants = args.variants.split(",")
