@@ -415,16 +415,16 @@ def train_one(variant, seed, data_dir, output_dir, epochs=None, max_steps=None, 
             ce_tokens += float(w.sum())
             if steps >= total:
                 break
-        logs = {"ce": ce_sum / ce_tokens}
+        train_ce = ce_sum / ce_tokens  # NaN stays NaN
         train_seconds += time.perf_counter() - started
         validation = evaluate(model, *splits["validation"])
-        curves.append(dict(epoch=epoch + 1, steps=steps, train_ce=float(logs["ce"]), validation_ce=validation,
+        curves.append(dict(epoch=epoch + 1, steps=steps, train_ce=train_ce, validation_ce=validation,
                            seconds=round(train_seconds, 1)))
-        print(f"{variant} seed {seed} epoch {epoch + 1}: train {logs['ce']:.3f} validation {validation:.3f}",
+        print(f"{variant} seed {seed} epoch {epoch + 1}: train {train_ce:.3f} validation {validation:.3f}",
               flush=True)
         _write_json(os.path.join(output_dir, f"{variant}_seed{seed}.partial.json"),
                     dict(variant=variant, seed=seed, curves=curves))
-        if not math.isfinite(logs["ce"]) or steps >= total:
+        if not math.isfinite(train_ce) or steps >= total:
             break
 
     test_source, _ = splits["test"]
