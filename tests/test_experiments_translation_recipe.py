@@ -124,3 +124,9 @@ def test_nobias_pair_has_the_same_parameters_reshaped():
             assert all(layer.content_bias is None and not layer.mixing.trainable for layer in attention)
     # Query and key kernels (256, 4, 32) against (256, 128): the same count.
     assert counts["concat-128-nobias"] == counts["collab-128-frozen-nobias"]
+
+
+def test_memory_share_outside_the_card_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        recipe.main(["run", "--memory-share", "1.5"])
+    assert "Received: --memory-share=1.5" in capsys.readouterr().err

@@ -630,6 +630,8 @@ def main(argv=None):
                         help="the share of the card's memory the grid's runs take together")
     parser.add_argument("--quick", action="store_true", help="a few steps of two variants, on the CPU")
     args = parser.parse_args(argv)
+    if not 0 < args.memory_share <= 1:
+        parser.error(f"--memory-share must be in (0, 1]. Received: --memory-share={args.memory_share}")
     args.variants = args.variants.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.command == "prepare":
