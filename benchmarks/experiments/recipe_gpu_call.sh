@@ -17,27 +17,28 @@
 # grid's runs died out of memory (benchmarks/NOTES.md).
 # CALL_SECONDS (default 450) bounds the training processes, for a session with less device time left:
 #   run(command="CALL_SECONDS=300 bash benchmarks/experiments/recipe_gpu_call.sh", ...)
-# GRID_VARIANTS, GRID_SEEDS, GRID_SHARE (the grid's share of the card's memory), TB_KINDS, TB_SIZES and
+# GRID_VARIANTS, GRID_SEEDS, GRID_SHARE (the grid's share of the card's memory), GRID_PARALLEL, TB_KINDS, TB_SIZES, TB_SEEDS (how many) and
 # TB_MODEL (the run whose model/ comes back) choose the runs of a call; the defaults are the whole grid.
 S=${CALL_SECONDS:-450}
 GRID_VARIANTS=${GRID_VARIANTS:-concat-128,collab-128,collab-128-scale,collab-128-frozen,collab-128-normal,concat-128-nobias,collab-128-frozen-nobias}
 GRID_SEEDS=${GRID_SEEDS:-0,1,2}
 GRID_SHARE=${GRID_SHARE:-0.75}
+GRID_PARALLEL=${GRID_PARALLEL:-9}
 TB_KINDS=${TB_KINDS:-collaborative}
 TB_SIZES=${TB_SIZES:-64}
 TB_PARALLEL=${TB_PARALLEL:-6}
+TB_SEEDS=${TB_SEEDS:-1}
 TB_MODEL=${TB_MODEL:-collaborative_64_seed0}
 # The grid's finished records, committed after each call (`tar xzf records.tgz -C $RECORDS`), are read,
 # not trained again. (The four of 2026-12-07-h100-recipe are not: their train_ce was the last batch's.)
 RECORDS=benchmarks/results/gpu-recipe-grid
-TB_RECORDS=benchmarks/results/2026-12-07-h100-recipe/tb
+TB_RECORDS=benchmarks/results/gpu-translation-grid
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 L=/tmp/logs; mkdir -p $L /tmp/rec /tmp/tb/runs
 cp $RECORDS/*_seed*.json /tmp/rec/ 2>/dev/null; rm -f /tmp/rec/*.partial.json
-cp -r $TB_RECORDS/runs/concatenate_256_seed0 /tmp/tb/runs/
-# The translation runs of earlier calls (tb.tgz unpacked there), read instead of trained again.
-cp -r benchmarks/results/gpu-translation-grid/runs/* /tmp/tb/runs/ 2>/dev/null
+# The translation runs of earlier calls (`tar xzf tb.tgz -C $TB_RECORDS`), read instead of trained again.
+cp -r $TB_RECORDS/runs/* /tmp/tb/runs/ 2>/dev/null
 # Many small processes compiling at once: no GEMM autotuning under contention, and cuBLAS instead of
 # Triton GEMM fusions (whose compiles took minutes on 2026-12-06). XLA aborts on a flag it does not
 # know, so each set is probed and the first that runs is kept.
@@ -56,14 +57,14 @@ T=benchmarks/experiments/translation_bible.py
 done 2>/dev/null) &
 PACK=$!
 # --parallel 6: the script gives each run 0.8 / 6 of the card (10.7 GB on an H100), this one run included.
-(PYTHONPATH=/tmp/site:$PWD timeout $((S + 10)) python3 $T --data .data/nmt-bible-small --output-dir /tmp/tb --seeds 1 \
+(PYTHONPATH=/tmp/site:$PWD timeout $((S + 10)) python3 $T --data .data/nmt-bible-small --output-dir /tmp/tb --seeds $TB_SEEDS \
   --kinds $TB_KINDS --key-sizes $TB_SIZES --parallel $TB_PARALLEL --steps 5000 --checkpoint-every 1000 --batch-size 96 \
   --learning-rate 1e-3 --warmup-steps 800 --label-smoothing 0.1 --mixed-precision > $L/tb.txt 2>&1) &
 TB=$!
 # 9 runs at a time, 0.75 of the card among them; a run starts only while one round (about 250 s on an
 # H100: compiling, 10 epochs, decoding) still fits.
 timeout $S python3 $R run --data .data/translation_recipe --output /tmp/rec --seeds $GRID_SEEDS --epochs 10 \
-  --variants $GRID_VARIANTS --parallel 9 --memory-share $GRID_SHARE --deadline $((S - 260)) > $L/grid.txt 2>&1
+  --variants $GRID_VARIANTS --parallel $GRID_PARALLEL --memory-share $GRID_SHARE --deadline $((S - 260)) > $L/grid.txt 2>&1
 wait $TB; kill $PACK
 # Patterns that cannot match this script's own command line.
 pkill -f "translation_recipe[.]py one"; pkill -f "collab_keras[.]training train"
