@@ -1,11 +1,12 @@
 #!/bin/bash
-# One 10-minute GPU call (JAX, no TensorFlow) for issues 25 and 20, ready to run:
-#   - issue 25: translation_recipe.py's grid, concat-128 / collab-128 / collab-128-scale x seeds 0,1,2 and
-#     collab-128-frozen, collab-128-normal and the no-bias pair seed 0, 10 epochs each, seed by seed, 9 at a
-#     time; rerunning the call with the records of the last one committed completes the grid;
-#   - issue 20: translation_bible.py, the zoo's transformer_small, collaborative at 64 (the concatenated
-#     256 baseline is read from its committed record), one seed, 5,000 steps; the model/ comes back split
-#     into 15 MiB parts, the candidate for the bible_en_de_collaborative preset (`collab-keras preset`).
+# One 10-minute GPU call (JAX, no TensorFlow) for issues 20 and 25: the zoo's translator grid
+# (translation_bible.py: transformer_small, 5,000 steps, concatenated and collaborative heads at the key widths
+# TB_SIZES, TB_SEEDS seeds each, the full-width baseline included) beside issue 25's controlled runs
+# (translation_recipe.py: GRID_VARIANTS x GRID_SEEDS, 10 epochs). Runs whose records are committed
+# (benchmarks/results/gpu-translation-grid/runs/, benchmarks/results/gpu-recipe-grid/) are read, not trained
+# again; after a call unpack tb.tgz's runs/ into the first and records.tgz into the second and commit them.
+# The defaults are the next call of the translation grid (widths 64 and 32, seeds 0-2: 10 runs) and no
+# controlled runs (issue 25 is concluded; docs/results.md section 4).
 # From the repository root, with the device tool:
 #   run(command="bash benchmarks/experiments/recipe_gpu_call.sh", carry=[".whl", ".data/nmt-bible-small",
 #       ".data/translation_recipe"], timeout_s=600)   (all of .data/ is over the 64 MiB a call carries)
@@ -13,22 +14,24 @@
 # `translation_recipe.py prepare` and .data/nmt-bible-small from `collab-keras prepare nmt --preset
 # transformer_small --sequence-length 128 --vocabulary-size 8000`. What there is gets packed into $OUT
 # every 45 s, so a call cut short still returns its records. Memory: every process has its share of the
-# card (XLA_PYTHON_CLIENT_MEM_FRACTION); on 2026-12-07 the translation run took 33 GB and nine of the
-# grid's runs died out of memory (benchmarks/NOTES.md).
+# card (XLA_PYTHON_CLIENT_MEM_FRACTION: GRID_SHARE / GRID_PARALLEL for the controlled runs, 0.8 / TB_PARALLEL
+# for the translation runs), and the shares must add up to less than one. Keep to about 9 processes: with 13
+# a run took 450 s (benchmarks/NOTES.md, 2026-12-07).
 # CALL_SECONDS (default 450) bounds the training processes, for a session with less device time left:
 #   run(command="CALL_SECONDS=300 bash benchmarks/experiments/recipe_gpu_call.sh", ...)
-# GRID_VARIANTS, GRID_SEEDS, GRID_SHARE (the grid's share of the card's memory), GRID_PARALLEL, TB_KINDS, TB_SIZES, TB_SEEDS (how many) and
-# TB_MODEL (the run whose model/ comes back) choose the runs of a call; the defaults are the whole grid.
+# The variables: GRID_VARIANTS (comma-separated; empty: none), GRID_SEEDS, GRID_SHARE, GRID_PARALLEL; TB_KINDS,
+# TB_SIZES, TB_SEEDS (how many), TB_PARALLEL; TB_MODEL, the run whose model/ comes back in 15 MiB parts
+# (`cat model.tar.part-* | tar x -C RUN`, then `collab-keras preset --run RUN`).
 S=${CALL_SECONDS:-450}
-GRID_VARIANTS=${GRID_VARIANTS:-concat-128,collab-128,collab-128-scale,collab-128-frozen,collab-128-normal,concat-128-nobias,collab-128-frozen-nobias}
+GRID_VARIANTS=${GRID_VARIANTS-}
 GRID_SEEDS=${GRID_SEEDS:-0,1,2}
-GRID_SHARE=${GRID_SHARE:-0.75}
-GRID_PARALLEL=${GRID_PARALLEL:-9}
-TB_KINDS=${TB_KINDS:-collaborative}
-TB_SIZES=${TB_SIZES:-64}
-TB_PARALLEL=${TB_PARALLEL:-6}
-TB_SEEDS=${TB_SEEDS:-1}
-TB_MODEL=${TB_MODEL:-collaborative_64_seed0}
+GRID_SHARE=${GRID_SHARE:-0.3}
+GRID_PARALLEL=${GRID_PARALLEL:-3}
+TB_KINDS=${TB_KINDS:-concatenate,collaborative}
+TB_SIZES=${TB_SIZES:-64,32}
+TB_PARALLEL=${TB_PARALLEL:-10}
+TB_SEEDS=${TB_SEEDS:-3}
+TB_MODEL=${TB_MODEL-}
 # The grid's finished records, committed after each call (`tar xzf records.tgz -C $RECORDS`), are read,
 # not trained again. (The four of 2026-12-07-h100-recipe are not: their train_ce was the last batch's.)
 RECORDS=benchmarks/results/gpu-recipe-grid
@@ -56,14 +59,14 @@ T=benchmarks/experiments/translation_bible.py
   tar czf $OUT/tb.tgz.new --exclude=checkpoints --exclude=model -C /tmp/tb . && mv $OUT/tb.tgz.new $OUT/tb.tgz
 done 2>/dev/null) &
 PACK=$!
-# --parallel 6: the script gives each run 0.8 / 6 of the card (10.7 GB on an H100), this one run included.
+# Each translation run gets 0.8 / TB_PARALLEL of the card (8.4 GB on an H100 at 10).
 (PYTHONPATH=/tmp/site:$PWD timeout $((S + 10)) python3 $T --data .data/nmt-bible-small --output-dir /tmp/tb --seeds $TB_SEEDS \
   --kinds $TB_KINDS --key-sizes $TB_SIZES --parallel $TB_PARALLEL --steps 5000 --checkpoint-every 1000 --batch-size 96 \
   --learning-rate 1e-3 --warmup-steps 800 --label-smoothing 0.1 --mixed-precision > $L/tb.txt 2>&1) &
 TB=$!
-# 9 runs at a time, 0.75 of the card among them; a run starts only while one round (about 250 s on an
-# H100: compiling, 10 epochs, decoding) still fits.
-timeout $S python3 $R run --data .data/translation_recipe --output /tmp/rec --seeds $GRID_SEEDS --epochs 10 \
+# GRID_PARALLEL runs at a time, GRID_SHARE of the card among them; a run starts only while one round (about
+# 250-400 s: compiling, 10 epochs, decoding) still fits.
+[ -n "$GRID_VARIANTS" ] && timeout $S python3 $R run --data .data/translation_recipe --output /tmp/rec --seeds $GRID_SEEDS --epochs 10 \
   --variants $GRID_VARIANTS --parallel $GRID_PARALLEL --memory-share $GRID_SHARE --deadline $((S - 260)) > $L/grid.txt 2>&1
 wait $TB; kill $PACK
 # Patterns that cannot match this script's own command line.
@@ -72,7 +75,7 @@ sleep 3
 tar czf $OUT/records.tgz -C /tmp/rec .
 tar czf $OUT/tb.tgz --exclude=checkpoints --exclude=model -C /tmp/tb .
 M=/tmp/tb/runs/$TB_MODEL/model
-[ -f $M/config.json ] && tar cf - -C $(dirname $M) model | split -b 15m - $OUT/model.tar.part-
+[ -n "$TB_MODEL" ] && [ -f $M/config.json ] && tar cf - -C $(dirname $M) model | split -b 15m - $OUT/model.tar.part-
 python3 $R table --output /tmp/rec > $L/table.txt 2>&1
 tar czf $OUT/logs.tgz -C $L .
 rm -f $OUT/*.new
