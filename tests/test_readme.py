@@ -34,9 +34,12 @@ def test_readme_examples_are_the_tested_docs_examples():
 
 
 @pytest.mark.slow
-def test_readme_snippets_run():
+def test_readme_snippets_run(capsys):
     namespace = {"__name__": "__readme__"}
     for code in _python_blocks("README.md"):
         if not _trained_in_docs(code):
             exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["collaborative_model"] is not None
+    # The shipped translator prints what the README says it prints.
+    printed = capsys.readouterr().out
+    assert "['Im Anfang war das Wort, und das Wort war bei Gott.']" in printed
