@@ -95,8 +95,11 @@ def recording_attention_paths(paths):
 
     dot_product_attention = jax.nn.dot_product_attention
     pallas = _pallas_attention.attention
+    from keras.src.backend.jax import nn as jax_nn
+
     compute_attention = keras.layers.MultiHeadAttention._compute_attention
     use_fused_path = CollaborativeAttention._use_fused_path
+    can_use_flash = jax_nn._can_use_flash_attention
 
     def recording_dot_product_attention(*args, implementation=None, **kwargs):
         name = implementation or "xla"
@@ -109,6 +112,18 @@ def recording_attention_paths(paths):
             raise
         paths[name] += 1
         return output
+
+    def recording_can_use_flash(*args, **kwargs):
+        # keras' check whether cuDNN takes the inputs; where it does not
+        # (on a GPU), why: e.g. float32 inputs.
+        usable = can_use_flash(*args, **kwargs)
+        if not usable and jax.devices()[0].platform == "gpu":
+            try:
+                can_use_flash(*args, **{**kwargs, "raise_error": True})
+            except Exception as error:
+                reason = str(error).splitlines()[0][:120] if str(error) else ""
+                paths[f"cudnn refused: {type(error).__name__} {reason}"] += 1
+        return usable
 
     def recording_pallas(*args, **kwargs):
         paths["pallas"] += 1
@@ -136,6 +151,7 @@ def recording_attention_paths(paths):
         recording_compute_attention
     )
     CollaborativeAttention._use_fused_path = recording_use_fused_path
+    jax_nn._can_use_flash_attention = recording_can_use_flash
     try:
         yield paths
     finally:
@@ -143,6 +159,7 @@ def recording_attention_paths(paths):
         _pallas_attention.attention = pallas
         keras.layers.MultiHeadAttention._compute_attention = compute_attention
         CollaborativeAttention._use_fused_path = use_fused_path
+        jax_nn._can_use_flash_attention = can_use_flash
 
 
 def sizes(quick):
@@ -299,7 +316,8 @@ def time_step(model, inputs, warmup, repeats):
     the backward pass and `keras.optimizers.AdamW`.
 
     Returns:
-        `(milliseconds per step (median), first call seconds, loss)`.
+        `(milliseconds per step (median), first call seconds, the loss at
+        the initial weights, the last step's loss)`.
     """
     import jax
     import jax.numpy as jnp
@@ -336,6 +354,7 @@ def time_step(model, inputs, warmup, repeats):
     *state, loss = step(*state, x)
     jax.block_until_ready(loss)
     first_call_s = time.perf_counter() - start
+    first_loss = float(loss)  # at the initial weights
     for _ in range(warmup):
         *state, loss = step(*state, x)
     jax.block_until_ready(loss)
@@ -345,7 +364,7 @@ def time_step(model, inputs, warmup, repeats):
         *state, loss = step(*state, x)
         jax.block_until_ready(loss)
         samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3, first_call_s, float(loss)
+    return statistics.median(samples) * 1e3, first_call_s, first_loss, float(loss)
 
 
 def table(rows, peak_tflops):
@@ -399,7 +418,6 @@ def main(argv=None):
     if keras.backend.backend() != "jax":
         parser.error("the step is a `jax.jit`: run with KERAS_BACKEND=jax. "
                      f"Received: KERAS_BACKEND={keras.backend.backend()}")
-    keras.config.set_dtype_policy("mixed_bfloat16")
     size = sizes(args.quick)
     device = jax.devices()[0]
     header = (
@@ -412,13 +430,16 @@ def main(argv=None):
     results = []
     for name in rows:
         keras.utils.set_random_seed(0)
+        # Set for every row: `keras.backend.clear_session()` below puts the
+        # global policy back to float32.
+        keras.config.set_dtype_policy("mixed_bfloat16")
         paths = collections.Counter()
         try:
             with recording_attention_paths(paths):
                 model, inputs, flops, tokens = build_row(
                     name, size, np.random.default_rng(0)
                 )
-                ms, first_call_s, loss = time_step(
+                ms, first_call_s, first_loss, loss = time_step(
                     model, inputs, args.warmup, args.repeats
                 )
         except Exception as error:  # noqa: BLE001 (report the row, go on)
@@ -435,9 +456,15 @@ def main(argv=None):
             # The peak is a GPU's; on a CPU only tokens/s are reported.
             "mfu": None if device.platform == "cpu" else (
                 flops / (ms * 1e-3) / (args.peak_tflops * 1e12)),
+            "first_loss": first_loss,
             "loss": loss,
             "first_call_s": first_call_s,
             "attention_paths": dict(paths),
+            # Every layer's policy: one row measured in float32 would compare
+            # cuDNN-less paths with flash ones.
+            "dtype_policies": sorted({
+                layer.dtype_policy.name for layer in model._flatten_layers()
+            }),
         }
         results.append(row)
         print(f"{name}: {ms:.2f} ms/step, first call {first_call_s:.0f} s, "
@@ -445,8 +472,16 @@ def main(argv=None):
         del model
         keras.backend.clear_session()
         gc.collect()
+        # Written after every row, so a run stopped by a time limit keeps
+        # what it measured.
+        write_record(args, header, device, size, results, complete=False)
     text = table(results, args.peak_tflops)
     print("\n" + header + "\n\n" + text, flush=True)
+    return write_record(args, header, device, size, results, complete=True)
+
+
+def write_record(args, header, device, size, results, complete):
+    """Writes the JSON record of the rows measured so far to `args.out`."""
     record = {
         "header": header,
         "backend": "jax",
@@ -456,8 +491,9 @@ def main(argv=None):
         "peak_tflops": args.peak_tflops,
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "complete": complete,
         "rows": results,
-        "table": text,
+        "table": table(results, args.peak_tflops),
     }
     with open(args.out, "w") as file:
         json.dump(record, file, indent=1)

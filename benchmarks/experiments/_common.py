@@ -29,6 +29,7 @@ import platform
 import subprocess
 import sys
 import tarfile
+import textwrap
 import time
 import types
 
@@ -233,7 +234,7 @@ def plot(rows, metric, path, title, ylabel=None, baselines=()):
     axis.set_xticklabels([str(d) for d in dims])
     axis.set_xlabel("shared_key_dim (key size of the shared / concatenated projections)")
     axis.set_ylabel(ylabel or metric)
-    axis.set_title(title, fontsize=10)
+    axis.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=10)  # within the figure
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()

@@ -5,8 +5,8 @@
 # (translation_recipe.py: GRID_VARIANTS x GRID_SEEDS, 10 epochs). Runs whose records are committed
 # (benchmarks/results/gpu-translation-grid/runs/, benchmarks/results/gpu-recipe-grid/) are read, not trained
 # again; after a call unpack tb.tgz's runs/ into the first and records.tgz into the second and commit them.
-# The defaults are the next call of the translation grid (widths 64 and 32, seeds 0-2: 10 runs) and no
-# controlled runs (issue 25 is concluded; docs/results.md section 4).
+# The defaults are the translation grid's widths 64 and 32 (seeds 0-2: 10 runs, all committed now, so the call
+# trains nothing) and no controlled runs (issue 25 is concluded; docs/results.md section 4).
 # From the repository root, with the device tool:
 #   run(command="bash benchmarks/experiments/recipe_gpu_call.sh", carry=[".whl", ".data/nmt-bible-small",
 #       ".data/translation_recipe"], timeout_s=600)   (all of .data/ is over the 64 MiB a call carries)
@@ -21,7 +21,9 @@
 #   run(command="CALL_SECONDS=300 bash benchmarks/experiments/recipe_gpu_call.sh", ...)
 # The variables: GRID_VARIANTS (comma-separated; empty: none), GRID_SEEDS, GRID_SHARE, GRID_PARALLEL; TB_KINDS,
 # TB_SIZES, TB_SEEDS (how many), TB_PARALLEL; TB_MODEL, the run whose model/ comes back in 15 MiB parts
-# (`cat model.tar.part-* | tar x -C RUN`, then `collab-keras preset --run RUN`).
+# (`cat model.tar.part-* | tar x -C RUN`, then `collab-keras preset --run RUN`); TB_RETRAIN, committed runs to
+# train again (below). The next call (benchmarks/NOTES.md): the collaborative d/4 run of seed 1 with its model,
+#   TB_KINDS=collaborative TB_SIZES=64 TB_RETRAIN=collaborative_64_seed1 TB_MODEL=collaborative_64_seed1
 S=${CALL_SECONDS:-450}
 GRID_VARIANTS=${GRID_VARIANTS-}
 GRID_SEEDS=${GRID_SEEDS:-0,1,2}
@@ -32,6 +34,7 @@ TB_SIZES=${TB_SIZES:-64,32}
 TB_PARALLEL=${TB_PARALLEL:-10}
 TB_SEEDS=${TB_SEEDS:-3}
 TB_MODEL=${TB_MODEL-}
+TB_RETRAIN=${TB_RETRAIN-}
 # The grid's finished records, committed after each call (`tar xzf records.tgz -C $RECORDS`), are read,
 # not trained again. (The four of 2026-12-07-h100-recipe are not: their train_ce was the last batch's.)
 RECORDS=benchmarks/results/gpu-recipe-grid
@@ -42,6 +45,9 @@ L=/tmp/logs; mkdir -p $L /tmp/rec /tmp/tb/runs
 cp $RECORDS/*_seed*.json /tmp/rec/ 2>/dev/null; rm -f /tmp/rec/*.partial.json
 # The translation runs of earlier calls (`tar xzf tb.tgz -C $TB_RECORDS`), read instead of trained again.
 cp -r $TB_RECORDS/runs/* /tmp/tb/runs/ 2>/dev/null
+# TB_RETRAIN (comma-separated run names): committed runs trained again all the same, e.g. to bring back the
+# model of one (with TB_MODEL); unpack their new records beside the committed ones, not over them.
+for run in ${TB_RETRAIN//,/ }; do rm -rf /tmp/tb/runs/$run /tmp/tb/runs/$run.log; done
 # Many small processes compiling at once: no GEMM autotuning under contention, and cuBLAS instead of
 # Triton GEMM fusions (whose compiles took minutes on 2026-12-06). XLA aborts on a flag it does not
 # know, so each set is probed and the first that runs is kept.
