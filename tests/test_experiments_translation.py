@@ -129,6 +129,16 @@ def test_records_time_to_baseline_and_paired_bootstrap(tmp_path, vocabulary):
     records[1]["history"][1]["val_loss"] = records[1]["history"][0]["val_loss"] = 3.5
     translation_bible.add_time_to_baseline(records, 64)
     assert math.isnan(records[1]["steps_to_baseline"]) and math.isnan(records[1]["seconds_to_baseline"])
+    # The summary: the times over the seeds that reached the baseline, and
+    # how many did; a second seed that reached it at step 2 (5 s).
+    second = {**records[1], "seed": 1, "steps_to_baseline": 2, "seconds_to_baseline": 5.0}
+    rows = translation_bible.summarize_time_to_baseline(
+        [{"kind": "collaborative", "shared_key_dim": 16}], [records[1], second])
+    assert (rows[0]["reached_baseline"], rows[0]["steps_to_baseline"], rows[0]["seconds_to_baseline"]) == (1, 2, 5.0)
+    assert rows[0]["steps_to_baseline_std"] == 0.0
+    rows = translation_bible.summarize_time_to_baseline(
+        [{"kind": "collaborative", "shared_key_dim": 16}], [records[1]])
+    assert rows[0]["reached_baseline"] == 0 and math.isnan(rows[0]["steps_to_baseline"])
 
     (result,), signatures = translation_bible.paired_bootstrap(records)
     assert (result["shared_key_dim"], result["seed"]) == (16, 0)

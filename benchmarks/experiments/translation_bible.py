@@ -78,6 +78,9 @@ from collab_keras.training.config import RunConfig
 
 METRICS = ["bleu", "chrf", "test_loss", "parameters", "query_key_parameters", "train_seconds",
            "steps_to_baseline", "seconds_to_baseline"]
+# The table's columns: `reached_baseline` counts the seeds whose validation
+# loss reached the baseline's (`summarize_time_to_baseline`).
+TABLE_METRICS = METRICS[:-2] + ["reached_baseline"] + METRICS[-2:]
 FORMATS = {
     "bleu": "{:.2f}",
     "chrf": "{:.2f}",
@@ -87,6 +90,7 @@ FORMATS = {
     "train_seconds": "{:.0f}",
     "steps_to_baseline": "{:.0f}",
     "seconds_to_baseline": "{:.0f}",
+    "reached_baseline": "{:.0f}",
 }
 # The data options a prepared folder's manifest decides, besides the
 # architecture and the sequence length (RunConfig fields).
@@ -244,6 +248,27 @@ def add_time_to_baseline(records, baseline_dim):
     return target
 
 
+def summarize_time_to_baseline(rows, records):
+    """Sets each summary row's `reached_baseline` (how many of its seeds
+    reached the baseline's validation loss) and its `steps_to_baseline` /
+    `seconds_to_baseline` as mean and standard deviation over those seeds
+    (NaN where none did), so that one seed that does not reach it leaves
+    the others' times in the table."""
+    for row in rows:
+        group = [r for r in records
+                 if (r["kind"], r["shared_key_dim"]) == (row["kind"], row["shared_key_dim"])]
+        reached = [r for r in group if not math.isnan(r["steps_to_baseline"])]
+        row["reached_baseline"], row["reached_baseline_std"] = len(reached), 0.0
+        for metric in ("steps_to_baseline", "seconds_to_baseline"):
+            values = [r[metric] for r in reached]
+            row[metric] = sum(values) / len(values) if values else math.nan
+            row[f"{metric}_std"] = (
+                math.sqrt(sum((v - row[metric]) ** 2 for v in values) / (len(values) - 1))
+                if len(values) > 1 else 0.0
+            )
+    return rows
+
+
 def translations(run_dir):
     with open(os.path.join(run_dir, "test_translations.jsonl"), encoding="utf-8") as f:
         return [json.loads(line) for line in f]
@@ -339,7 +364,7 @@ def main(argv=None):
               f"test loss {r['test_loss']:.3f} validation loss {r['final_validation_loss'] or math.nan:.3f}, "
               f"train {r['train_seconds']:.0f} s")
     bootstrap, bootstrap_signatures = paired_bootstrap(records)
-    rows = _common.summarize(records, METRICS)
+    rows = summarize_time_to_baseline(_common.summarize(records, METRICS), records)
     for metric, label in (("bleu", "test BLEU"), ("chrf", "test chrF"), ("test_loss", "test loss (token cross-entropy)")):
         _common.plot(
             rows,
@@ -366,7 +391,7 @@ def main(argv=None):
         print("\n" + "; ".join(bootstrap_signatures.values()))
     print(f"\n### Bible En->De test split ({args.test_examples} verses), {args.architecture}, {args.steps} steps, "
           f"{args.seeds} seeds; baseline validation loss {target if target is None else round(target, 3)}\n")
-    print(_common.markdown_table(rows, METRICS, FORMATS))
+    print(_common.markdown_table(rows, TABLE_METRICS, FORMATS))
     print(f"\n{records[0]['bleu_signature']}; {records[0]['chrf_signature']}")
     return records
 
