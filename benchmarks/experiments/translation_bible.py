@@ -65,6 +65,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import time
 
 import _common
@@ -261,11 +262,8 @@ def summarize_time_to_baseline(rows, records):
         row["reached_baseline"], row["reached_baseline_std"] = len(reached), 0.0
         for metric in ("steps_to_baseline", "seconds_to_baseline"):
             values = [r[metric] for r in reached]
-            row[metric] = sum(values) / len(values) if values else math.nan
-            row[f"{metric}_std"] = (
-                math.sqrt(sum((v - row[metric]) ** 2 for v in values) / (len(values) - 1))
-                if len(values) > 1 else 0.0
-            )
+            row[metric] = statistics.mean(values) if values else math.nan
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return rows
 
 
