@@ -36,12 +36,18 @@ none on CPUs);
 and the attention paths seen while tracing (`attention_paths`): calls of
 `jax.nn.dot_product_attention` by implementation (`cudnn`, `xla`, and
 `cudnn failed: ...` where keras' MultiHeadAttention caught cuDNN's refusal
-and fell back, e.g. "Bias must have same seq length as QKV"), the Pallas
+and fell back, e.g. "Bias must have same seq length as QKV"; `cudnn
+refused: ...` where keras' check kept cuDNN out, e.g. float32 inputs), the Pallas
 kernel, and the explicit einsum paths of `MultiHeadAttention` and
 `CollaborativeAttention`.
 
     KERAS_BACKEND=jax python3 benchmarks/model_step.py --out $OUT/model_step.json
     KERAS_BACKEND=jax python3 benchmarks/model_step.py --quick --rows plain,bert_concatenated
+
+The JSON record (`--out`, written after every row) also holds each row's
+first and last loss and its layers' dtype policies (`dtype_policies`: every
+row runs under mixed_bfloat16, set again for each row since
+`keras.backend.clear_session()` puts the global policy back to float32).
 
 Needs no TensorFlow (the GPU machine has none).
 """
@@ -85,18 +91,18 @@ def recording_attention_paths(paths):
     """Counts, into the `collections.Counter` `paths`, the attention paths
     traced inside the block: `jax.nn.dot_product_attention` calls by
     implementation (and the failures keras' `MultiHeadAttention` catches
-    before it falls back), the Pallas kernel, and the explicit paths of
-    `MultiHeadAttention` and `CollaborativeAttention`."""
+    before it falls back), why keras did not try cuDNN (on GPUs), the
+    Pallas kernel, and the explicit paths of `MultiHeadAttention` and
+    `CollaborativeAttention`."""
     import jax
     import keras
+    from keras.src.backend.jax import nn as jax_nn
 
     from collab_keras.layers import CollaborativeAttention
     from collab_keras.ops import _pallas_attention
 
     dot_product_attention = jax.nn.dot_product_attention
     pallas = _pallas_attention.attention
-    from keras.src.backend.jax import nn as jax_nn
-
     compute_attention = keras.layers.MultiHeadAttention._compute_attention
     use_fused_path = CollaborativeAttention._use_fused_path
     can_use_flash = jax_nn._can_use_flash_attention
@@ -475,9 +481,9 @@ def main(argv=None):
         # Written after every row, so a run stopped by a time limit keeps
         # what it measured.
         write_record(args, header, device, size, results, complete=False)
-    text = table(results, args.peak_tflops)
-    print("\n" + header + "\n\n" + text, flush=True)
-    return write_record(args, header, device, size, results, complete=True)
+    record = write_record(args, header, device, size, results, complete=True)
+    print("\n" + header + "\n\n" + record["table"], flush=True)
+    return record
 
 
 def write_record(args, header, device, size, results, complete):
