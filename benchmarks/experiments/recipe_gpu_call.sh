@@ -48,6 +48,8 @@ cp -r $TB_RECORDS/runs/* /tmp/tb/runs/ 2>/dev/null
 # TB_RETRAIN (comma-separated run names): committed runs trained again all the same, e.g. to bring back the
 # model of one (with TB_MODEL); unpack their new records beside the committed ones, not over them.
 for run in ${TB_RETRAIN//,/ }; do rm -rf /tmp/tb/runs/$run /tmp/tb/runs/$run.log; done
+# What came with the tree does not go back: tb.tgz holds the runs (and logs) this call trained, and the tables.
+(cd /tmp/tb && ls -d runs/* 2>/dev/null) > /tmp/committed.txt
 # Many small processes compiling at once: no GEMM autotuning under contention, and cuBLAS instead of
 # Triton GEMM fusions (whose compiles took minutes on 2026-12-06). XLA aborts on a flag it does not
 # know, so each set is probed and the first that runs is kept.
@@ -62,7 +64,7 @@ T=benchmarks/experiments/translation_bible.py
 (while sleep 45; do
   tar czf $OUT/records.tgz.new -C /tmp/rec . && mv $OUT/records.tgz.new $OUT/records.tgz
   tar czf $OUT/logs.tgz.new -C $L . && mv $OUT/logs.tgz.new $OUT/logs.tgz
-  tar czf $OUT/tb.tgz.new --exclude=checkpoints --exclude=model -C /tmp/tb . && mv $OUT/tb.tgz.new $OUT/tb.tgz
+  tar czf $OUT/tb.tgz.new --exclude=checkpoints --exclude=model --exclude-from=/tmp/committed.txt -C /tmp/tb . && mv $OUT/tb.tgz.new $OUT/tb.tgz
 done 2>/dev/null) &
 PACK=$!
 # Each translation run gets 0.8 / TB_PARALLEL of the card (8.4 GB on an H100 at 10).
@@ -75,11 +77,11 @@ TB=$!
 [ -n "$GRID_VARIANTS" ] && timeout $S python3 $R run --data .data/translation_recipe --output /tmp/rec --seeds $GRID_SEEDS --epochs 10 \
   --variants $GRID_VARIANTS --parallel $GRID_PARALLEL --memory-share $GRID_SHARE --deadline $((S - 260)) > $L/grid.txt 2>&1
 wait $TB; kill $PACK
-# Patterns that cannot match this script's own command line.
-pkill -f "translation_recipe[.]py one"; pkill -f "collab_keras[.]training train"
+# Patterns that cannot match this script's own command line, nor the runs of another task sharing the call.
+pkill -f "translation_recipe[.]py one"; pkill -f "collab_keras[.]training train nmt"
 sleep 3
 tar czf $OUT/records.tgz -C /tmp/rec .
-tar czf $OUT/tb.tgz --exclude=checkpoints --exclude=model -C /tmp/tb .
+tar czf $OUT/tb.tgz --exclude=checkpoints --exclude=model --exclude-from=/tmp/committed.txt -C /tmp/tb .
 M=/tmp/tb/runs/$TB_MODEL/model
 [ -n "$TB_MODEL" ] && [ -f $M/config.json ] && tar cf - -C $(dirname $M) model | split -b 15m - $OUT/model.tar.part-
 python3 $R table --output /tmp/rec > $L/table.txt 2>&1
