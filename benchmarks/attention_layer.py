@@ -6,7 +6,9 @@ CollaborativeAttention variants (self-attention, no mask), compiles forward
 and forward+backward the way the active backend runs Keras fast
 (`tf.function(jit_compile=True)`, `jax.jit` over `stateless_call`, eager
 torch), times all layers alternating in one process, and prints for each the
-median time ratio next to the FLOP ratio of the two layers.
+median time ratio next to the FLOP ratio of the two layers, and the memory
+each step allocates beyond its inputs and weights (`step_memory_mib`: XLA's
+memory analysis on JAX, the CUDA allocator's peak on torch; "-" elsewhere).
 
     KERAS_BACKEND=tensorflow python benchmarks/attention_layer.py
     KERAS_BACKEND=jax python benchmarks/attention_layer.py \
@@ -104,7 +106,16 @@ def make_step(layer, inputs, backward):
             fn = jax.jit(jax.grad(loss_fn))
         else:
             fn = jax.jit(loss_fn)
-        return lambda: fn(trainable, inputs)
+
+        def step():
+            return fn(trainable, inputs)
+
+        def memory():  # XLA's temporaries and outputs: what the step allocates
+            stats = fn.lower(trainable, inputs).compile().memory_analysis()
+            return stats.temp_size_in_bytes + stats.output_size_in_bytes
+
+        step.memory = memory
+        return step
     import torch
 
     params = [v.value for v in layer.trainable_variables]
@@ -117,6 +128,24 @@ def make_step(layer, inputs, backward):
         return torch.autograd.grad(y, params)
 
     return step
+
+
+def step_memory_mib(step):
+    """MiB the step allocates beyond its inputs and weights: on JAX, the
+    compiled program's temporaries and outputs (XLA's memory analysis, so
+    on every device); on torch with CUDA, the allocator's peak during one
+    call less what was allocated before it; otherwise None."""
+    if BACKEND == "jax":
+        return step.memory() / 2**20
+    if BACKEND == "torch" and _cuda():
+        import torch
+
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        sync(step())
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    return None
 
 
 def time_alternating(steps, repeats, target_s=0.05):
@@ -253,6 +282,7 @@ def benchmark(sizes, variants, modes, repeats, log, skip_same=False):
                 print(f"  {batch}x{length} K{shared} {mode} FAILED: "
                       f"{str(error).splitlines()[0][:300]}", flush=True)
                 continue
+            memory = {name: step_memory_mib(step) for name, step in steps.items()}
             kernel = None
             if BACKEND == "torch" and _cuda():
                 kernel = torch_kernel_ms(steps)
@@ -273,6 +303,8 @@ def benchmark(sizes, variants, modes, repeats, log, skip_same=False):
                     flop_ratio=col_flops / mha_flops,
                     mha_tflops=factor * mha_flops / times["mha"] / 1e12,
                     collab_tflops=factor * col_flops / times[name] / 1e12,
+                    mha_mib=memory["mha"],
+                    collab_mib=memory[name],
                 )
                 row["ratio_over_flop_ratio"] = row["time_ratio"] / row["flop_ratio"]
                 if kernel is not None:
@@ -461,9 +493,9 @@ def print_table(rows, info):
     print(
         "| batch, length, d_model, heads, Dk | pass | collab path | MHA ms "
         "| collab ms | time ratio | FLOP ratio | time/FLOP ratio "
-        "| MHA TFLOP/s | collab TFLOP/s |"
+        "| MHA TFLOP/s | collab TFLOP/s | MHA MiB | collab MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "gpu_ratio" in r:
             continue
@@ -473,8 +505,13 @@ def print_table(rows, info):
             f"{r['mha_ms']:.3f} | {r['collab_ms']:.3f} | "
             f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | "
             f"{r['ratio_over_flop_ratio']:.2f} | {r['mha_tflops']:.3g} | "
-            f"{r['collab_tflops']:.3g} |"
+            f"{r['collab_tflops']:.3g} | {_mib(r['mha_mib'])} | "
+            f"{_mib(r['collab_mib'])} |"
         )
+
+
+def _mib(value):
+    return "-" if value is None else f"{value:.1f}"
 
 
 def print_kernel_table(rows):
