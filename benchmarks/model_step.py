@@ -62,6 +62,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -383,7 +384,7 @@ def table(rows, peak_tflops):
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['row']} | fails: {row['error']} |||||||")
+            lines.append(f"| {row['row']} | fails: {row['error'][:200]} |||||||")
             continue
         ratio = f"{row['ms'] / base['ms']:.2f}" if base else "-"
         paths = ", ".join(f"{k} x{v}" for k, v in row["attention_paths"].items())
@@ -449,8 +450,10 @@ def main(argv=None):
                     model, inputs, args.warmup, args.repeats
                 )
         except Exception as error:  # noqa: BLE001 (report the row, go on)
-            message = str(error).splitlines()[0][:300] if str(error) else ""
-            results.append({"row": name, "error": f"{type(error).__name__}: {message}"})
+            traceback.print_exc()
+            # The whole message: Keras' first line only names the layer.
+            message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            results.append({"row": name, "error": f"{type(error).__name__}: {message[:1500]}"})
             print(f"{name}: fails: {results[-1]['error']}", flush=True)
             continue
         row = {

@@ -7,7 +7,8 @@ zero-padded to a common width (a multiple of 8). The content term enters the
 scores exactly as one more key column: head `h` attends with the query
 `[q * m_h, 1 / scale]` and the key `[k, scale * c_h]`, whose dot product is
 `(q * m_h) . k + c_h` (cuDNN takes no per-key bias short of a full
-`(B, N, T, S)` one). cuDNN takes head sizes up to 256.
+`(B, N, T, S)` one). cuDNN takes head sizes up to 256, and a mask only
+spanning the query axis and with even lengths (else XLA runs it).
 """
 
 import jax
@@ -92,6 +93,14 @@ def attention(query, key, value, mixing, content, mask, scale, is_causal):
             is_causal = False
         mask, attends = unmask_empty_rows(mask)
     use_cudnn = cudnn_applies(width_k, value_dim, query.dtype, use_content)
+    if use_cudnn and mask is not None:
+        # cuDNN takes a mask as a bias spanning the query axis (a key
+        # padding mask's (B, 1, 1, S) raises "Bias must have same seq length
+        # as QKV"), and with a bias, for training, only even lengths.
+        if query.shape[1] % 2 or length % 2:
+            use_cudnn = False
+        else:
+            mask = jnp.broadcast_to(mask, mask.shape[:2] + (query.shape[1], length))
     output = jax.nn.dot_product_attention(
         mixed,
         key,
