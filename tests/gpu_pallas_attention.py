@@ -11,7 +11,8 @@ explicit computation in float64 (`_pallas_attention.reference` on float64
 inputs): bfloat16 inputs, float32 for two cases and float16 for one, every
 mask kind (none, causal, key padding, general per-head boolean mask with
 fully masked rows, causal + key padding, causal + per-head mask), odd
-lengths and widths (K 64 to 512, V 48 to 128), and NaN propagation; each
+lengths and widths (K 64 to 512, 192, 320 and 384 as two tiles, V 48 to
+128), and NaN propagation; each
 case with both backwards: `written` (the score gradient written, the
 default where it fits) and `flash` (`score_gradient_bytes=0`), and for two
 cases `chunks` (the written backward with a budget of one batch row: one
@@ -42,6 +43,7 @@ CASES = [
     (2, 130, 130, 12, 64, 64, True, None, False),
     (2, 200, 200, 12, 128, 64, True, "full_heads", True),
     (3, 257, 257, 12, 384, 64, False, None, True),
+    (2, 100, 100, 6, 320, 64, True, "causal", True),  # 256 + 64 columns
     (4, 130, 130, 12, 256, 64, True, "keys", True),
 ]
 CHUNKED = (CASES[0], CASES[-1])  # also run in chunks of one batch row
@@ -62,7 +64,7 @@ def backwards(case, dtype):
         t_pad = pa.round_up(t, max(config.block_q, config.block_q_bwd,
                                    config.block_q_ds))
         s_pad = pa.round_up(s, pa._key_block(config))
-        k_pad = pa.tile_width(k)
+        k_pad = sum(pa.key_tiles(k))
         sizes = (batch, n, t_pad, s_pad, k_pad, dtype)
         assert pa.written_rows(*sizes, config) == batch  # one chunk
         # The budget of one row: `batch` chunks.

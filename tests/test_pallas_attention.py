@@ -6,7 +6,9 @@ mask kind are covered; outputs and the gradients of every input are compared
 with the explicit computation in float32, for both backwards (the score
 gradient written, in chunks of batch rows, and the flash one). The compiled (Triton) kernel is
 checked on a GPU by `tests/gpu_pallas_attention.py` (run on the GPU machine;
-its output is in benchmarks/results/).
+its output is in benchmarks/results/); here it is lowered for CUDA at every
+shared key width from 64 to 512, which is where Triton's tile rules are
+enforced.
 """
 
 import pytest
@@ -181,6 +183,80 @@ def test_value_width_differs_from_key_width():
     got = _output_and_grads(_kernel(), args, g, scale=0.25)
     assert got[0].shape == (2, 17, 2, 5)
     _assert_close(got, _output_and_grads(pa.reference, args, g, scale=0.25), 1e-5)
+
+
+@pytest.mark.parametrize(
+    "key_width,tiles",
+    [(24, (32,)), (64, (64,)), (100, (128,)), (128, (128,)),
+     (136, (128, 16)), (192, (128, 64)), (200, (256,)), (256, (256,)),
+     (320, (256, 64)), (384, (256, 128)), (448, (256, 256)),
+     (512, (256, 256))],
+)
+def test_key_tiles(key_width, tiles):
+    # Shared by both GPU kernels (torch's tiles A and B).
+    assert pa.key_tiles(key_width) == tiles
+
+
+@BACKWARDS
+@pytest.mark.parametrize("key_width", [136, 160])  # 128 + 16, 128 + 32
+def test_key_width_in_two_tiles(backward, key_width):
+    # Widths whose next power of two would waste columns are cut into two
+    # tiles whose score products add up (`_attention_utils.key_tiles`).
+    assert len(pa.key_tiles(key_width)) == 2
+    args, g = _inputs(key_width=key_width, heads=2, length=17, keys=19)
+    kwargs = dict(mask=jnp.asarray(KEY_PADDING[:, :, :, :19]), scale=0.1,
+                  is_causal=True)
+    got = _output_and_grads(_kernel(TILES._replace(**backward)), args, g,
+                            **kwargs)
+    _assert_close(got, _output_and_grads(pa.reference, args, g, **kwargs),
+                  1e-5)
+
+
+def _lowered_for_gpus(key_width, backward, mask):
+    """The forward and backward of the compiled kernel lowered for CUDA (no
+    GPU needed: Pallas lowers to Triton in Python, and raises there for the
+    tile shapes Triton does not take, e.g. sizes not a power of two)."""
+    batch, length, heads = 2, 256, 4
+    bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+    mask = {
+        "none": None,
+        "keys": jax.ShapeDtypeStruct((batch, 1, 1, length), jnp.bool_),
+        "full": jax.ShapeDtypeStruct((batch, 1, length, length), jnp.bool_),
+    }[mask]
+    config = pa.default_config(key_width, 64, jnp.bfloat16)._replace(
+        **backward)
+
+    def loss(q, k, v, m, c, mask):
+        out = pa.attention(q, k, v, m, c, mask, scale=0.1, config=config)
+        return jnp.sum(out.astype(jnp.float32))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+    return grad.trace(
+        bf16(batch, length, key_width), bf16(batch, length, key_width),
+        bf16(batch, length, heads, 64), bf16(heads, key_width),
+        bf16(batch, length, heads), mask,
+    ).lower(lowering_platforms=("cuda",)).as_text()
+
+
+@pytest.mark.parametrize("backward", [{"score_gradient_bytes": 1 << 30}, FLASH],
+                         ids=["written", "flash"])
+@pytest.mark.parametrize("key_width", [64, 128, 192, 256, 320, 384, 448, 512])
+def test_lowers_for_gpus_at_every_key_width(backward, key_width):
+    text = _lowered_for_gpus(key_width, backward, "keys")
+    kernels = ["collaborative_attention_forward"] + (
+        ["collaborative_attention_backward_keys",
+         "collaborative_attention_backward_queries"] if backward == FLASH else
+        ["collaborative_attention_score_gradient",
+         "collaborative_attention_mixing_gradient"])
+    for name in kernels:
+        assert name in text
+
+
+@pytest.mark.parametrize("mask", ["none", "full"])
+def test_lowers_for_gpus_with_every_mask_kind(mask):
+    for backward in ({"score_gradient_bytes": 1 << 30}, FLASH):
+        assert "collaborative_attention_forward" in _lowered_for_gpus(
+            384, backward, mask)
 
 
 def test_rejects_what_it_cannot_run():

@@ -134,8 +134,9 @@ def test_interpreted_kernel_matches_explicit(ta, mask, causal, content,
 @pytest.mark.parametrize(
     "shape,groups",
     [
-        # B, T, S, N, K (two tiles past 256), V
+        # B, T, S, N, K (two tiles: 256 + 16, 128 + 16), V
         ((1, 18, 20, 4, 272, 20), 0),
+        ((1, 18, 20, 2, 144, 20), 0),
         ((2, 17, 33, 4, 24, 8), 2),  # heads split over two programs
     ],
 )
@@ -235,16 +236,19 @@ def test_score_gradient_rows_fit_the_budget():
 def test_default_tiles_fit_shared_memory(ta):
     """The tiles measured with values 64 wide, made smaller where they do
     not fit in an H200's shared memory: on the H200 the forward's 128 x 128
-    tiles at keys 192 (a 256 tile) and values 80 (a 128 tile) asked for
-    262144 bytes of its 232448."""
+    tiles at keys 192 (then a 256 tile; 128 + 64 since) and values 80 (a
+    128 tile) asked for 262144 bytes of its 232448."""
     from collab_keras.ops._attention_utils import SHARED_MEMORY_BYTES
     from collab_keras.ops._attention_utils import fit_tiles
 
     assert SHARED_MEMORY_BYTES == 232448
     measured = ta.default_config(256)
     assert (measured.block_q, measured.block_k) == (128, 128)
-    wide_values = ta.default_config(192, value_width=80)
+    wide_values = ta.default_config(256, value_width=80)
     assert (wide_values.block_q, wide_values.block_k) == (128, 64)
+    # Keys 192 as 128 + 64 columns: (128 * 192 + 2 * 128 * 320) * 2 fits.
+    narrower = ta.default_config(192, value_width=80)
+    assert (narrower.block_q, narrower.block_k) == (128, 128)
     # (128 * 256 + 2 * 128 * 384) * 2 bytes = 262144: halve the streamed
     # key and value tiles.
     assert fit_tiles(128, 128, 2, 256, 384, 2) == (128, 64)

@@ -75,6 +75,23 @@ def tile_width(n):
     return max(16, 1 << (int(n) - 1).bit_length())
 
 
+def key_tiles(width):
+    """Widths of the tiles the GPU kernels cut a shared key `width` wide
+    into (each a power of two, `tile_width`): one tile where padding to the
+    next power of two wastes nothing a split would save, else the largest
+    power of two in `width` (at most 256) and a tile for the rest. So the
+    scores of keys 192 wide take 128 + 64 columns, 384 wide 256 + 128,
+    not 256 and 512: Triton's tiles are powers of two, the FLOPs need not
+    be."""
+    width = int(width)
+    whole = tile_width(width)
+    first = min(256, 1 << (width.bit_length() - 1))
+    if width <= first:
+        return (whole,)
+    split = (first, tile_width(width - first))
+    return (whole,) if whole <= 256 and whole <= sum(split) else split
+
+
 # Shared memory a block of the GPU kernels may use on an H100 / H200.
 SHARED_MEMORY_BYTES = 227 * 1024
 

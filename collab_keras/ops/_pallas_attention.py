@@ -13,9 +13,11 @@ multi-head kernel:
 - the mixing `m_h` is applied to the query tile inside the kernel: no
   `(B, T, N, K)` tensor is written, and the key is never broadcast;
 - scores are `K` wide and values `V` wide (no padding of the values to the
-  key width); each is rounded up to a power of two for Triton's tiles (the
-  operands are zero-padded then, as are lengths that are not a multiple of
-  the tiles; padded keys are masked inside);
+  key width); Triton's tiles are powers of two, so the key width is cut
+  into one or two tiles (`_attention_utils.key_tiles`: 192 as 128 + 64,
+  384 as 256 + 128) whose products add up, and the value width is rounded
+  up to one (the operands are zero-padded then, as are lengths that are not
+  a multiple of the tiles; padded keys are masked inside);
 - the content term is added to the scores inside the kernel;
 - the causal mask and key-padding masks `(B, 1, 1, S)` are computed or read
   per key block inside the kernel; any other boolean mask is read as an
@@ -60,6 +62,7 @@ used by the tests); `applies` says when the compiled kernel runs.
 """
 
 import functools
+import itertools
 import math
 from typing import NamedTuple
 
@@ -69,6 +72,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from collab_keras.ops import _attention_utils
+from collab_keras.ops._attention_utils import key_tiles
 from collab_keras.ops._attention_utils import round_up
 from collab_keras.ops._attention_utils import tile_width
 
@@ -129,7 +133,7 @@ def default_config(key_width, value_width, dtype=jnp.bfloat16,
     if jnp.dtype(dtype).itemsize == 4:
         config = _attention_utils.halved_tiles(config)
     return _attention_utils.fitted_config(
-        config, tile_width(key_width), tile_width(value_width),
+        config, sum(key_tiles(key_width)), tile_width(value_width),
         jnp.dtype(dtype).itemsize, 1 if full_mask else 0)
 
 
@@ -175,7 +179,9 @@ def applies(query, key, value, mixing=None, content=None, mask=None,
 # - Dk 384: the core alone was faster at 512 (2.92 ms against the
 #   explicit path's 3.26), but the bert_base training step with it took
 #   1.31x concatenated heads' time against 1.02x with the explicit path
-#   (benchmarks/gpu_attention.py, bert part): not taken.
+#   (benchmarks/gpu_attention.py, bert part): not taken. Measured when the
+#   kernel ran keys 192 and 384 wide as 256 and 512 columns; they run 128 +
+#   64 and 256 + 128 since (`key_tiles`), not measured yet.
 # Entries wider than 128 were measured against the explicit path only:
 # they apply where cuDNN does not take the inputs.
 PREFERRED_LENGTHS = {128: 512, 192: 0, 256: 8192}
@@ -207,9 +213,9 @@ def chosen(query, key, value, content=None, mask=None):
     prefers it (`preferred`), and, for shared key widths up to 256, where
     cuDNN does not take the inputs (`_jax_attention.cudnn_applies`, e.g.
     Dk 256 with the content column) and the fused path is asked for
-    (`flash_attention=True`). Wider keys (padded to 512 here) make this
-    backward slower than the explicit path; they go to
-    `_jax_attention.attention`.
+    (`flash_attention=True`). Wider keys go to `_jax_attention.attention`
+    (at 384, when the kernel ran 512 columns, the bert_base step was
+    slower with it than with the explicit path).
     """
     from collab_keras.ops import _jax_attention
 
@@ -295,7 +301,7 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
     pad_t = max(config.block_q, config.block_q_bwd, config.block_q_ds)
     pad_s = _key_block(config)
     t_pad, s_pad = round_up(length, pad_t), round_up(keys, pad_s)
-    k_pad, v_pad = tile_width(key_width), tile_width(value_width)
+    k_pad, v_pad = sum(key_tiles(key_width)), tile_width(value_width)
     dtype = query.dtype
     q = _pad(query, (0, t_pad - length, k_pad - key_width))
     k = _pad(key, (0, s_pad - keys, k_pad - key_width))
@@ -316,8 +322,8 @@ def attention(query, key, value, mixing, content=None, mask=None, scale=1.0,
                         (0, 0, t_pad - length, s_pad - keys))
     static = _Static(
         scale=float(scale), causal=bool(is_causal), mask_kind=mask_kind,
-        keys=keys, config=config, interpret=bool(interpret),
-        auto_groups=auto_groups,
+        keys=keys, key_tiles=key_tiles(key_width), config=config,
+        interpret=bool(interpret), auto_groups=auto_groups,
     )
     out = _attention(q, k, v, m, c, mask_arr, static)
     return out[:, :length, :, :value_width]
@@ -328,6 +334,7 @@ class _Static(NamedTuple):
     causal: bool
     mask_kind: str  # "none", "keys" (B, S) or "full" (B, 1|N, T, S)
     keys: int  # true key count (keys beyond it are padding)
+    key_tiles: tuple  # widths of the key's column tiles (`key_tiles`)
     config: Config
     interpret: bool
     auto_groups: bool  # head groups of the written backward: by its grid
@@ -345,19 +352,38 @@ def _pad(x, extra):
 # Shared pieces of the kernels.
 
 
+def _columns(static):
+    """The key's column tiles as index slices (`_Static.key_tiles`)."""
+    starts = (0,) + tuple(itertools.accumulate(static.key_tiles))[:-1]
+    return [pl.ds(start, width)
+            for start, width in zip(starts, static.key_tiles)]
+
+
+def _load(ref, *index, static):
+    """`ref[*index, tile]` for each column tile of the key width: a list."""
+    return [ref[(*index, cols)] for cols in _columns(static)]
+
+
+def _sum_dots(a, b, **kwargs):
+    """`sum_t a[t] @ b[t]` over the column tiles `t` (`_dot`)."""
+    return functools.reduce(
+        jnp.add, [_dot(x, y, **kwargs) for x, y in zip(a, b)])
+
+
 def _scores(qm, k, c_ref, mask_ref, b, h, row0, col0, static, heads_in_mask,
             transposed=False):
-    """Masked base-2 scores of the tile at (`row0`, `col0`):
-    `scale * log2(e) * (qm . k + c)`, -inf where masked; `(bq, bk)`, or
-    `(bk, bq)` if `transposed` (computed so, not transposed after)."""
-    bq, bk = qm.shape[0], k.shape[0]
+    """Masked base-2 scores of the tile at (`row0`, `col0`) from the column
+    tiles `qm` and `k` (lists, `_load`): `scale * log2(e) * (qm . k + c)`,
+    -inf where masked; `(bq, bk)`, or `(bk, bq)` if `transposed` (computed
+    so, not transposed after)."""
+    bq, bk = qm[0].shape[0], k[0].shape[0]
     rows = row0 + jnp.arange(bq, dtype=jnp.int32)
     cols = col0 + jnp.arange(bk, dtype=jnp.int32)
     if transposed:
-        s = _dot(k, qm, trans_b=True)  # (bk, bq) float32
+        s = _sum_dots(k, qm, trans_b=True)  # (bk, bq) float32
         rows, cols = rows[None, :], cols[:, None]
     else:
-        s = _dot(qm, k, trans_b=True)  # (bq, bk) float32
+        s = _sum_dots(qm, k, trans_b=True)  # (bq, bk) float32
         rows, cols = rows[:, None], cols[None, :]
     if c_ref is not None:
         c = c_ref[b, h, pl.ds(col0, bk)]
@@ -392,7 +418,10 @@ def _dot(a, b, trans_a=False, trans_b=False):
 
 
 def _mixed(q, m):
-    """`q * m_h` rounded once to the input dtype, as the einsum would."""
+    """`q * m_h` rounded once to the input dtype, as the einsum would; of
+    lists of column tiles, the list of the tiles'."""
+    if isinstance(q, list):
+        return [_mixed(x, y) for x, y in zip(q, m)]
     return (q.astype(jnp.float32) * m.astype(jnp.float32)[None, :]).astype(q.dtype)
 
 
@@ -425,13 +454,13 @@ def _forward_kernel(*refs, static, has_content, heads_in_mask, n_kblocks):
     cfg = static.config
     bq, bk = cfg.block_q, cfg.block_k
     h, i, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    q = q_ref[b, pl.ds(i * bq, bq), :]  # (bq, Kp)
-    qm = _mixed(q, m_ref[h, :])
+    q = _load(q_ref, b, pl.ds(i * bq, bq), static=static)  # [(bq, tile)]
+    qm = _mixed(q, _load(m_ref, h, static=static))
     v_width = v_ref.shape[-1]
 
     def body(j, carry):
         acc, top, total = carry
-        k = k_ref[b, pl.ds(j * bk, bk), :]  # (bk, Kp)
+        k = _load(k_ref, b, pl.ds(j * bk, bk), static=static)  # [(bk, tile)]
         s = _scores(qm, k, c_ref, mask_ref, b, h, i * bq, j * bk, static,
                     heads_in_mask)
         new_top = jnp.maximum(top, jnp.max(s, axis=1))
@@ -514,19 +543,20 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
     else:
         bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
     g, j, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    k = k_ref[b, pl.ds(j * bk, bk), :]  # (bk, Kp), loaded once for all heads
+    # [(bk, tile)], loaded once for all heads
+    k = _load(k_ref, b, pl.ds(j * bk, bk), static=static)
     start = lax.div(j * bk, bq) if static.causal else 0
 
     def head(hh, dk):
         h = g * heads_per_group + hh
-        m = m_ref[h, :]
+        m = _load(m_ref, h, static=static)
         v = v_ref[b, pl.ds(j * bk, bk), h, :]  # (bk, Vp)
 
         def body(i, carry):
-            *dk, dv, dc = carry  # dk: [] when dS is written
+            dk, dv, dc = carry  # dk: () when dS is written
             # Transposed tiles (key rows, query columns), as in Triton's
             # fused-attention tutorial: no transpose before the products.
-            qm = _mixed(q_ref[b, pl.ds(i * bq, bq), :], m)  # (bq, Kp)
+            qm = _mixed(_load(q_ref, b, pl.ds(i * bq, bq), static=static), m)
             s = _scores(qm, k, c_ref, mask_ref, b, h, i * bq, j * bk, static,
                         heads_in_mask, transposed=True)  # (bk, bq)
             lse = lse_ref[b, h, pl.ds(i * bq, bq)]
@@ -540,11 +570,12 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
             if write_ds:  # the tile as it is: the query axis contiguous
                 out_ref[b, pl.ds(j * bk, bk), h, pl.ds(i * bq, bq)] = (
                     ds.astype(out_ref.dtype))  # (bk, bq)
-            else:
-                dk = [dk[0] + _dot(ds.astype(qm.dtype), qm)]
+            else:  # [(bk, tile)]
+                dk = tuple(d + _dot(ds.astype(x.dtype), x)
+                           for d, x in zip(dk, qm))
             if c_ref is not None:
                 dc = dc + jnp.sum(ds, axis=1)
-            return (*dk, dv, dc)
+            return dk, dv, dc
 
         if write_ds and static.causal:  # the blocks above the diagonal: 0
 
@@ -556,20 +587,20 @@ def _key_kernel(*refs, static, has_content, heads_in_mask, n_qblocks,
             lax.fori_loop(0, start, skipped, 0)
         dv = jnp.zeros((bk, v_ref.shape[-1]), jnp.float32)
         dc = jnp.zeros((bk,), jnp.float32)
-        carry = (dv, dc) if write_ds else (dk, dv, dc)
-        *new_dk, dv, dc = lax.fori_loop(start, n_qblocks, body, carry)
+        dk, dv, dc = lax.fori_loop(start, n_qblocks, body, (dk, dv, dc))
         dv_ref[b, pl.ds(j * bk, bk), h, :] = dv.astype(dv_ref.dtype)
         if dc_ref is not None:
             dc_ref[b, h, pl.ds(j * bk, bk)] = dc * static.scale
-        return new_dk[0] if new_dk else dk
+        return dk
 
-    dk = 0 if write_ds else jnp.zeros((bk, k_ref.shape[-1]), jnp.float32)
+    dk = () if write_ds else tuple(  # [(bk, tile)]
+        jnp.zeros((bk, width), jnp.float32) for width in static.key_tiles)
     if heads_per_group == 1:
         dk = head(0, dk)
     else:
         dk = lax.fori_loop(0, heads_per_group, head, dk)
-    if not write_ds:
-        out_ref[g, b, pl.ds(j * bk, bk), :] = dk * static.scale
+    for d, cols in zip(dk, _columns(static)):
+        out_ref[g, b, pl.ds(j * bk, bk), cols] = d * static.scale
 
 
 def _query_kernel(*refs, static, has_content, heads_in_mask, n_kblocks,
@@ -584,39 +615,45 @@ def _query_kernel(*refs, static, has_content, heads_in_mask, n_kblocks,
     cfg = static.config
     bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
     g, i, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    q = q_ref[b, pl.ds(i * bq, bq), :]  # (bq, Kp)
+    q = _load(q_ref, b, pl.ds(i * bq, bq), static=static)  # [(bq, tile)]
     upper = _key_blocks_for(i, bq, bk, n_kblocks, static.causal)
+    zeros = tuple(jnp.zeros((bq, width), jnp.float32)
+                  for width in static.key_tiles)
 
     def head(hh, dq):
         h = g * heads_per_group + hh
-        m = m_ref[h, :]
+        m = _load(m_ref, h, static=static)
         qm = _mixed(q, m)
         lse = lse_ref[b, h, pl.ds(i * bq, bq)]
         delta = delta_ref[b, h, pl.ds(i * bq, bq)]
         do = do_ref[b, pl.ds(i * bq, bq), h, :]  # (bq, Vp)
 
         def body(j, dqm):
-            k = k_ref[b, pl.ds(j * bk, bk), :]
+            k = _load(k_ref, b, pl.ds(j * bk, bk), static=static)
             v = v_ref[b, pl.ds(j * bk, bk), h, :]
             s = _scores(qm, k, c_ref, mask_ref, b, h, i * bq, j * bk, static,
                         heads_in_mask)
             p = jnp.exp2(s - lse[:, None])
             dp = _dot(do, v, trans_b=True)
             ds = _masked_zero(s, p * (dp - delta[:, None]), static)
-            return dqm + _dot(ds.astype(k.dtype), k)
+            return tuple(d + _dot(ds.astype(x.dtype), x)
+                         for d, x in zip(dqm, k))
 
-        dqm = jnp.zeros((bq, q_ref.shape[-1]), jnp.float32)
-        dqm = lax.fori_loop(0, upper, body, dqm) * static.scale  # d (q * m_h)
-        dm_ref[g, b, i, hh, :] = jnp.sum(dqm * q.astype(jnp.float32), axis=0)
-        dq_h = dqm * m.astype(jnp.float32)[None, :]
-        return dq_h if dq is None else dq + dq_h
+        dqm = lax.fori_loop(0, upper, body, zeros)  # [(bq, tile)]
+        new_dq = []
+        for d, x, y, cols, old in zip(dqm, q, m, _columns(static), dq):
+            d = d * static.scale  # d (q * m_h)
+            dm_ref[g, b, i, hh, cols] = jnp.sum(d * x.astype(jnp.float32),
+                                                axis=0)
+            new_dq.append(old + d * y.astype(jnp.float32)[None, :])
+        return tuple(new_dq)
 
     if heads_per_group == 1:
-        dq = head(0, None)
+        dq = head(0, zeros)
     else:
-        dq = jnp.zeros((bq, q_ref.shape[-1]), jnp.float32)
-        dq = lax.fori_loop(0, heads_per_group, head, dq)
-    dq_ref[g, b, pl.ds(i * bq, bq), :] = dq
+        dq = lax.fori_loop(0, heads_per_group, head, zeros)
+    for d, cols in zip(dq, _columns(static)):
+        dq_ref[g, b, pl.ds(i * bq, bq), cols] = d
 
 
 def _backward_flash(static, q, k, v, m, c, mask_arr, lse, d_out, delta):

@@ -18,9 +18,10 @@ every operand in place through its strides (no padding, no copy):
   fastest program index), so each shared key tile comes from memory once
   and from the L2 cache for the other heads; the backward key kernel loads
   a key tile once and loops over the heads, summing the key's gradient;
-- scores are `K` wide and values `V` wide: tiles are rounded up to a power
-  of two (keys wider than 256 as two tiles, 256 + the rest: 384 runs
-  256 + 128) and loaded with masks, nothing is padded in memory;
+- scores are `K` wide and values `V` wide: tiles are powers of two, the
+  key width cut into one or two of them (`_attention_utils.key_tiles`: 192
+  runs 128 + 64 columns, 384 runs 256 + 128), loaded with masks; nothing is
+  padded in memory;
 - the content term `scale * c_h(j)` is added to the scores inside the
   kernel; the causal mask is computed there; a boolean mask is read tile by
   tile through its strides (broadcast axes have stride 0, so a `(B, 1, 1, S)`
@@ -72,6 +73,7 @@ from collab_keras.ops._attention_utils import halved_tiles
 from collab_keras.ops._attention_utils import head_groups
 from collab_keras.ops._attention_utils import score_gradient_heads
 from collab_keras.ops._attention_utils import score_gradient_rows
+from collab_keras.ops._attention_utils import key_tiles
 from collab_keras.ops._attention_utils import tile_width
 from collab_keras.ops._attention_utils import unsupported_inputs_error
 
@@ -127,16 +129,9 @@ def default_config(key_width, dtype=torch.bfloat16, value_width=64,
                         block_k_bwd=64, warps_bwd=8)
     if dtype == torch.float32:
         config = halved_tiles(config)
-    return fitted_config(config, _tile_widths(key_width),
+    return fitted_config(config, sum(key_tiles(key_width)),
                          tile_width(value_width), dtype.itemsize,
                          1 if full_mask else 0)
-
-
-def _tile_widths(key_width):
-    """Columns of the key's tiles: A (up to 256) plus B (the rest)."""
-    if key_width <= 256:
-        return tile_width(key_width)
-    return 256 + tile_width(key_width - 256)
 
 
 def applies(query, key, value, mask=None):
@@ -236,10 +231,9 @@ class _Static(NamedTuple):
 
 
 # ---------------------------------------------------------------------------
-# Shared pieces of the kernels. The key width is covered by tile A (its first
-# min(K, 256) columns, rounded up to a power of two) and, for keys wider than
-# 256, tile B (the columns from 256 on, rounded up): a 384-wide key runs
-# 256 + 128 columns, not 512.
+# Shared pieces of the kernels. The key width is covered by tile A and, where
+# a power of two would waste columns, tile B (`_attention_utils.key_tiles`,
+# `_constants`): a 384-wide key runs 256 + 128 columns, not 512.
 
 
 @triton.jit
@@ -666,9 +660,10 @@ def _common(q, k, v, m, c, mask):
 
 def _constants(q, k, v, c, mask, static, block_k):
     keys = k.shape[1]
+    tiles = key_tiles(q.shape[-1]) + (0,)  # (A, B); B 0: one tile
     return dict(
-        K_A=tile_width(min(q.shape[-1], 256)),
-        K_B=tile_width(q.shape[-1] - 256) if q.shape[-1] > 256 else 0,
+        K_A=tiles[0],
+        K_B=tiles[1],
         V_TILE=tile_width(v.shape[-1]),
         HAS_CONTENT=c is not None, MASK_KIND=_mask_args(mask)[1],
         CAUSAL=static.causal, EVEN_S=keys % block_k == 0,
