@@ -4,6 +4,7 @@ mask in the form cuDNN takes. cuDNN itself needs a GPU; here
 Keras picks its backend once per process: under another backend
 `test_in_a_jax_process` runs this file again with `KERAS_BACKEND=jax`."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def test_in_a_jax_process():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "4 passed, 1 skipped" in result.stdout, result.stdout[-2000:]
+    assert "6 passed, 1 skipped" in result.stdout, result.stdout[-2000:]
 
 
 def _inputs(length, keys, batch=2, heads=3, key_width=24, value_width=8):
@@ -50,7 +51,8 @@ def _inputs(length, keys, batch=2, heads=3, key_width=24, value_width=8):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """cuDNN taken wherever the sizes allow; the calls recorded."""
+    """cuDNN taken wherever its rules allow (a GPU faked, float32 counted
+    as a half dtype); the calls recorded."""
     recorded = []
     original = jax.nn.dot_product_attention
 
@@ -58,7 +60,8 @@ def calls(monkeypatch):
         recorded.append((None if mask is None else mask.shape, implementation))
         return original(query, key, value, mask=mask, **kwargs)
 
-    monkeypatch.setattr(_jax_attention, "cudnn_applies", lambda *args, **kwargs: True)
+    monkeypatch.setattr(_jax_attention, "on_gpu", lambda: True)
+    monkeypatch.setattr(_jax_attention, "_HALF", (jnp.float32,))
     monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
     return recorded
 
@@ -92,3 +95,45 @@ def test_odd_lengths_with_a_mask_run_xla(calls, length, keys):
     assert calls == [((2, 1, 1, keys), None), (None, "cudnn")]
     want = _pallas_attention.reference(q, k, v, m, c, mask=mask, scale=0.2)
     np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("flash", [None, True])
+def test_the_dispatch_knows_odd_masked_lengths(monkeypatch, flash):
+    """The odd-length rule is the dispatch's (`cudnn_applies`): with a mask
+    at an odd length the automatic choice takes the explicit path, not
+    XLA's fused call behind a cuDNN decision, and a forced fused call at
+    shared_key_dim 192 takes the Pallas kernel."""
+    from collab_keras.layers import CollaborativeAttention
+    from collab_keras.layers import collaborative_attention as module
+    ops = importlib.import_module(
+        "collab_keras.ops.collaborative_dot_product_attention")
+
+    monkeypatch.setattr(_jax_attention, "on_gpu", lambda: True)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    bf16 = jnp.bfloat16
+    odd, even = jnp.zeros((2, 513, 192), bf16), jnp.zeros((2, 512, 192), bf16)
+    assert ops.fused_attention_preferred(odd, 192, 64, 12, True)  # cuDNN
+    assert not ops.fused_attention_preferred(
+        odd, 192, 64, 12, True, masked_lengths=(513, 513))
+    assert ops.fused_attention_preferred(
+        even, 192, 64, 12, True, masked_lengths=(512, 512))
+    assert not _jax_attention.cudnn_applies(192, 64, bf16, True, (512, None))
+    value = jnp.zeros((2, 513, 12, 64), bf16)
+    content = jnp.zeros((2, 513, 12), bf16)
+    mask = jnp.ones((2, 1, 1, 513), bool)
+    monkeypatch.setattr(_pallas_attention, "applies", lambda *a, **k: True)
+    assert _pallas_attention.chosen(odd, odd, value, content, mask)
+    assert not _pallas_attention.chosen(odd, odd, value, content, None)
+
+    # The layer hands the dispatch the lengths where it has a mask.
+    seen = []
+    monkeypatch.setattr(module, "fused_attention_preferred",
+                        lambda *args, **kwargs: seen.append(kwargs) or False)
+    layer = CollaborativeAttention(12, 16, shared_key_dim=192,
+                                   flash_attention=flash)
+    layer.build((2, 7, 64), (2, 9, 64))
+    query, key = np.zeros((2, 7, 192)), np.zeros((2, 9, 192))
+    layer._use_fused_path(False, query, key, np.ones((2, 1, 7, 9), bool))
+    layer._use_fused_path(False, query, key, None)
+    want = [{"masked_lengths": (7, 9)}, {"masked_lengths": None}]
+    assert seen == (want if flash is None else [])

@@ -563,7 +563,9 @@ class CollaborativeAttention(Layer):
             The per-head attention outputs `(B, T, N, V)` and the attention
             weights `(B, N, T, S)` (`None` on the fused path).
         """
-        if self._use_fused_path(return_attention_scores, query):
+        if self._use_fused_path(
+            return_attention_scores, query, key, attention_mask
+        ):
             output = collaborative_dot_product_attention(
                 query,
                 key,
@@ -602,13 +604,15 @@ class CollaborativeAttention(Layer):
         output = ops.einsum(self._combine_equation, dropped, value)
         return output, weights  # (B, T, N, V), (B, N, T, S)
 
-    def _use_fused_path(self, return_attention_scores, query=None):
+    def _use_fused_path(self, return_attention_scores, query=None, key=None,
+                        attention_mask=None):
         """Whether to compute the attention core with the fused kernel.
 
         `flash_attention=True` requires it, `False` forbids it; with `None`
         it is taken where it applies (no dropout, no scores returned, one
         attention axis) and is the faster choice for the backend, device,
-        dtype and query length of `query` (see
+        dtype and query length of `query`, the key length of `key` and
+        whether there is an `attention_mask` (see
         `collab_keras.ops.fused_attention_preferred`).
         """
         if return_attention_scores and self.flash_attention:
@@ -633,12 +637,18 @@ class CollaborativeAttention(Layer):
             return False
         if self.flash_attention:
             return True
-        return query is not None and fused_attention_preferred(
+        if query is None:
+            return False
+        masked_lengths = None
+        if attention_mask is not None:
+            masked_lengths = (query.shape[1], key.shape[1])
+        return fused_attention_preferred(
             query,
             self.shared_key_dim,
             self.value_dim,
             self.num_heads,
             self.use_bias,
+            masked_lengths=masked_lengths,
         )
 
     def _masked_softmax(self, scores, attention_mask=None):

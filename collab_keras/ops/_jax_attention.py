@@ -8,7 +8,8 @@ scores exactly as one more key column: head `h` attends with the query
 `[q * m_h, 1 / scale]` and the key `[k, scale * c_h]`, whose dot product is
 `(q * m_h) . k + c_h` (cuDNN takes no per-key bias short of a full
 `(B, N, T, S)` one). cuDNN takes head sizes up to 256, and a mask only
-spanning the query axis and with even lengths (else XLA runs it).
+spanning the query axis and with even lengths (`cudnn_applies`; else XLA
+runs it).
 """
 
 import jax
@@ -43,22 +44,32 @@ def padded_width(key_width, value_width, use_content=False):
     return round_up(max(key_width + int(use_content), value_width), 8)
 
 
-def cudnn_applies(key_width, value_width, dtype, use_content=False):
-    """Whether the cuDNN kernel can run these sizes on this device."""
+def cudnn_applies(key_width, value_width, dtype, use_content=False,
+                  masked_lengths=None):
+    """Whether the cuDNN kernel can run these sizes on this device.
+
+    `masked_lengths`: the query and key lengths `(T, S)` where a mask is
+    given (cuDNN takes it as a bias, and trains with a bias only at even
+    lengths; a length of None counts as odd); None: no mask.
+    """
     return (
         on_gpu()
         and jnp.dtype(dtype) in _HALF
         and padded_width(key_width, value_width, use_content)
         <= CUDNN_MAX_WIDTH
+        and (masked_lengths is None
+             or all(n is not None and n % 2 == 0 for n in masked_lengths))
     )
 
 
-def cudnn_preferred(length, key_width, value_width, dtype, use_content=False):
-    """Whether cuDNN is the automatic choice: it applies and the query
-    length is at least `CUDNN_MIN_LENGTH` (None counts as long)."""
-    return cudnn_applies(key_width, value_width, dtype, use_content) and (
-        length is None or length >= CUDNN_MIN_LENGTH
-    )
+def cudnn_preferred(length, key_width, value_width, dtype, use_content=False,
+                    masked_lengths=None):
+    """Whether cuDNN is the automatic choice: it applies (`cudnn_applies`)
+    and the query length is at least `CUDNN_MIN_LENGTH` (None counts as
+    long)."""
+    return cudnn_applies(
+        key_width, value_width, dtype, use_content, masked_lengths
+    ) and (length is None or length >= CUDNN_MIN_LENGTH)
 
 
 def _pad(x, width):
@@ -92,15 +103,14 @@ def attention(query, key, value, mixing, content, mask, scale, is_causal):
             mask = combine_causal(mask, query.shape[1], length)
             is_causal = False
         mask, attends = unmask_empty_rows(mask)
-    use_cudnn = cudnn_applies(width_k, value_dim, query.dtype, use_content)
+    lengths = None if mask is None else (query.shape[1], length)
+    use_cudnn = cudnn_applies(width_k, value_dim, query.dtype, use_content,
+                              lengths)
     if use_cudnn and mask is not None:
         # cuDNN takes a mask as a bias spanning the query axis (a key
         # padding mask's (B, 1, 1, S) raises "Bias must have same seq length
-        # as QKV"), and with a bias, for training, only even lengths.
-        if query.shape[1] % 2 or length % 2:
-            use_cudnn = False
-        else:
-            mask = jnp.broadcast_to(mask, mask.shape[:2] + (query.shape[1], length))
+        # as QKV").
+        mask = jnp.broadcast_to(mask, mask.shape[:2] + lengths)
     output = jax.nn.dot_product_attention(
         mixed,
         key,

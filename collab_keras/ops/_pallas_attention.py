@@ -225,6 +225,7 @@ def chosen(query, key, value, content=None, mask=None):
     cudnn_takes = _jax_attention.cudnn_applies(
         key.shape[-1], value.shape[-1], query.dtype,
         use_content=content is not None,
+        masked_lengths=None if mask is None else (query.shape[1], key.shape[1]),
     )
     if preferred(query.shape[1], key.shape[-1], query.dtype, cudnn_takes):
         return True

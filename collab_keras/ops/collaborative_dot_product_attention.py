@@ -120,7 +120,8 @@ def _empty_attention(query, key, value):
 MIN_FUSED_QUERY_LENGTH = 16
 
 
-def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias):
+def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias,
+                              masked_lengths=None):
     """Whether the fused core is the faster choice for these inputs.
 
     The choice follows the measurements in docs/performance.md:
@@ -129,9 +130,9 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
       `_pallas_attention.PREFERRED_LENGTHS` says (keys up to 128 wide
       below length 512; where cuDNN does not take the width, Dk 256 below
       8192), cuDNN where its head size limit allows
-      (counting the content column) from length 256 on
-      (`_jax_attention.cudnn_preferred`), else the explicit path; on CPUs
-      the explicit path.
+      (counting the content column) and, with a mask, the lengths are even
+      from length 256 on (`_jax_attention.cudnn_preferred`), else the
+      explicit path; on CPUs the explicit path.
     - torch: on CUDA devices the Triton kernel (float16/bfloat16, keys up
       to 384 wide), else SDPA (cuDNN) while the key with its `N` content
       columns fits 256 wide (`_torch_attention.fused_preferred`); on CPUs
@@ -148,6 +149,8 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
         value_width: `value_dim`.
         num_heads: `num_heads`.
         use_bias: Whether there is a content term.
+        masked_lengths: The query and key lengths `(T, S)` where a mask is
+            given, else None.
     """
     length = query.shape[1]
     if length is not None and length < MIN_FUSED_QUERY_LENGTH:
@@ -158,12 +161,13 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
         from collab_keras.ops import _pallas_attention
 
         cudnn_takes = _jax_attention.cudnn_applies(
-            key_width, value_width, query.dtype, use_content=use_bias
+            key_width, value_width, query.dtype, use_bias, masked_lengths
         )
         return _pallas_attention.preferred(
             length, key_width, query.dtype, cudnn_takes
         ) or _jax_attention.cudnn_preferred(
-            length, key_width, value_width, query.dtype, use_content=use_bias
+            length, key_width, value_width, query.dtype, use_bias,
+            masked_lengths,
         )
     if name == "torch":
         from collab_keras.ops import _torch_attention
