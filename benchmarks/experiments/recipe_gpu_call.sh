@@ -22,8 +22,9 @@
 # The variables: GRID_VARIANTS (comma-separated; empty: none), GRID_SEEDS, GRID_SHARE, GRID_PARALLEL; TB_KINDS,
 # TB_SIZES, TB_SEEDS (how many), TB_PARALLEL; TB_MODEL, the run whose model/ comes back in 15 MiB parts
 # (`cat model.tar.part-* | tar x -C RUN`, then `collab-keras preset --run RUN`); TB_RETRAIN, committed runs to
-# train again (below). The next call (benchmarks/NOTES.md): the collaborative d/4 run of seed 1 with its model,
-#   TB_KINDS=collaborative TB_SIZES=64 TB_RETRAIN=collaborative_64_seed1 TB_MODEL=collaborative_64_seed1
+# train again (below); TB_STEPS, TB_BATCH, TB_LR, TB_WARMUP, the schedule (defaults: the grid's 5,000 steps of 96
+# pairs, 1e-3, 800 warm-up steps), and TB_RECORDS, the folder of committed runs of that schedule (runs of another
+# schedule go to another folder, e.g. benchmarks/results/gpu-translation-converged). The next calls: NOTES.md.
 S=${CALL_SECONDS:-450}
 GRID_VARIANTS=${GRID_VARIANTS-}
 GRID_SEEDS=${GRID_SEEDS:-0,1,2}
@@ -35,10 +36,14 @@ TB_PARALLEL=${TB_PARALLEL:-10}
 TB_SEEDS=${TB_SEEDS:-3}
 TB_MODEL=${TB_MODEL-}
 TB_RETRAIN=${TB_RETRAIN-}
+TB_STEPS=${TB_STEPS:-5000}
+TB_BATCH=${TB_BATCH:-96}
+TB_LR=${TB_LR:-1e-3}
+TB_WARMUP=${TB_WARMUP:-800}
 # The grid's finished records, committed after each call (`tar xzf records.tgz -C $RECORDS`), are read,
 # not trained again. (The four of 2026-12-07-h100-recipe are not: their train_ce was the last batch's.)
 RECORDS=benchmarks/results/gpu-recipe-grid
-TB_RECORDS=benchmarks/results/gpu-translation-grid
+TB_RECORDS=${TB_RECORDS:-benchmarks/results/gpu-translation-grid}
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 L=/tmp/logs; mkdir -p $L /tmp/rec /tmp/tb/runs
@@ -69,8 +74,9 @@ done 2>/dev/null) &
 PACK=$!
 # Each translation run gets 0.8 / TB_PARALLEL of the card (8.4 GB on an H100 at 10).
 (PYTHONPATH=/tmp/site:$PWD timeout $((S + 10)) python3 $T --data .data/nmt-bible-small --output-dir /tmp/tb --seeds $TB_SEEDS \
-  --kinds $TB_KINDS --key-sizes $TB_SIZES --parallel $TB_PARALLEL --steps 5000 --checkpoint-every 1000 --batch-size 96 \
-  --learning-rate 1e-3 --warmup-steps 800 --label-smoothing 0.1 --mixed-precision > $L/tb.txt 2>&1) &
+  --kinds $TB_KINDS --key-sizes $TB_SIZES --parallel $TB_PARALLEL --steps $TB_STEPS --checkpoint-every $((TB_STEPS / 5)) \
+  --batch-size $TB_BATCH --learning-rate $TB_LR --warmup-steps $TB_WARMUP --label-smoothing 0.1 --mixed-precision \
+  > $L/tb.txt 2>&1) &
 TB=$!
 # GRID_PARALLEL runs at a time, GRID_SHARE of the card among them; a run starts only while one round (about
 # 250-400 s: compiling, 10 epochs, decoding) still fits.
