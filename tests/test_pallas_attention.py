@@ -7,9 +7,12 @@ with the explicit computation in float32, for both backwards (the score
 gradient written, in chunks of batch rows, and the flash one). The compiled (Triton) kernel is
 checked on a GPU by `tests/gpu_pallas_attention.py` (run on the GPU machine;
 its output is in benchmarks/results/); here it is lowered for CUDA at every
-shared key width from 64 to 512, which is where Triton's tile rules are
-enforced.
+shared key width from 64 to 512 (where Triton's tile rules are enforced)
+and its Triton IR compiled for sm_90, the shared memory of every kernel
+counted by the compiler.
 """
+
+import re
 
 import pytest
 
@@ -212,10 +215,13 @@ def test_key_width_in_two_tiles(backward, key_width):
                   1e-5)
 
 
-def _lowered_for_gpus(key_width, backward, mask):
+def _lowered_for_gpus(key_width, backward, mask, monkeypatch):
     """The forward and backward of the compiled kernel lowered for CUDA (no
     GPU needed: Pallas lowers to Triton in Python, and raises there for the
-    tile shapes Triton does not take, e.g. sizes not a power of two)."""
+    tile shapes Triton does not take, e.g. sizes not a power of two): each
+    kernel's name -> its Triton IR (text), stages and warps."""
+    from jax._src.pallas.triton import lowering
+
     batch, length, heads = 2, 256, 4
     bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
     mask = {
@@ -223,40 +229,95 @@ def _lowered_for_gpus(key_width, backward, mask):
         "keys": jax.ShapeDtypeStruct((batch, 1, 1, length), jnp.bool_),
         "full": jax.ShapeDtypeStruct((batch, 1, length, length), jnp.bool_),
     }[mask]
-    config = pa.default_config(key_width, 64, jnp.bfloat16)._replace(
-        **backward)
+    config = pa.default_config(key_width, 64, jnp.bfloat16,
+                               full_mask=mask is not None
+                               and mask.shape[2] > 1)._replace(**backward)
+    modules = []
+    lower = lowering.lower_jaxpr_to_triton_module
+
+    def recording_lower(*args, **kwargs):
+        result = lower(*args, **kwargs)
+        modules.append(result.module.operation.get_asm())
+        return result
+
+    monkeypatch.setattr(lowering, "lower_jaxpr_to_triton_module",
+                        recording_lower)
 
     def loss(q, k, v, m, c, mask):
         out = pa.attention(q, k, v, m, c, mask, scale=0.1, config=config)
         return jnp.sum(out.astype(jnp.float32))
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
-    return grad.trace(
+    text = grad.trace(
         bf16(batch, length, key_width), bf16(batch, length, key_width),
         bf16(batch, length, heads, 64), bf16(heads, key_width),
         bf16(batch, length, heads), mask,
     ).lower(lowering_platforms=("cuda",)).as_text()
+    # The custom calls' settings, in the order of the kernels' lowering.
+    settings = re.findall(r'name = "(collaborative_\w+)", num_stages = (\d+) '
+                          r': i32, num_warps = (\d+) : i32', text)
+    assert len(settings) == len(modules), (settings, len(modules))
+    return {name: (module, int(stages), int(warps))
+            for (name, stages, warps), module in zip(settings, modules)}
 
 
-@pytest.mark.parametrize("backward", [{"score_gradient_bytes": 1 << 30}, FLASH],
-                         ids=["written", "flash"])
+@pytest.fixture
+def triton_cache(tmp_path, monkeypatch):
+    """Triton, with its cache in a temporary folder."""
+    triton = pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    return triton
+
+
+def _compiled_for_hopper(triton, ir, stages, warps, tmp_path):
+    """A kernel's Triton IR compiled for sm_90 (H100 / H200) by the Triton
+    package (`ptxas` ships in its wheel; XLA's own Triton compiles it on
+    the GPU)."""
+    from triton.backends.compiler import GPUTarget
+
+    path = tmp_path / "kernel.ttir"
+    path.write_text(ir)
+    return triton.compile(str(path), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "num_stages": stages})
+
+
+WRITTEN = {"score_gradient_bytes": 1 << 30}
+
+
+@pytest.mark.parametrize("backward", [WRITTEN, FLASH], ids=["written", "flash"])
 @pytest.mark.parametrize("key_width", [64, 128, 192, 256, 320, 384, 448, 512])
-def test_lowers_for_gpus_at_every_key_width(backward, key_width):
-    text = _lowered_for_gpus(key_width, backward, "keys")
-    kernels = ["collaborative_attention_forward"] + (
+def test_compiles_for_gpus_at_every_key_width(backward, key_width, monkeypatch,
+                                              triton_cache, tmp_path):
+    """Lowered for CUDA, then compiled for sm_90 with the shared memory of
+    each kernel counted by the compiler: within a block's 227 KiB."""
+    from collab_keras.ops._attention_utils import SHARED_MEMORY_BYTES
+
+    kernels = _lowered_for_gpus(key_width, backward, "keys", monkeypatch)
+    names = ["collaborative_attention_forward"] + (
         ["collaborative_attention_backward_keys",
          "collaborative_attention_backward_queries"] if backward == FLASH else
         ["collaborative_attention_score_gradient",
          "collaborative_attention_mixing_gradient"])
-    for name in kernels:
-        assert name in text
+    assert sorted(kernels) == sorted(names)
+    for name, (ir, stages, warps) in kernels.items():
+        compiled = _compiled_for_hopper(triton_cache, ir, stages, warps,
+                                        tmp_path)
+        assert compiled.metadata.shared <= SHARED_MEMORY_BYTES, (
+            name, compiled.metadata.shared)
 
 
 @pytest.mark.parametrize("mask", ["none", "full"])
-def test_lowers_for_gpus_with_every_mask_kind(mask):
-    for backward in ({"score_gradient_bytes": 1 << 30}, FLASH):
-        assert "collaborative_attention_forward" in _lowered_for_gpus(
-            384, backward, mask)
+def test_compiles_for_gpus_with_every_mask_kind(mask, monkeypatch,
+                                                triton_cache, tmp_path):
+    from collab_keras.ops._attention_utils import SHARED_MEMORY_BYTES
+
+    for backward in (WRITTEN, FLASH):
+        kernels = _lowered_for_gpus(384, backward, mask, monkeypatch)
+        assert "collaborative_attention_forward" in kernels
+        for name, (ir, stages, warps) in kernels.items():
+            compiled = _compiled_for_hopper(triton_cache, ir, stages, warps,
+                                            tmp_path)
+            assert compiled.metadata.shared <= SHARED_MEMORY_BYTES, name
 
 
 def test_rejects_what_it_cannot_run():
