@@ -12,7 +12,7 @@ and its Triton IR compiled for sm_90, the shared memory of every kernel
 counted by the compiler.
 """
 
-import re
+import os
 
 import pytest
 
@@ -215,109 +215,53 @@ def test_key_width_in_two_tiles(backward, key_width):
                   1e-5)
 
 
-def _lowered_for_gpus(key_width, backward, mask, monkeypatch):
-    """The forward and backward of the compiled kernel lowered for CUDA (no
-    GPU needed: Pallas lowers to Triton in Python, and raises there for the
-    tile shapes Triton does not take, e.g. sizes not a power of two): each
-    kernel's name -> its Triton IR (text), stages and warps."""
-    from jax._src.pallas.triton import lowering
-
-    batch, length, heads = 2, 256, 4
-    bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
-    mask = {
-        "none": None,
-        "keys": jax.ShapeDtypeStruct((batch, 1, 1, length), jnp.bool_),
-        "full": jax.ShapeDtypeStruct((batch, 1, length, length), jnp.bool_),
-    }[mask]
-    config = pa.default_config(key_width, 64, jnp.bfloat16,
-                               full_mask=mask is not None
-                               and mask.shape[2] > 1)._replace(**backward)
-    modules = []
-    lower = lowering.lower_jaxpr_to_triton_module
-
-    def recording_lower(*args, **kwargs):
-        result = lower(*args, **kwargs)
-        modules.append(result.module.operation.get_asm())
-        return result
-
-    monkeypatch.setattr(lowering, "lower_jaxpr_to_triton_module",
-                        recording_lower)
-
-    def loss(q, k, v, m, c, mask):
-        out = pa.attention(q, k, v, m, c, mask, scale=0.1, config=config)
-        return jnp.sum(out.astype(jnp.float32))
-
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
-    text = grad.trace(
-        bf16(batch, length, key_width), bf16(batch, length, key_width),
-        bf16(batch, length, heads, 64), bf16(heads, key_width),
-        bf16(batch, length, heads), mask,
-    ).lower(lowering_platforms=("cuda",)).as_text()
-    # The custom calls' settings, in the order of the kernels' lowering.
-    settings = re.findall(r'name = "(collaborative_\w+)", num_stages = (\d+) '
-                          r': i32, num_warps = (\d+) : i32', text)
-    assert len(settings) == len(modules), (settings, len(modules))
-    return {name: (module, int(stages), int(warps))
-            for (name, stages, warps), module in zip(settings, modules)}
-
-
 @pytest.fixture
 def triton_cache(tmp_path, monkeypatch):
-    """Triton, with its cache in a temporary folder."""
-    triton = pytest.importorskip("triton")
+    """`benchmarks/kernel_resources.py`, with Triton's cache in a temporary
+    folder."""
+    pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    return triton
+    monkeypatch.syspath_prepend(os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "benchmarks"))
+    import kernel_resources
+
+    return kernel_resources
 
 
-def _compiled_for_hopper(triton, ir, stages, warps, tmp_path):
-    """A kernel's Triton IR compiled for sm_90 (H100 / H200) by the Triton
-    package (`ptxas` ships in its wheel; XLA's own Triton compiles it on
-    the GPU)."""
-    from triton.backends.compiler import GPUTarget
-
-    path = tmp_path / "kernel.ttir"
-    path.write_text(ir)
-    return triton.compile(str(path), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "num_stages": stages})
-
-
-WRITTEN = {"score_gradient_bytes": 1 << 30}
-
-
-@pytest.mark.parametrize("backward", [WRITTEN, FLASH], ids=["written", "flash"])
-@pytest.mark.parametrize("key_width", [64, 128, 192, 256, 320, 384, 448, 512])
-def test_compiles_for_gpus_at_every_key_width(backward, key_width, monkeypatch,
-                                              triton_cache, tmp_path):
-    """Lowered for CUDA, then compiled for sm_90 with the shared memory of
-    each kernel counted by the compiler: within a block's 227 KiB."""
+def _assert_compiles_for_hopper(kernel_resources, kernels):
+    """Each kernel's Triton IR compiled for sm_90, its shared memory (the
+    compiler's count) within a block's."""
     from collab_keras.ops._attention_utils import SHARED_MEMORY_BYTES
 
-    kernels = _lowered_for_gpus(key_width, backward, "keys", monkeypatch)
-    names = ["collaborative_attention_forward"] + (
-        ["collaborative_attention_backward_keys",
-         "collaborative_attention_backward_queries"] if backward == FLASH else
-        ["collaborative_attention_score_gradient",
-         "collaborative_attention_mixing_gradient"])
-    assert sorted(kernels) == sorted(names)
-    for name, (ir, stages, warps) in kernels.items():
-        compiled = _compiled_for_hopper(triton_cache, ir, stages, warps,
-                                        tmp_path)
+    for name, ir, stages, warps in kernels:
+        compiled = kernel_resources.compile_pallas(ir, stages, warps)
         assert compiled.metadata.shared <= SHARED_MEMORY_BYTES, (
             name, compiled.metadata.shared)
 
 
-@pytest.mark.parametrize("mask", ["none", "full"])
-def test_compiles_for_gpus_with_every_mask_kind(mask, monkeypatch,
-                                                triton_cache, tmp_path):
-    from collab_keras.ops._attention_utils import SHARED_MEMORY_BYTES
+@pytest.mark.parametrize("backward", ["written", "flash"])
+@pytest.mark.parametrize("key_width", [64, 128, 192, 256, 320, 384, 448, 512])
+def test_compiles_for_gpus_at_every_key_width(backward, key_width,
+                                              triton_cache):
+    """Lowered for CUDA (where Triton's tile rules are enforced), then
+    compiled for sm_90."""
+    kernels = triton_cache.pallas_kernels(key_width, backward)
+    names = ["collaborative_attention_forward"] + (
+        ["collaborative_attention_backward_keys",
+         "collaborative_attention_backward_queries"] if backward == "flash"
+        else ["collaborative_attention_score_gradient",
+              "collaborative_attention_mixing_gradient"])
+    assert sorted(name for name, *_ in kernels) == sorted(names)
+    _assert_compiles_for_hopper(triton_cache, kernels)
 
-    for backward in (WRITTEN, FLASH):
-        kernels = _lowered_for_gpus(384, backward, mask, monkeypatch)
-        assert "collaborative_attention_forward" in kernels
-        for name, (ir, stages, warps) in kernels.items():
-            compiled = _compiled_for_hopper(triton_cache, ir, stages, warps,
-                                            tmp_path)
-            assert compiled.metadata.shared <= SHARED_MEMORY_BYTES, name
+
+@pytest.mark.parametrize("mask", ["none", "full"])
+def test_compiles_for_gpus_with_every_mask_kind(mask, triton_cache):
+    for backward in ("written", "flash"):
+        kernels = triton_cache.pallas_kernels(384, backward, mask)
+        assert kernels[0][0] == "collaborative_attention_forward"
+        _assert_compiles_for_hopper(triton_cache, kernels)
 
 
 def test_rejects_what_it_cannot_run():
