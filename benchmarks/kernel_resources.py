@@ -57,14 +57,15 @@ def hopper():
 # Pallas.
 
 
-def pallas_kernels(key_width, backward, mask="keys"):
+def pallas_kernels(key_width, backward, mask="keys", tiles=None):
     """The Pallas kernels of a forward and backward lowered for CUDA (no GPU
     needed: Pallas lowers to Triton in Python, and raises there for tile
     shapes Triton does not take, e.g. sizes not a power of two), as
     `[(name, triton_ir_text, stages, warps)]`.
 
     `backward`: a key of `BACKWARDS`; `mask`: "none", "keys" (B, 1, 1, S)
-    or "full" (B, 1, T, S).
+    or "full" (B, 1, T, S); `tiles`: `Config` fields to replace in the
+    default tiles.
     """
     import jax
     import jax.numpy as jnp
@@ -82,7 +83,7 @@ def pallas_kernels(key_width, backward, mask="keys"):
     config = pa.default_config(
         key_width, 64, jnp.bfloat16,
         full_mask=mask is not None and mask.shape[2] > 1,
-    )._replace(**BACKWARDS[backward])
+    )._replace(**BACKWARDS[backward], **(tiles or {}))
 
     def loss(q, k, v, m, c, mask):
         out = pa.attention(q, k, v, m, c, mask, scale=0.1, config=config)
@@ -182,12 +183,13 @@ def _recording(ta):
 
 
 def triton_launches(ta, key_width, backward, dtype=None, mask="keys",
-                    causal=False, value_width=64):
+                    causal=False, value_width=64, tiles=None):
     """The kernel launches of one forward and backward of `ta` (from
     `triton_module`) on CPU tensors, as `[(kernel, args, kwargs)]`.
 
     `backward`: a key of `BACKWARDS`; `mask`: "none", "keys" (B, 1, 1, S)
-    or "full" (B, N, T, S).
+    or "full" (B, N, T, S); `tiles`: `Config` fields to replace in the
+    default tiles.
     """
     import torch
 
@@ -205,7 +207,7 @@ def triton_launches(ta, key_width, backward, dtype=None, mask="keys",
     config = ta.default_config(key_width, dtype, value_width,
                                full_mask=mask is not None
                                and mask.shape[2] > 1)
-    config = config._replace(**BACKWARDS[backward])
+    config = config._replace(**BACKWARDS[backward], **(tiles or {}))
     static = ta._Static(0.1, causal, config)
     with _recording(ta) as launches:
         out, lse = ta._forward(q, k, v, m, c, mask, static)
@@ -261,22 +263,23 @@ def resources(compiled):
     }
 
 
-def rows(kernels, key_widths):
-    """One row per compiled kernel: which, where, and its resources."""
+def rows(kernels, key_widths, backwards=tuple(BACKWARDS), tiles=None):
+    """One row per compiled kernel: which, where, and its resources
+    (`tiles`: `Config` fields replaced in both kernels' default tiles)."""
     ta = triton_module() if "triton" in kernels else None
     for key_width in key_widths:
-        for backward in BACKWARDS:
+        for backward in backwards:
             compiled = []
             if "pallas" in kernels:
-                for name, ir, stages, warps in pallas_kernels(key_width,
-                                                              backward):
+                for name, ir, stages, warps in pallas_kernels(
+                        key_width, backward, tiles=tiles):
                     compiled.append((
                         "pallas", name.replace("collaborative_attention_", ""),
                         warps, stages, compile_pallas(ir, stages, warps)))
             if "triton" in kernels:
                 seen = set()
-                for kernel, args, kwargs in triton_launches(ta, key_width,
-                                                            backward):
+                for kernel, args, kwargs in triton_launches(
+                        ta, key_width, backward, tiles=tiles):
                     key = (kernel.__name__, repr(sorted(kwargs.items())))
                     if key in seen:  # the same kernel, another chunk
                         continue
@@ -296,6 +299,10 @@ def main():
     parser.add_argument("--kernels", default="pallas,triton")
     parser.add_argument("--key-widths",
                         default=",".join(map(str, KEY_WIDTHS)))
+    parser.add_argument("--backwards", default="written,flash")
+    parser.add_argument("--tiles", default="",
+                        help="Config fields replaced in the default tiles, "
+                             "e.g. warps_bwd=8,block_k_bwd=64")
     parser.add_argument("--json", default=None, help="the rows, one per line")
     args = parser.parse_args()
     kernels = args.kernels.split(",")
@@ -303,15 +310,28 @@ def main():
         if kind not in ("pallas", "triton"):
             parser.error(f"--kernels takes pallas and triton. Received: {kind}")
     key_widths = [int(width) for width in args.key_widths.split(",")]
+    backwards = args.backwards.split(",")
+    for backward in backwards:
+        if backward not in BACKWARDS:
+            parser.error("--backwards takes written and flash. "
+                         f"Received: {backward}")
+    tiles = {}
+    for item in filter(None, args.tiles.split(",")):
+        name, _, value = item.partition("=")
+        if not value.isdigit():
+            parser.error("--tiles takes name=integer items. "
+                         f"Received: {item}")
+        tiles[name] = int(value)
     import triton
 
     print(f"# sm_90, Triton {triton.__version__}, bfloat16, values 64, "
-          "content term, key padding mask, default tiles")
+          "content term, key padding mask, default tiles"
+          + (f" with {args.tiles}" if tiles else ""))
     print("| kernels | Dk | backward | kernel | warps | stages | shared KiB "
           "| registers | spilled bytes (stores/loads) |")
     print("|---|---|---|---|---|---|---|---|---|")
     log = open(args.json, "w") if args.json else None
-    for row in rows(kernels, key_widths):
+    for row in rows(kernels, key_widths, backwards, tiles):
         print(f"| {row['kernels']} | {row['key_width']} | {row['backward']} "
               f"| {row['kernel']} | {row['warps']} | {row['stages']} "
               f"| {row['shared_bytes'] / 1024:.1f} | {row['registers']} "

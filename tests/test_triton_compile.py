@@ -70,3 +70,33 @@ def test_kernels_compile_for_hopper_and_fit_shared_memory(
         compiled = kernel_resources.compile_triton(kernel, args, kwargs)
         shared = compiled.metadata.shared
         assert shared <= SHARED_MEMORY_BYTES, (kernel.__name__, shared, kwargs)
+
+
+def test_the_script_prints_a_row_per_kernel_and_checks_its_arguments(
+        tmp_path):
+    import json
+    import subprocess
+
+    script = kernel_resources.__file__
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, script, "--kernels", "triton", "--key-widths", "64",
+         "--backwards", "flash", "--tiles", "warps_bwd=8",
+         "--json", str(tmp_path / "rows.jsonl")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line)
+            for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    kernels = {row["kernel"]: row for row in rows}
+    assert set(kernels) == {"forward_kernel", "delta_kernel", "key_kernel",
+                            "query_kernel"}
+    assert kernels["query_kernel"]["warps"] == 8  # --tiles reached it
+    assert all(row["shared_bytes"] > 0 and row["registers"] for row in rows)
+    assert result.stdout.count("| triton | 64 | flash |") == 4
+    for bad, message in ((["--tiles", "warps_bwd=x"], "Received: warps_bwd=x"),
+                         (["--kernels", "cuda"], "Received: cuda"),
+                         (["--backwards", "fast"], "Received: fast")):
+        result = subprocess.run([sys.executable, script, *bad],
+                                capture_output=True, text=True, env=env,
+                                timeout=600)
+        assert result.returncode == 2 and message in result.stderr, bad
