@@ -14,15 +14,19 @@ compiles for sm_90 every kernel that a forward and a backward launch:
 and prints, per kernel, its warps and stages, the shared memory it takes
 (against a block's 227 KiB), the registers per thread and the bytes spilled
 to local memory (`ptxas -v`): what a timing cannot show by itself, e.g. why
-a backward is slow at some width. `tests/test_pallas_attention.py` and
-`tests/test_triton_compile.py` compile the same kernels and check that each
-fits in shared memory.
+a backward is slow at some width. `--check` exits 1 if a kernel takes more
+shared memory than a block has. `tests/test_pallas_attention.py` and
+`tests/test_triton_compile.py` run it (in processes of their own: whether
+Triton's kernels are interpreted is fixed when Triton is first imported).
 
     python3 benchmarks/kernel_resources.py [--kernels pallas,triton]
-        [--key-widths 64,128,...,512] [--json FILE]
+        [--key-widths 64,128,...,512] [--backwards written,flash]
+        [--mask none|keys|full] [--dtype bfloat16] [--causal]
+        [--value-width 64] [--tiles warps_bwd=8] [--json FILE] [--check]
 
-Batch 2, length 512, 12 heads (Pallas: 4 heads, length 256), values 64
-wide, bfloat16, the content term on, a key padding mask.
+Batch 2, length 512, 12 heads (Pallas: 4 heads, length 256), the content
+term on; by default values 64 wide, bfloat16, a key padding mask (the
+Pallas rows are always bfloat16, non-causal, values 64 wide).
 """
 
 import argparse
@@ -182,7 +186,7 @@ def _recording(ta):
             setattr(ta, name, kernel)
 
 
-def triton_launches(ta, key_width, backward, dtype=None, mask="keys",
+def triton_launches(ta, key_width, backward, dtype="bfloat16", mask="keys",
                     causal=False, value_width=64, tiles=None):
     """The kernel launches of one forward and backward of `ta` (from
     `triton_module`) on CPU tensors, as `[(kernel, args, kwargs)]`.
@@ -193,7 +197,7 @@ def triton_launches(ta, key_width, backward, dtype=None, mask="keys",
     """
     import torch
 
-    dtype = dtype or torch.bfloat16
+    dtype = getattr(torch, dtype)
     batch, length, heads = 2, 512, 12
     rand = lambda *shape: torch.randn(*shape, dtype=dtype)
     q, k = rand(batch, length, key_width), rand(batch, length, key_width)
@@ -263,23 +267,26 @@ def resources(compiled):
     }
 
 
-def rows(kernels, key_widths, backwards=tuple(BACKWARDS), tiles=None):
+def rows(kernels, key_widths, backwards=tuple(BACKWARDS), tiles=None,
+         mask="keys", dtype="bfloat16", causal=False, value_width=64):
     """One row per compiled kernel: which, where, and its resources
-    (`tiles`: `Config` fields replaced in both kernels' default tiles)."""
+    (`tiles`: `Config` fields replaced in both kernels' default tiles;
+    `dtype`, `causal`, `value_width`: the Triton kernel's launches)."""
     ta = triton_module() if "triton" in kernels else None
     for key_width in key_widths:
         for backward in backwards:
             compiled = []
             if "pallas" in kernels:
                 for name, ir, stages, warps in pallas_kernels(
-                        key_width, backward, tiles=tiles):
+                        key_width, backward, mask, tiles=tiles):
                     compiled.append((
                         "pallas", name.replace("collaborative_attention_", ""),
                         warps, stages, compile_pallas(ir, stages, warps)))
             if "triton" in kernels:
                 seen = set()
                 for kernel, args, kwargs in triton_launches(
-                        ta, key_width, backward, tiles=tiles):
+                        ta, key_width, backward, dtype, mask, causal,
+                        value_width, tiles=tiles):
                     key = (kernel.__name__, repr(sorted(kwargs.items())))
                     if key in seen:  # the same kernel, another chunk
                         continue
@@ -290,8 +297,10 @@ def rows(kernels, key_widths, backwards=tuple(BACKWARDS), tiles=None):
                         compile_triton(kernel, args, kwargs)))
             for kind, name, warps, stages, binary in compiled:
                 yield {"kernels": kind, "key_width": key_width,
-                       "backward": backward, "kernel": name, "warps": warps,
-                       "stages": stages, **resources(binary)}
+                       "backward": backward, "mask": mask, "dtype": dtype,
+                       "causal": causal, "value_width": value_width,
+                       "kernel": name, "warps": warps, "stages": stages,
+                       **resources(binary)}
 
 
 def main():
@@ -303,7 +312,19 @@ def main():
     parser.add_argument("--tiles", default="",
                         help="Config fields replaced in the default tiles, "
                              "e.g. warps_bwd=8,block_k_bwd=64")
+    parser.add_argument("--mask", default="keys",
+                        choices=("none", "keys", "full"))
+    parser.add_argument("--dtype", default="bfloat16",
+                        choices=("bfloat16", "float16", "float32"),
+                        help="of the Triton kernel's inputs")
+    parser.add_argument("--causal", action="store_true",
+                        help="the Triton kernel's causal mode")
+    parser.add_argument("--value-width", type=int, default=64,
+                        help="of the Triton kernel's values")
     parser.add_argument("--json", default=None, help="the rows, one per line")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if a kernel takes more shared memory "
+                             "than a block has")
     args = parser.parse_args()
     kernels = args.kernels.split(",")
     for kind in kernels:
@@ -324,14 +345,21 @@ def main():
         tiles[name] = int(value)
     import triton
 
-    print(f"# sm_90, Triton {triton.__version__}, bfloat16, values 64, "
-          "content term, key padding mask, default tiles"
-          + (f" with {args.tiles}" if tiles else ""))
+    from collab_keras.ops._attention_utils import SHARED_MEMORY_BYTES
+
+    print(f"# sm_90, Triton {triton.__version__}, content term, mask "
+          f"{args.mask}; Triton kernel: {args.dtype}, values "
+          f"{args.value_width}{', causal' if args.causal else ''}; default "
+          "tiles" + (f" with {args.tiles}" if tiles else ""))
     print("| kernels | Dk | backward | kernel | warps | stages | shared KiB "
           "| registers | spilled bytes (stores/loads) |")
     print("|---|---|---|---|---|---|---|---|---|")
     log = open(args.json, "w") if args.json else None
-    for row in rows(kernels, key_widths, backwards, tiles):
+    too_large = []
+    for row in rows(kernels, key_widths, backwards, tiles, args.mask,
+                    args.dtype, args.causal, args.value_width):
+        if row["shared_bytes"] > SHARED_MEMORY_BYTES:
+            too_large.append(row)
         print(f"| {row['kernels']} | {row['key_width']} | {row['backward']} "
               f"| {row['kernel']} | {row['warps']} | {row['stages']} "
               f"| {row['shared_bytes'] / 1024:.1f} | {row['registers']} "
@@ -340,6 +368,13 @@ def main():
             log.write(json.dumps(row) + "\n")
     if log:
         log.close()
+    for row in too_large:
+        print(f"{row['kernels']} {row['kernel']} at key width "
+              f"{row['key_width']} ({row['backward']} backward) takes "
+              f"{row['shared_bytes']} bytes of shared memory, more than a "
+              f"block's {SHARED_MEMORY_BYTES}", file=sys.stderr)
+    if args.check and too_large:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
