@@ -12,6 +12,8 @@ and its Triton IR compiled for sm_90, the shared memory of every kernel
 counted by the compiler.
 """
 
+import importlib.util
+
 import pytest
 
 jax = pytest.importorskip("jax")
@@ -221,8 +223,6 @@ def _compiled_rows(tmp_path, *args):
     enforced) and compiled for sm_90 by `benchmarks/kernel_resources.py`
     (`--check`: each within a block's shared memory, by the compiler's
     count): its rows."""
-    import importlib.util
-
     if importlib.util.find_spec("triton") is None:
         pytest.skip("the Triton package compiles the kernels")
     from tests import _kernel_resources
