@@ -44,6 +44,11 @@ kernel, and the explicit einsum paths of `MultiHeadAttention` and
     KERAS_BACKEND=jax python3 benchmarks/model_step.py --out $OUT/model_step.json
     KERAS_BACKEND=jax python3 benchmarks/model_step.py --quick --rows plain,bert_concatenated
 
+`--collaborative-core pallas` runs every fused collaborative call on the
+Pallas kernel (`_pallas_attention.preferred` answers yes wherever the kernel
+applies) instead of the automatic choice, which gives cuDNN the widths it
+takes: the whole-model side of the dispatch table (`PREFERRED_LENGTHS`).
+
 The JSON record (`--out`, written after every row) also holds each row's
 first and last loss and its layers' dtype policies (`dtype_policies`: every
 row runs under mixed_bfloat16, set again for each row since
@@ -167,6 +172,30 @@ def recording_attention_paths(paths):
         keras.layers.MultiHeadAttention._compute_attention = compute_attention
         CollaborativeAttention._use_fused_path = use_fused_path
         jax_nn._can_use_flash_attention = can_use_flash
+
+
+@contextlib.contextmanager
+def collaborative_core(core):
+    """The attention core of collaborative layers inside the block: `auto`
+    (the dispatch as shipped) or `pallas` (the Pallas kernel wherever it
+    applies, cuDNN never)."""
+    from collab_keras.ops import _jax_attention
+    from collab_keras.ops import _pallas_attention
+
+    if core == "auto":
+        yield
+        return
+    preferred = _pallas_attention.preferred
+    half = ("bfloat16", "float16")
+
+    def always(length, key_width, dtype, cudnn_takes=False):
+        return _jax_attention.on_gpu() and str(dtype) in half
+
+    _pallas_attention.preferred = always
+    try:
+        yield
+    finally:
+        _pallas_attention.preferred = preferred
 
 
 def sizes(quick):
@@ -407,6 +436,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=790.0)
+    parser.add_argument("--collaborative-core", choices=("auto", "pallas"),
+                        default="auto",
+                        help="the collaborative layers' fused core: the "
+                             "automatic choice or the Pallas kernel always")
     parser.add_argument("--out", default="model_step.json",
                         help="path of the JSON record")
     args = parser.parse_args(argv)
@@ -431,7 +464,8 @@ def main(argv=None):
         f"JAX {jax.__version__} on {device.device_kind} ({device.platform}), "
         f"Keras {keras.__version__}, keras-hub {keras_hub.__version__}, "
         f"mixed_bfloat16, batch {size['batch']}, length {size['length']}, "
-        f"{size['bert']} / {size['vit']} / {size['nmt']}, AdamW, dropout 0"
+        f"{size['bert']} / {size['vit']} / {size['nmt']}, AdamW, dropout 0, "
+        f"collaborative core {args.collaborative_core}"
     )
     print(header, flush=True)
     results = []
@@ -442,7 +476,9 @@ def main(argv=None):
         keras.config.set_dtype_policy("mixed_bfloat16")
         paths = collections.Counter()
         try:
-            with recording_attention_paths(paths):
+            with recording_attention_paths(paths), collaborative_core(
+                args.collaborative_core
+            ):
                 model, inputs, flops, tokens = build_row(
                     name, size, np.random.default_rng(0)
                 )
@@ -497,6 +533,7 @@ def write_record(args, header, device, size, results, complete):
         "device": device.device_kind,
         "host": platform.node(),
         "sizes": size,
+        "collaborative_core": args.collaborative_core,
         "peak_tflops": args.peak_tflops,
         "repeats": args.repeats,
         "warmup": args.warmup,

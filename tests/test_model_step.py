@@ -56,6 +56,19 @@ def test_unknown_rows_are_named():
         model_step.main(["--rows", "plain,bert_huge"])
 
 
+def test_collaborative_core_pallas_is_patched_in_the_block_only():
+    from collab_keras.ops import _pallas_attention
+
+    shipped = _pallas_attention.preferred
+    with model_step.collaborative_core("pallas"):
+        assert _pallas_attention.preferred is not shipped
+        # On the CPU the kernel is never chosen, forced or not.
+        assert not _pallas_attention.preferred(512, 192, "bfloat16", True)
+    assert _pallas_attention.preferred is shipped
+    with model_step.collaborative_core("auto"):
+        assert _pallas_attention.preferred is shipped
+
+
 BLOCK_TENSORFLOW = """
 import runpy, sys
 
