@@ -188,7 +188,7 @@ def collaborative_core(core):
     preferred = _pallas_attention.preferred
     half = ("bfloat16", "float16")
 
-    def always(length, key_width, dtype, cudnn_takes=False):
+    def always(length, key_width, dtype):
         return _jax_attention.on_gpu() and str(dtype) in half
 
     _pallas_attention.preferred = always

@@ -102,7 +102,9 @@ def test_the_dispatch_knows_odd_masked_lengths(monkeypatch, flash):
     """The odd-length rule is the dispatch's (`cudnn_applies`): with a mask
     at an odd length the automatic choice takes the explicit path, not
     XLA's fused call behind a cuDNN decision, and a forced fused call at
-    shared_key_dim 192 takes the Pallas kernel."""
+    shared_key_dim 192 takes the Pallas kernel (where the table of
+    `_pallas_attention.PREFERRED_LENGTHS` does not take it first: emptied
+    here)."""
     from collab_keras.layers import CollaborativeAttention
     from collab_keras.layers import collaborative_attention as module
     ops = importlib.import_module(
@@ -110,6 +112,7 @@ def test_the_dispatch_knows_odd_masked_lengths(monkeypatch, flash):
 
     monkeypatch.setattr(_jax_attention, "on_gpu", lambda: True)
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(_pallas_attention, "PREFERRED_LENGTHS", {})
     bf16 = jnp.bfloat16
     odd, even = jnp.zeros((2, 513, 192), bf16), jnp.zeros((2, 512, 192), bf16)
     assert ops.fused_attention_preferred(odd, 192, 64, 12, True)  # cuDNN

@@ -63,7 +63,7 @@ def test_collaborative_core_pallas_is_patched_in_the_block_only():
     with model_step.collaborative_core("pallas"):
         assert _pallas_attention.preferred is not shipped
         # On the CPU the kernel is never chosen, forced or not.
-        assert not _pallas_attention.preferred(512, 192, "bfloat16", True)
+        assert not _pallas_attention.preferred(512, 192, "bfloat16")
     assert _pallas_attention.preferred is shipped
     with model_step.collaborative_core("auto"):
         assert _pallas_attention.preferred is shipped

@@ -297,14 +297,18 @@ def test_default_tiles(key_width, dtype):
         (256, 128, jnp.bfloat16, True, "pallas"),
         (512, 128, jnp.bfloat16, True, "cudnn"),
         (2048, 128, jnp.bfloat16, True, "cudnn"),
-        (128, 192, jnp.bfloat16, True, "explicit"),
-        (256, 192, jnp.bfloat16, True, "cudnn"),
-        (512, 192, jnp.bfloat16, True, "cudnn"),
+        (128, 192, jnp.bfloat16, True, "pallas"),
+        (512, 192, jnp.bfloat16, True, "pallas"),  # cuDNN takes it, slower
+        (8192, 192, jnp.bfloat16, True, "cudnn"),
         (512, 256, jnp.bfloat16, True, "pallas"),  # 257 columns: no cuDNN
         (2048, 256, jnp.bfloat16, True, "pallas"),
-        (512, 256, jnp.bfloat16, False, "cudnn"),
+        (512, 256, jnp.bfloat16, False, "pallas"),
         (8192, 256, jnp.bfloat16, True, "explicit"),
-        (512, 384, jnp.bfloat16, True, "explicit"),
+        (8192, 256, jnp.bfloat16, False, "cudnn"),
+        (512, 320, jnp.bfloat16, True, "pallas"),  # 384's entry
+        (2048, 384, jnp.bfloat16, True, "pallas"),
+        (4096, 384, jnp.bfloat16, True, "explicit"),
+        (512, 448, jnp.bfloat16, True, "explicit"),  # not measured
         (128, 128, jnp.float32, True, "explicit"),
         (8, 128, jnp.bfloat16, True, "explicit"),  # a decoding step
     ],
@@ -348,8 +352,6 @@ def test_preferred_lengths_by_key_width(monkeypatch):
     assert pa.preferred(2048, 192, bf) and pa.preferred(2048, 256, bf)
     assert not pa.preferred(4096, 256, bf)
     assert not pa.preferred(128, 384, bf)  # wider than every entry
-    assert not pa.preferred(2048, 256, bf, cudnn_takes=True)
-    assert pa.preferred(128, 128, bf, cudnn_takes=True)
     assert not pa.preferred(128, 128, jnp.float32)
     assert not pa.preferred(None, 128, bf)
 
@@ -361,6 +363,10 @@ def test_forced_fused_path_takes_pallas_where_cudnn_cannot(monkeypatch):
     args, _ = _inputs(length=512, keys=512, key_width=256, value_width=64,
                       heads=12, dtype=jnp.bfloat16)
     q, k, v, _, c = args
+    assert pa.chosen(q, k, v, c) and pa.chosen(q, k, v, None)  # the table
+    # Where the table does not take the kernel (as at length 8192), a fused
+    # call still runs it where cuDNN cannot.
+    monkeypatch.setattr(pa, "PREFERRED_LENGTHS", {})
     assert pa.chosen(q, k, v, c)  # Dk 256 + content: 257 columns
     assert not pa.chosen(q, k, v, None)  # 256 columns: cuDNN
     wide = jnp.zeros((2, 512, 384), jnp.bfloat16)

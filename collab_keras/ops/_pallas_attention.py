@@ -164,40 +164,42 @@ def applies(query, key, value, mixing=None, content=None, mask=None,
 # Where the automatic choice takes this kernel (`preferred`): shared key
 # width (up to) -> query length below which, the narrowest entry that
 # takes the width deciding; wider keys than every entry: never. Measured
-# on an H200, attention core forward+backward, bf16, 12 heads, values 64
-# wide, content term on (benchmarks/attention_kernel.py, which prints this
-# table as measured; docs/performance.md):
-# - Dk 128 (flash backward): at length 128, 0.29 ms against cuDNN's 0.48
-#   and the explicit path's 0.47; at 512 a tie with cuDNN, which is faster
-#   from 2048 on;
-# - Dk 256 (score gradient written): 2.98 / 5.32 ms at lengths 2048 /
+# against the best other path (cuDNN where it takes the width, else the
+# explicit one), attention core forward+backward, bf16, 12 heads, values
+# 64 wide, content term on (benchmarks/attention_kernel.py, which prints
+# this table as measured; docs/performance.md), and checked in whole
+# training steps (benchmarks/model_step.py, bert_base 32 x 512):
+# - Dk 128 (H200; flash backward): at length 128, 0.29 ms against cuDNN's
+#   0.48 and the explicit path's 0.47; at 512 a tie with cuDNN, which is
+#   faster from 2048 on;
+# - Dk 192 (H100, 2026-12-08; 128 + 64 columns): 0.94 / 2.67 ms at 32 x 512
+#   / 8 x 2048 against cuDNN's 1.74 / 4.10 (the key broadcast to every
+#   head, the values padded to 192); bert_base step 36.9 ms against 54.1
+#   on cuDNN (two calls an hour apart; their plain baselines 32.8 / 31.5);
+# - Dk 256 (H200; score gradient written): 2.98 / 5.32 ms at lengths 2048 /
 #   4096 against the explicit path's 8.54 / 16.77, 1.29 ms at 512 against
 #   2.90 (cuDNN does not take the 257 columns of the content term); at
 #   8192 one batch row's score gradient is over the memory budget and the
 #   flash backward runs (21.7 ms; the explicit path not measured there, its
 #   float32 scores take 6 GiB at batch 2): not taken;
-# - Dk 384: the core alone was faster at 512 (2.92 ms against the
-#   explicit path's 3.26), but the bert_base training step with it took
-#   1.31x concatenated heads' time against 1.02x with the explicit path
-#   (benchmarks/gpu_attention.py, bert part): not taken. Measured when the
-#   kernel ran keys 192 and 384 wide as 256 and 512 columns; they run 128 +
-#   64 and 256 + 128 since (`key_tiles`), not measured yet.
-# Entries wider than 128 were measured against the explicit path only:
-# they apply where cuDNN does not take the inputs.
-PREFERRED_LENGTHS = {128: 512, 192: 0, 256: 8192}
+# - Dk 384 (H100, 2026-12-08; 256 + 128 columns): 2.33 / 7.94 ms at 32 x 512
+#   / 8 x 2048 against the explicit path's 3.98 / 11.37; the bert_base step
+#   a tie (55.7 ms against 54.2 on the explicit path, two calls), which
+#   keeps no (B, N, T, S) scores in memory. Lengths from 4096 not measured.
+# Widths between entries take the wider entry's (320: 384's); wider than
+# 384 (448, 512 compile and pass the checks) is not measured: not taken.
+PREFERRED_LENGTHS = {128: 512, 192: 8192, 256: 8192, 384: 4096}
 
 
-def preferred(length, key_width, dtype, cudnn_takes=False):
-    """Whether the automatic choice runs this kernel (on a GPU, bfloat16 or
-    float16, see `PREFERRED_LENGTHS`); `cudnn_takes`: whether cuDNN takes
-    the inputs (then only keys up to 128 wide come here)."""
+def preferred(length, key_width, dtype):
+    """Whether the automatic choice runs this kernel: on a GPU, bfloat16 or
+    float16, at query lengths below `PREFERRED_LENGTHS`'s entry for the
+    width."""
     from collab_keras.ops import _jax_attention
 
     half = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     below = next((below for width, below in sorted(PREFERRED_LENGTHS.items())
                   if key_width <= width), 0)
-    if cudnn_takes and key_width > 128:
-        below = 0
     return (
         _jax_attention.on_gpu()
         and jnp.dtype(dtype) in half
@@ -213,9 +215,8 @@ def chosen(query, key, value, content=None, mask=None):
     prefers it (`preferred`), and, for shared key widths up to 256, where
     cuDNN does not take the inputs (`_jax_attention.cudnn_applies`, e.g.
     Dk 256 with the content column) and the fused path is asked for
-    (`flash_attention=True`). Wider keys go to `_jax_attention.attention`
-    (at 384, when the kernel ran 512 columns, the bert_base step was
-    slower with it than with the explicit path).
+    (`flash_attention=True`) at lengths the table does not cover. Else
+    `_jax_attention.attention` runs it.
     """
     from collab_keras.ops import _jax_attention
 
@@ -227,7 +228,7 @@ def chosen(query, key, value, content=None, mask=None):
         use_content=content is not None,
         masked_lengths=None if mask is None else (query.shape[1], key.shape[1]),
     )
-    if preferred(query.shape[1], key.shape[-1], query.dtype, cudnn_takes):
+    if preferred(query.shape[1], key.shape[-1], query.dtype):
         return True
     return (
         jnp.dtype(query.dtype) in half

@@ -126,10 +126,10 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
 
     The choice follows the measurements in docs/performance.md:
     - JAX on GPUs (bfloat16/float16), by the forward+backward time of the
-      attention core on an H200: the Pallas kernel where
-      `_pallas_attention.PREFERRED_LENGTHS` says (keys up to 128 wide
-      below length 512; where cuDNN does not take the width, Dk 256 below
-      8192), cuDNN where its head size limit allows
+      attention core and of whole training steps on an H200 and an H100:
+      the Pallas kernel where `_pallas_attention.PREFERRED_LENGTHS` says
+      (keys up to 128 wide below length 512, up to 256 below 8192, up to
+      384 below 4096), else cuDNN where its head size limit allows
       (counting the content column) and, with a mask, the lengths are even
       from length 256 on (`_jax_attention.cudnn_preferred`), else the
       explicit path; on CPUs the explicit path.
@@ -160,11 +160,8 @@ def fused_attention_preferred(query, key_width, value_width, num_heads, use_bias
         from collab_keras.ops import _jax_attention
         from collab_keras.ops import _pallas_attention
 
-        cudnn_takes = _jax_attention.cudnn_applies(
-            key_width, value_width, query.dtype, use_bias, masked_lengths
-        )
         return _pallas_attention.preferred(
-            length, key_width, query.dtype, cudnn_takes
+            length, key_width, query.dtype
         ) or _jax_attention.cudnn_preferred(
             length, key_width, value_width, query.dtype, use_bias,
             masked_lengths,
