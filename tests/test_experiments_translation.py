@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
@@ -75,6 +76,29 @@ def test_data_runs_take_the_manifest_options_and_are_collab_keras_train(nmt_data
     with pytest.raises(ValueError, match="Received: archive="):
         translation_bible.parse(["--archive", str(existing)])
     assert existing.read_text() == "a user's file"
+
+
+def test_memory_share_divides_the_card_among_the_runs(nmt_data, tmp_path, monkeypatch):  # noqa: F811
+    for share in ("0", "1.5"):
+        with pytest.raises(ValueError, match=f"Received: memory_share={float(share)}"):
+            translation_bible.parse(["--memory-share", share])
+    args = translation_bible.parse(["--data", str(nmt_data), "--parallel", "4", "--memory-share", "0.2",
+                                    "--steps", "40"])
+    configs = [config for _, _, config in translation_bible.run_configs(args, None, str(tmp_path / "runs"))]
+    started = []
+
+    class Finished:  # a run that has ended, in place of a subprocess
+        returncode = 0
+
+        def __init__(self, argv, env, **kwargs):
+            started.append(env)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(_common.subprocess, "Popen", Finished)
+    _common.train_in_processes(configs[:2], args, time.time(), lambda config, code: None)
+    assert [env["XLA_PYTHON_CLIENT_MEM_FRACTION"] for env in started] == ["0.050", "0.050"]
 
 
 def argparse_parser():

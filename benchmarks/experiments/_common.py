@@ -13,7 +13,8 @@ instead of trained again, and no run starts after `--deadline` seconds, so
 rerunning the command completes the grid. With `--data DIR` (a folder of
 `collab-keras prepare`) each run is a `python -m collab_keras.training
 train ... --data DIR` subprocess, `--parallel` at a time sharing the card
-(each with `XLA_PYTHON_CLIENT_MEM_FRACTION` = 0.8 / parallel), which needs
+(each with `XLA_PYTHON_CLIENT_MEM_FRACTION` = `--memory-share` / parallel,
+the share 0.8 unless several grids share the card), which needs
 no TensorFlow; `--archive FILE` writes, after every finished run, a .tar.gz
 of the output folder without the runs' `checkpoints/`, `model/` and
 `learning_curves.png` (the records, small enough to carry back from a GPU
@@ -272,11 +273,15 @@ NOT_ARCHIVED = ("checkpoints", "model", "learning_curves.png")
 
 
 def add_grid_arguments(parser, task):
-    """The flags of a grid of `task` runs: --data, --parallel, --deadline, --archive."""
+    """The flags of a grid of `task` runs: --data, --parallel, --memory-share, --deadline, --archive."""
     parser.add_argument("--data", default=None,
                         help=f"a folder of `collab-keras prepare {task}`: every run a `collab-keras train "
                              f"{task} --data` subprocess (its data options from the folder's manifest)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time with --data, sharing the card")
+    parser.add_argument("--memory-share", type=float, default=0.8,
+                        help="share of the card's memory this grid's runs take together, each "
+                             "`--memory-share / --parallel` (grids sharing one card: their shares must add "
+                             "up to less than one)")
     parser.add_argument("--deadline", type=float, default=math.inf,
                         help="seconds from the start after which no run starts")
     parser.add_argument("--archive", default=None,
@@ -291,6 +296,9 @@ def check_grid_arguments(args):
     which starts the backend."""
     if args.parallel < 1:
         raise ValueError(f"`--parallel` must be at least 1. Received: parallel={args.parallel}")
+    if not 0 < args.memory_share < 1:
+        raise ValueError(
+            f"`--memory-share` must be between 0 and 1. Received: memory_share={args.memory_share}")
     if args.data is not None:
         args.data = os.path.abspath(args.data)
         os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
@@ -352,7 +360,7 @@ def train_in_processes(configs, args, started, after_each):
     Each writes its output to `<run folder>.log`; `after_each(config,
     returncode)` is called as each ends. Returns the configs not started."""
     environment = dict(os.environ)
-    environment["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.8 / args.parallel:.3f}"
+    environment["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{args.memory_share / args.parallel:.3f}"
     environment.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)  # this process's, see check_grid_arguments
     environment.setdefault("COLLAB_KERAS_VERBOSE", "2")  # one line per checkpoint
     environment["PYTHONPATH"] = os.pathsep.join(

@@ -29,7 +29,7 @@ Two ways to run:
   manifest decides the architecture, the vocabulary, the sequence length
   and the training verses): each run is a `collab-keras train nmt --data
   DIR ...` subprocess, `--parallel` of them at a time sharing the one card
-  (each with `XLA_PYTHON_CLIENT_MEM_FRACTION` = 0.8 / parallel). TensorFlow
+  (each with `XLA_PYTHON_CLIENT_MEM_FRACTION` = `--memory-share` / parallel). TensorFlow
   is not needed: the GPU machine's JAX.
 
 Each run writes its folder `<output-dir>/runs/<kind>_<size>_seed<k>/`; a

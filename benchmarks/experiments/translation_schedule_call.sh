@@ -24,11 +24,15 @@ echo "XLA_FLAGS=$XLA_FLAGS" >> /tmp/sched/flags.txt
   tar czf $OUT/schedules.tgz.new --exclude=checkpoints --exclude=model -C /tmp/sched . && mv $OUT/schedules.tgz.new $OUT/schedules.tgz
 done 2>/dev/null) &
 PACK=$!
+# Each process preallocates its share of the card: together 0.8 of it (four processes at 0.8 each ran out of
+# memory or failed to start on 2026-12-08).
+N=$(echo ${SCHEDULES//,/ } | wc -w)
+SHARE=$(python3 -c "print(round(0.8 / $N, 3))")
 for schedule in ${SCHEDULES//,/ }; do
   IFS=: read -r batch lr steps warmup <<< "$schedule"
   name=batch${batch}_lr${lr}_steps${steps}_warmup${warmup}
   timeout $S python3 benchmarks/experiments/translation_bible.py --data .data/nmt-bible-small \
-    --output-dir /tmp/sched/$name --seeds 1 --kinds concatenate --key-sizes 256 --parallel 1 \
+    --output-dir /tmp/sched/$name --seeds 1 --kinds concatenate --key-sizes 256 --parallel 1 --memory-share $SHARE \
     --steps $steps --checkpoint-every $((steps / 10)) --batch-size $batch --learning-rate $lr \
     --warmup-steps $warmup --label-smoothing 0.1 --mixed-precision > /tmp/sched/$name.log 2>&1 &
 done
