@@ -122,6 +122,25 @@ def test_label_smoothed_loss_is_the_smoothed_token_cross_entropy(label_smoothing
     assert restored.label_smoothing == 0.2
 
 
+@pytest.mark.parametrize("task,label_smoothing", [("nmt", 0.0), ("nmt", 0.1), ("bert-mlm", 0.0)])
+def test_token_tasks_average_the_loss_over_real_tokens(tmp_path, task, label_smoothing):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 7)).astype("float32")  # (batch, length, vocabulary)
+    labels = rng.integers(0, 7, (2, 5))
+    mask = (np.arange(5) < np.array([[5], [3]])).astype("float32")  # padding
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    expected = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
+    expected = (expected * mask).sum() / mask.sum()  # a mean over the 8 real tokens
+    loss = run._loss(tiny_config(task, tmp_path, label_smoothing=label_smoothing))["loss"]
+    np.testing.assert_allclose(float(loss(labels, logits, sample_weight=mask)), expected, rtol=1e-5)
+    # More padding (batches cut to a longer example) leaves it unchanged.
+    pad = lambda x, value=0: np.concatenate([x, np.full(x.shape[:1] + (3,) + x.shape[2:], value, x.dtype)], 1)
+    longer = float(loss(pad(labels), pad(logits), sample_weight=pad(mask)))
+    np.testing.assert_allclose(longer, expected, rtol=1e-5)
+    assert run._loss(tiny_config("bert-classify", tmp_path)) == {}  # the task's own
+
+
 def test_label_smoothing_trains_nmt(tmp_path):
     run.train(tiny_config("nmt", tmp_path, label_smoothing=0.1, eval_examples=4))
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]

@@ -181,6 +181,26 @@ class LabelSmoothedCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
+TOKEN_TASKS = ("nmt", "bert-mlm")
+
+
+def _loss(config):
+    """The `loss` argument of the task's `compile`: for the token tasks the
+    cross-entropy averaged over the real tokens (`mean_with_sample_weight`:
+    the sum over the tokens the padding or prediction mask keeps, divided by
+    their count), label-smoothed where asked; for the others the task's own
+    loss (`{}`). keras-hub's default divides by every position, padding
+    included: then the loss and the perplexity fall as batches hold more
+    padding, and are not comparable across batch sizes."""
+    if config.task not in TOKEN_TASKS:
+        return {}
+    if config.label_smoothing:
+        return {"loss": LabelSmoothedCrossentropy(
+            config.label_smoothing, reduction="mean_with_sample_weight")}
+    return {"loss": keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight")}
+
+
 def _sample_arrays(task_model, examples, count=512):
     """The preprocessed arrays of the first `count` examples of a tf.data
     split, named as prepared.py names them."""
@@ -357,10 +377,8 @@ def _train(config):
 
     with distribution.scope(strategy):
         task_model = build()
-        loss = {"loss": LabelSmoothedCrossentropy(config.label_smoothing)} if (
-            config.label_smoothing) else {}  # else the task's own loss
         task_model.compile(optimizer=_optimizer(config), jit_compile=(
-            "auto" if config.jit_compile is None else config.jit_compile), **loss)
+            "auto" if config.jit_compile is None else config.jit_compile), **_loss(config))
         fingerprint = {
             "task": config.task,
             "vocabulary": None if vocabulary is None else vocabularies.fingerprint(vocabulary),
