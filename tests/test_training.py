@@ -103,16 +103,23 @@ def test_every_task_trains_and_writes_its_run_folder(task, attention, tmp_path):
     assert again == tiny_config(task, tmp_path, attention=attention)
 
 
-@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_label_smoothed_loss_is_the_smoothed_token_cross_entropy(label_smoothing):
+def token_batch(label_smoothing):
+    """Random labels and logits of 2 sequences of 5 tokens (3 of the second
+    padding), their padding mask, and each token's smoothed cross-entropy."""
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 5, 7)).astype("float32")  # (batch, length, vocabulary)
     labels = rng.integers(0, 7, (2, 5))
     mask = (np.arange(5) < np.array([[5], [3]])).astype("float32")  # padding
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
-    expected = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
-    expected = (expected * mask).sum() / mask.size  # Keras' sum_over_batch_size
+    per_token = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
+    return labels, logits, mask, per_token
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_label_smoothed_loss_is_the_smoothed_token_cross_entropy(label_smoothing):
+    labels, logits, mask, per_token = token_batch(label_smoothing)
+    expected = (per_token * mask).sum() / mask.size  # Keras' sum_over_batch_size
     loss = run.LabelSmoothedCrossentropy(label_smoothing)(labels, logits, sample_weight=mask)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     if not label_smoothing:
@@ -124,18 +131,12 @@ def test_label_smoothed_loss_is_the_smoothed_token_cross_entropy(label_smoothing
 
 @pytest.mark.parametrize("task,label_smoothing", [("nmt", 0.0), ("nmt", 0.1), ("bert-mlm", 0.0)])
 def test_token_tasks_average_the_loss_over_real_tokens(tmp_path, task, label_smoothing):
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(2, 5, 7)).astype("float32")  # (batch, length, vocabulary)
-    labels = rng.integers(0, 7, (2, 5))
-    mask = (np.arange(5) < np.array([[5], [3]])).astype("float32")  # padding
-    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    nll = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
-    expected = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
-    expected = (expected * mask).sum() / mask.sum()  # a mean over the 8 real tokens
+    labels, logits, mask, per_token = token_batch(label_smoothing)
+    expected = (per_token * mask).sum() / mask.sum()  # a mean over the 8 real tokens
     loss = run._loss(tiny_config(task, tmp_path, label_smoothing=label_smoothing))["loss"]
     np.testing.assert_allclose(float(loss(labels, logits, sample_weight=mask)), expected, rtol=1e-5)
     # More padding (batches cut to a longer example) leaves it unchanged.
-    pad = lambda x, value=0: np.concatenate([x, np.full(x.shape[:1] + (3,) + x.shape[2:], value, x.dtype)], 1)
+    pad = lambda x: np.concatenate([x, np.zeros(x.shape[:1] + (3,) + x.shape[2:], x.dtype)], 1)
     longer = float(loss(pad(labels), pad(logits), sample_weight=pad(mask)))
     np.testing.assert_allclose(longer, expected, rtol=1e-5)
     assert run._loss(tiny_config("bert-classify", tmp_path)) == {}  # the task's own
