@@ -470,6 +470,9 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
         model: A zoo backbone or a task holding one.
         attention: `None` (keep), `"concatenate"` or `"collaborative"`.
         shared_key_dim: Shared width of a conversion (`None`: full width).
+            A collaborative model converts to another `shared_key_dim`: a
+            smaller one is a lower-rank decomposition of its heads, a larger
+            one exact.
         calibration_data: Model inputs for a data-aware conversion,
             `"synthetic"`, `None` (the weights alone) or `"auto"`: below
             the full width, `"synthetic"` for a backbone with
@@ -504,31 +507,37 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
     shared_key_dim = check_integer(
         "shared_key_dim", shared_key_dim, allow_none=True
     )
-    if attention == backbone.attention:
-        if shared_key_dim not in (None, backbone.shared_key_dim):
-            raise ValueError(
-                f"The preset already has attention={attention!r} with "
-                f"shared_key_dim={backbone.shared_key_dim}; changing the key "
-                "size of a preset is not supported (build the model with "
-                "`from_architecture(..., shared_key_dim=...)` and train it). "
-                f"Received: shared_key_dim={shared_key_dim}"
-            )
+    if attention == backbone.attention and shared_key_dim in (
+        None, backbone.shared_key_dim
+    ):
         return model
+    if attention == "concatenate" == backbone.attention:
+        raise ValueError(
+            "The preset already has attention='concatenate' with "
+            f"shared_key_dim={backbone.shared_key_dim}; changing the key "
+            "size of concatenated heads is not supported (build the model "
+            "with `from_architecture(..., shared_key_dim=...)` and train it, "
+            "or convert it with attention='collaborative'). "
+            f"Received: shared_key_dim={shared_key_dim}"
+        )
     if attention == "concatenate":
         raise ValueError(
             "A collaborative preset cannot be loaded as concatenated heads. "
             "Received: attention='concatenate' for a preset with "
             f"attention={backbone.attention!r}"
         )
-    if backbone.shared_key_dim is not None:
+    if backbone.attention == "concatenate" and backbone.shared_key_dim is not None:
         raise ValueError(
             "Only full-size concatenated heads convert to collaborative ones; "
             "this preset has concatenated heads at a reduced key size. "
             f"Received: attention='collaborative' for a preset with "
             f"attention='concatenate', shared_key_dim={backbone.shared_key_dim}"
         )
-    rank = shared_key_dim or backbone.hidden_dim
-    if auto and rank < backbone.hidden_dim and hasattr(backbone, "synthetic_inputs"):
+    # The source's full width: concatenated heads' total key width, or a
+    # collaborative preset's shared key (a smaller one compresses it).
+    full = backbone.shared_key_dim or backbone.hidden_dim
+    rank = shared_key_dim or full
+    if auto and rank < full and hasattr(backbone, "synthetic_inputs"):
         # Data-free default where the backbone has random inputs: the
         # synthetic calibration, which costs about as much as none.
         calibration_data = "synthetic"

@@ -136,11 +136,18 @@ def test_backbone_decodes_with_the_cache_as_without_and_saves(tmp_path):
     np.testing.assert_allclose(restored(inputs)["decoder_sequence_output"], full, atol=1e-6)
 
 
-def test_presets_do_not_change_key_size():
+def test_preset_key_size_changes_only_by_conversion_to_collaborative():
     backbone = TransformerNMTBackbone.from_architecture("transformer_tiny", vocabulary_size=50)
-    with pytest.raises(ValueError, match=r"changing the key size of a preset is not "
+    with pytest.raises(ValueError, match=r"changing the key size of concatenated heads is not "
                                          r"supported .* Received: shared_key_dim=32"):
         convert_attention(backbone, "concatenate", 32, None)
+    # A collaborative preset converts to a smaller shared key (or a larger one, exactly).
+    collaborative = TransformerNMTBackbone.from_architecture(
+        "transformer_tiny", vocabulary_size=50, attention="collaborative", shared_key_dim=32)
+    assert convert_attention(collaborative, "collaborative", None, None) is collaborative
+    smaller = convert_attention(collaborative, "collaborative", 16, None)
+    assert (smaller.attention, smaller.shared_key_dim) == ("collaborative", 16)
+    assert [e["shared_key_dim"] for e in smaller.conversion_report] == [16] * 6
     reduced = TransformerNMTBackbone.from_architecture(
         "transformer_tiny", vocabulary_size=50, attention="concatenate", shared_key_dim=32
     )

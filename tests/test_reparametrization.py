@@ -574,3 +574,122 @@ def test_minilm_default_conversion_without_data_keeps_embeddings():
     assert weights_only.conversion_report.calibration_source is None
     assert cosine(default).mean() >= 0.985
     assert cosine(default).mean() >= cosine(weights_only).mean()
+
+
+def _built_collaborative(shared_key_dim=12, **kwargs):
+    """A built CollaborativeAttention with random mixing and biases, and its
+    input."""
+    rng = np.random.default_rng(2)
+    layer = CollaborativeAttention(
+        num_heads=4,
+        key_dim=8,
+        shared_key_dim=shared_key_dim,
+        mixing_initializer="random_normal",
+        bias_initializer="random_normal",
+        **kwargs,
+    )
+    query = rng.standard_normal((2, 7, 16)).astype("float32")
+    layer(query, query)
+    return layer, query
+
+
+def _head_tensor(layer):
+    """`T[:, h, :] = Wq diag(m_h) Wk^T` of a CollaborativeAttention."""
+    return _rebuilt(
+        _numpy(layer._query_dense.kernel).astype("float64"),
+        _numpy(layer.mixing).astype("float64"),
+        _numpy(layer._key_dense.kernel).astype("float64"),
+    )
+
+
+@pytest.mark.parametrize("rank", [12, 20])
+def test_collaborative_layer_exact_at_or_above_its_width(rank):
+    source, query = _built_collaborative(use_gate=True)
+    mask = np.tril(np.ones((2, 7, 7), dtype=bool))
+    layer, report = reparametrize(source, rank)
+    assert type(layer) is CollaborativeAttention and layer.shared_key_dim == rank
+    assert layer.use_gate and layer.name == source.name
+    assert report[0]["relative_error"] == 0.0 and report[0]["iterations"] == 0
+    # The factors are copied, then zero columns.
+    np.testing.assert_array_equal(_numpy(layer.mixing)[:, 12:], 0.0)
+    np.testing.assert_array_equal(_numpy(layer.mixing)[:, :12], _numpy(source.mixing))
+    expected = source(query, query, attention_mask=mask, return_attention_scores=True)
+    output = layer(query, query, attention_mask=mask, return_attention_scores=True)
+    for got, want in zip(output, expected):
+        np.testing.assert_allclose(_numpy(got), _numpy(want), atol=2e-5, rtol=1e-5)
+
+
+def test_collaborative_layer_compresses_to_a_smaller_key():
+    source, query = _built_collaborative()
+    target = _head_tensor(source)
+    errors = []
+    for rank in (8, 4, 2):
+        layer, report = reparametrize(source, rank)
+        assert layer.mixing.shape == (4, rank)
+        error = _relative(_head_tensor(layer), target)
+        np.testing.assert_allclose(report[0]["relative_error"], error, rtol=1e-4)
+        errors.append(error)
+        # What the query/key factors do not hold is copied.
+        for name in ("content_bias",):
+            np.testing.assert_array_equal(
+                _numpy(getattr(layer, name)), _numpy(getattr(source, name))
+            )
+        for new, old in ((layer._value_dense, source._value_dense),
+                         (layer._output_dense, source._output_dense)):
+            for a, b in zip(new.weights, old.weights):
+                np.testing.assert_array_equal(_numpy(a), _numpy(b))
+        assert layer(query, query).shape == (2, 7, 16)
+    assert 0 < errors[0] < errors[1] < errors[2] < 1
+
+    # Data-aware: a lower logit error than the weights alone on the data.
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((40, 10, 3)) @ rng.standard_normal((3, 16))
+    data = (data + 0.05 * rng.standard_normal((40, 10, 16))).astype("float32")
+
+    def logit_error(layer):
+        _, want = source(data, data, return_attention_scores=True)
+        _, got = layer(data, data, return_attention_scores=True)
+        return _relative(_numpy(got), _numpy(want))
+
+    plain, _ = reparametrize(source, 4)
+    aware, report = reparametrize(source, 4, calibration_data=data)
+    assert report[0]["calibration"] == "data-aware"
+    assert logit_error(aware) < logit_error(plain)
+
+
+def test_zoo_collaborative_translator_compresses_and_saves(tmp_path):
+    from collab_keras.models import TransformerNMTBackbone
+
+    model = TransformerNMTBackbone.from_architecture(
+        "transformer_tiny", vocabulary_size=50, attention="collaborative",
+        shared_key_dim=32, attention_kwargs={"mixing_initializer": "random_normal"},
+    )
+    rng = np.random.default_rng(0)
+    inputs = {
+        "encoder_token_ids": rng.integers(1, 50, (2, 6)).astype("int32"),
+        "encoder_padding_mask": np.array([[1] * 6, [1] * 4 + [0] * 2], "int32"),
+        "decoder_token_ids": rng.integers(1, 50, (2, 5)).astype("int32"),
+        "decoder_padding_mask": np.array([[1] * 5, [1] * 3 + [0] * 2], "int32"),
+    }
+    expected = _numpy(model(inputs)["decoder_sequence_output"])
+    same, report = reparametrize(model, 32, verbose=False)
+    assert all(entry["relative_error"] == 0.0 for entry in report)
+    np.testing.assert_allclose(
+        _numpy(same(inputs)["decoder_sequence_output"]), expected, atol=1e-5
+    )
+
+    calibration = {k: np.tile(v, (16, 1)) for k, v in inputs.items()}  # 32 sequences
+    smaller, report = reparametrize(model, 8, calibration_data=calibration, verbose=False)
+    # Encoder self-attention, decoder self- and cross-attention.
+    assert len(report) == 6 and all(0 < e["relative_error"] < 1 for e in report)
+    assert smaller.get_config()["shared_key_dim"] == 8
+    assert model.shared_key_dim == 32  # the input is not modified
+    output = _numpy(smaller(inputs)["decoder_sequence_output"])
+    assert output.shape == expected.shape and np.isfinite(output).all()
+    path = str(tmp_path / "translator.keras")
+    smaller.save(path)
+    reloaded = saving.load_model(path)
+    assert reloaded.shared_key_dim == 8
+    np.testing.assert_allclose(
+        _numpy(reloaded(inputs)["decoder_sequence_output"]), output, atol=1e-5
+    )

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import sys
 
 import keras
 import numpy as np
@@ -162,6 +163,84 @@ def test_preset_writes_only_new_empty_or_preset_folders(nmt_run, presets, tmp_pa
         ["preset", "--run", str(nmt_run), "--output-dir", str(tmp_path / "new"),
          "--dtype", "bfloat16"], capsys)
     assert (listing(tmp_path), listing(nmt_run)) == before
+
+
+def test_preset_compresses_to_a_smaller_shared_key(presets, tmp_path, capsys):
+    source = presets["float32"]
+    before = listing(source)
+    out = tmp_path / "smaller"
+    cli.main(["preset", "--from-preset", source, "--shared-key-dim", "16",
+              "--calibration-examples", "40", "--output-dir", str(out), "--dtype", "float16"])
+    assert "test BLEU" in capsys.readouterr().out
+    assert listing(source) == before  # the source is only read
+    assert preset.entries(out) == preset.PRESET_ENTRIES
+    results, original = preset.read_results(out), preset.read_results(source)
+    assert (results["attention"], results["shared_key_dim"], results["dtype"]) == (
+        "collaborative", 16, "float16")
+    assert results["test"] == original["test"] and results["run"] == original["run"]
+    conversion = results["conversion"]
+    assert (conversion["preset"], conversion["shared_key_dim"]) == ("float32", 32)
+    assert conversion["scores"] == original["scores"]
+    assert conversion["calibration_examples"] == 40
+    assert conversion["summary"].startswith("Converted 6 attention layers to shared_key_dim=16")
+    assert len(conversion["layers"]) == 6
+    assert all(0 < layer["relative_error"] < 1 for layer in conversion["layers"])
+    assert results["parameters"] < original["parameters"]
+    task = TransformerNMTSeq2SeqLM.from_preset(str(out))
+    assert task.backbone.shared_key_dim == 16
+    # The recorded scores are those of the saved weights, decoded again.
+    assert preset.evaluate_preset(str(out)) == {**results["scores"], "examples": 4}
+    assert sorted(os.listdir(tmp_path)) == ["smaller"]  # no .tmp-*
+
+
+def test_preset_compression_refuses_before_writing(nmt_run, presets, tmp_path, capsys):
+    concatenated = tmp_path / "concatenated"
+    shutil.copytree(presets["float32"], concatenated)
+    results = json.loads((concatenated / "results.json").read_text())
+    (concatenated / "results.json").write_text(json.dumps({**results, "attention": "concatenate"}))
+    source = presets["float32"]
+    before = listing(tmp_path), listing(source)
+    new = str(tmp_path / "new")
+    for argv, message in (
+        (["--from-preset", source, "--output-dir", new], "needs --shared-key-dim"),
+        (["--run", str(nmt_run), "--shared-key-dim", "16", "--output-dir", new],
+         "applies to --from-preset"),
+        (["--from-preset", source, "--shared-key-dim", "16", "--output-dir", source],
+         f"must not be the preset being compressed.*Received: output_dir={source!r}"),
+        (["--from-preset", str(concatenated), "--shared-key-dim", "16", "--output-dir", new],
+         "must have collaborative heads.*attention='concatenate'"),
+        (["--from-preset", source, "--shared-key-dim", "0", "--output-dir", new],
+         "Received: shared_key_dim=0"),
+        (["--from-preset", source, "--shared-key-dim", "16", "--calibration-examples", "-1",
+          "--output-dir", new], "Received: calibration_examples=-1"),
+        (["--from-preset", str(tmp_path / "missing"), "--shared-key-dim", "16",
+          "--output-dir", new], "missing"),
+    ):
+        err = cli_error(["preset", *argv], capsys)
+        assert re.search(message, err), err
+    with pytest.raises(SystemExit):  # argparse: one source only
+        cli.main(["preset", "--run", str(nmt_run), "--from-preset", source, "--output-dir", new])
+    assert (listing(tmp_path), listing(source)) == before
+
+
+def test_compression_experiment_records_and_rereads_its_rows(presets, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "experiments"))
+    import translator_compression
+
+    argv = ["--quick", "--source", presets["float32"], "--key-sizes", "16",
+            "--calibration-examples", "0,40", "--output-dir", str(tmp_path)]
+    rows = translator_compression.main(argv)
+    assert [(r["shared_key_dim"], r["calibration"]) for r in rows] == [
+        (32, None), (16, 0), (16, 40)]
+    records = sorted(os.listdir(tmp_path))
+    assert records == ["key16_calibration0.json", "key16_calibration40.json"]
+    record = json.loads((tmp_path / records[1]).read_text())
+    assert (record["results"]["test"]["examples"], record["results"]["test"]["beam_width"]) == (8, 2)
+    assert record["environment"]["backend"] == "tensorflow"
+    assert "| 16 | 40 |" in capsys.readouterr().out
+    stamps = [os.stat(tmp_path / name).st_mtime_ns for name in records]
+    assert translator_compression.main(argv) == rows  # read again, not computed
+    assert [os.stat(tmp_path / name).st_mtime_ns for name in records] == stamps
 
 
 def test_package_data_ships_every_file_of_a_preset(presets, tmp_path):

@@ -5,6 +5,7 @@
     collab-keras train TASK --data DATA --output-dir DIR [options]   train from them (no TensorFlow)
     collab-keras train --config DIR/config.json          repeat / resume a run
     collab-keras preset --run DIR --output-dir PRESET [--dtype float16]   a finished nmt run as a translator preset
+    collab-keras preset --from-preset NAME --shared-key-dim R --output-dir PRESET   ... with a smaller shared key
     collab-keras translate --model DIR | --server HOST:PORT | --preset NAME ...   text in, text out
     collab-keras demo                                    the README's comparison
 
@@ -55,18 +56,30 @@ def _prepare_parser(subparsers):
 def _preset_parser(subparsers):
     p = subparsers.add_parser(
         "preset",
-        help="a finished nmt run as a translator preset (keras-hub preset folder)",
+        help="a finished nmt run, or a translator preset with a smaller shared key, as a "
+             "translator preset (keras-hub preset folder)",
         description="Save a finished `train nmt` run's model as a keras-hub preset folder, "
-                    "scored on the run's test split (see docs/training.md).",
+                    "or compress a collaborative translator preset to a smaller "
+                    "--shared-key-dim (no training); scored on the test split of the "
+                    "run or source preset (see docs/training.md).",
     )
-    p.add_argument("--run", required=True, help="the run folder of `collab-keras train nmt`")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="the run folder of `collab-keras train nmt`")
+    source.add_argument("--from-preset", help="a collaborative translator preset (folder or "
+                                              "name) to compress to --shared-key-dim")
     p.add_argument("--output-dir", required=True,
                    help="a new or empty folder, or a previous translator preset (replaced)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the saved weights (float16: half the size; loads as float32)")
+    p.add_argument("--shared-key-dim", type=int,
+                   help="with --from-preset: the new shared key width")
+    p.add_argument("--calibration-examples", type=int, default=256,
+                   help="with --from-preset: training pairs the conversion is fitted on "
+                        "(0: the weights alone)")
     p.add_argument("--eval-examples", type=int,
-                   help="test verses translated to score the preset (default: the run's)")
-    p.add_argument("--beam-width", type=int, help="beams of those translations (default: the run's)")
+                   help="test verses translated to score the preset (default: the source's)")
+    p.add_argument("--beam-width", type=int,
+                   help="beams of those translations (default: the source's)")
     return p
 
 
@@ -235,8 +248,20 @@ def main(argv=None):
         if args.command == "preset":
             from collab_keras.training import preset
 
-            results = preset.make_preset(args.run, args.output_dir, args.dtype,
-                                         args.eval_examples, args.beam_width)
+            if args.run is not None:
+                if args.shared_key_dim is not None:
+                    raise ValueError("`--shared-key-dim` applies to --from-preset; a run's "
+                                     "preset keeps its model. Received: --shared-key-dim "
+                                     f"{args.shared_key_dim} with --run {args.run}")
+                results = preset.make_preset(args.run, args.output_dir, args.dtype,
+                                             args.eval_examples, args.beam_width)
+            else:
+                if args.shared_key_dim is None:
+                    raise ValueError("`--from-preset` needs --shared-key-dim, the new shared "
+                                     f"key width. Received: --from-preset {args.from_preset}")
+                results = preset.compress_preset(
+                    args.from_preset, args.output_dir, args.shared_key_dim, args.dtype,
+                    args.calibration_examples, args.eval_examples, args.beam_width)
             print(preset.summary(args.output_dir, results))
             return None
         metrics = run.train(config)

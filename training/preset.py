@@ -2,6 +2,7 @@
 
     collab-keras preset --run runs/nmt --output-dir presets/en-de --dtype float16
     collab-keras translate --preset presets/en-de "In the beginning God created the heaven."
+    collab-keras preset --from-preset presets/en-de --shared-key-dim 32 --output-dir presets/en-de-32
 
 `make_preset` turns a finished `collab-keras train nmt` run folder (its
 `config.json`, `metrics.json` and `model/`, the trained task in
@@ -17,6 +18,11 @@ With `dtype="float16"` the task is loaded in the float16 dtype policy, so its
 weights are saved as float16 (half the bytes). keras-hub loads a preset
 saved in a float policy in the current default policy (float32 unless set
 otherwise), casting the weights on load: the loaded task computes in float32.
+
+`compress_preset` writes a collaborative translator preset's model at a
+smaller `shared_key_dim` instead (`collab_keras.reparametrize`, calibrated on
+training pairs; no training), scored the same way, its `results.json` adding
+where it comes from (`conversion`).
 
 The preset is scored when it is made: loaded back as `from_preset` loads it,
 it translates the test split of the run's data with beam search
@@ -185,17 +191,13 @@ def make_preset(run_dir, output_dir, dtype="float32", eval_examples=None, beam_w
     Returns:
         The preset's `results.json` (a dict).
     """
-    from collab_keras.models import TransformerNMTSeq2SeqLM
-
-    if dtype not in DTYPES:
-        raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
+    _check_dtype(dtype)
     eval_examples = check_integer("eval_examples", eval_examples, allow_none=True)
     beam_width = check_integer("beam_width", beam_width, allow_none=True)
     config, final = read_run(run_dir)
     replace = check_output_dir(output_dir)
     data.require_tensorflow("Scoring a translator preset (tf.data, the tokenizer)",
                             f"run={run_dir!r}")
-    task = TransformerNMTSeq2SeqLM.from_preset(os.path.join(run_dir, "model"), dtype=dtype)
     options = config.data_options()
     test = {
         "dataset": options["dataset"], "source": options["source"],
@@ -203,7 +205,125 @@ def make_preset(run_dir, output_dir, dtype="float32", eval_examples=None, beam_w
         "examples": eval_examples or config.eval_examples,
         "beam_width": beam_width or config.beam_width,
     }
+    origin = {
+        "run": {
+            "name": os.path.basename(os.path.normpath(run_dir)),  # not a path of the machine that made it
+            "steps": config.steps,
+            "scores": {"bleu": final["bleu"], "chrf": final["chrf"],
+                       "examples": config.eval_examples, "beam_width": config.beam_width},
+        },
+    }
+    return _write_preset(os.path.join(run_dir, "model"), output_dir, replace, dtype, test,
+                         config.data_dir, origin)
 
+
+def compress_preset(preset, output_dir, shared_key_dim, dtype="float32",
+                    calibration_examples=256, eval_examples=None, beam_width=None,
+                    data_dir=None):
+    """Writes a translator preset's model with a smaller shared key.
+
+    Every attention layer of the preset's collaborative model is converted
+    to `shared_key_dim` with `collab_keras.reparametrize` (a lower-rank CP
+    decomposition of its heads, fitted to the attention logits of the first
+    `calibration_examples` training pairs of the preset's data); nothing is
+    trained. The result is scored on the preset's recorded test split, as
+    `make_preset` scores a run.
+
+    Args:
+        preset: a translator preset folder or a registered name
+            (`"bible_en_de_collaborative"`), with collaborative heads.
+        output_dir: the new preset folder: new, empty, or a previous
+            translator preset (replaced); not the source preset's folder.
+        shared_key_dim: the new shared key width.
+        dtype: `"float32"` or `"float16"`, the dtype of the saved weights.
+        calibration_examples: training pairs the conversion is fitted on
+            (0: the weights alone).
+        eval_examples: test verses translated to score the preset (default:
+            the source preset's).
+        beam_width: beams of those translations (default: the source's).
+        data_dir: tensorflow-datasets' data folder (tfds sets only).
+
+    Returns:
+        The preset's `results.json` (a dict): as `make_preset` writes it,
+        with the source preset's `run` and a `conversion` entry (the source,
+        its key width and scores, the calibration, each layer's errors).
+    """
+    from collab_keras.models import TransformerNMTSeq2SeqLM
+    from collab_keras.models.presets import resolve_preset
+
+    _check_dtype(dtype)
+    shared_key_dim = check_integer("shared_key_dim", shared_key_dim)
+    calibration_examples = check_integer("calibration_examples", calibration_examples,
+                                         minimum=0)
+    eval_examples = check_integer("eval_examples", eval_examples, allow_none=True)
+    beam_width = check_integer("beam_width", beam_width, allow_none=True)
+    folder = resolve_preset(preset)
+    source = read_results(folder, preset)
+    if source.get("attention") != "collaborative":
+        raise ValueError(
+            "`preset` must have collaborative heads to be compressed to a smaller "
+            f"shared key. Received: preset={preset!r} with attention="
+            f"{source.get('attention')!r}"
+        )
+    if os.path.exists(output_dir) and os.path.samefile(output_dir, folder):
+        raise ValueError(
+            "`output_dir` must not be the preset being compressed: it is read while "
+            f"the new one is written. Received: output_dir={output_dir!r}"
+        )
+    replace = check_output_dir(output_dir)
+    data.require_tensorflow("Compressing a translator preset (tf.data, the tokenizer)",
+                            f"preset={preset!r}")
+    test = dict(source["test"])
+    test["examples"] = eval_examples or test["examples"]
+    test["beam_width"] = beam_width or test["beam_width"]
+    calibration = None
+    if calibration_examples:
+        examples = data.load("nmt", "train", test["dataset"], data_dir, test["source"],
+                             test["target"]).take(calibration_examples)
+        sources, targets = data.text_pairs(examples)
+        calibration = {"encoder_text": sources, "decoder_text": targets}
+    task = TransformerNMTSeq2SeqLM.from_preset(
+        folder, attention="collaborative", shared_key_dim=shared_key_dim,
+        calibration_data=calibration)
+    report = task.conversion_report
+    origin = {
+        "run": source["run"],
+        "conversion": {
+            "preset": os.path.basename(os.path.normpath(folder)),
+            "shared_key_dim": source["shared_key_dim"],
+            "scores": source["scores"],
+            "calibration_examples": calibration_examples,
+            "summary": report.summary(),
+            "layers": [
+                {k: entry[k] for k in ("name", "relative_error", "logit_relative_error",
+                                       "calibration")}
+                for entry in report
+            ],
+        },
+    }
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    converted = tempfile.mkdtemp(dir=parent, prefix=checkpoint.TMP_PREFIX)
+    try:
+        task.save_to_preset(converted)  # float32, loaded again in `dtype`
+        return _write_preset(converted, output_dir, replace, dtype, test, data_dir, origin)
+    finally:
+        shutil.rmtree(converted, ignore_errors=True)
+
+
+def _check_dtype(dtype):
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
+
+
+def _write_preset(model_dir, output_dir, replace, dtype, test, data_dir, origin):
+    """Saves the task of `model_dir` (a `save_to_preset` folder) in `dtype`
+    as the preset `output_dir`, scored on `test`, with `origin` (where it
+    comes from) in its `results.json`; written beside `output_dir` and
+    renamed into place. Returns the results."""
+    from collab_keras.models import TransformerNMTSeq2SeqLM
+
+    task = TransformerNMTSeq2SeqLM.from_preset(model_dir, dtype=dtype)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=checkpoint.TMP_PREFIX)
@@ -211,8 +331,8 @@ def make_preset(run_dir, output_dir, dtype="float32", eval_examples=None, beam_w
     try:
         task.save_to_preset(staging)
         loaded = TransformerNMTSeq2SeqLM.from_preset(staging)  # as users load it
-        scores = score_test_split(loaded, test, config.data_dir)
-        test["examples"] = scores.pop("examples")
+        scores = score_test_split(loaded, test, data_dir)
+        test = {**test, "examples": scores.pop("examples")}
         backbone = loaded.backbone.get_config()
         results = {
             "format": FORMAT,
@@ -223,12 +343,7 @@ def make_preset(run_dir, output_dir, dtype="float32", eval_examples=None, beam_w
             "parameters": int(loaded.count_params()),
             "test": test,
             "scores": scores,
-            "run": {
-                "name": os.path.basename(os.path.normpath(run_dir)),  # not a path of the machine that made it
-                "steps": config.steps,
-                "scores": {"bleu": final["bleu"], "chrf": final["chrf"],
-                           "examples": config.eval_examples, "beam_width": config.beam_width},
-            },
+            **origin,
         }
         checkpoint.atomic_write_json(os.path.join(staging, RESULTS_FILE), results)
         checkpoint.honour_umask(staging)

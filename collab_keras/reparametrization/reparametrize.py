@@ -20,6 +20,10 @@ from collab_keras.reparametrization.cp_decomposition import (
 )
 from collab_keras.reparametrization.report import ConversionReport
 
+# The layers `reparametrize` converts (subclasses only in a model that
+# rebuilds itself collaborative).
+_SOURCES = (keras.layers.MultiHeadAttention, CollaborativeAttention)
+
 # Batch size of the forward passes that record calibration activations.
 _CALIBRATION_BATCH_SIZE = 32
 # Arguments of MultiHeadAttention's call that `_compute_attention_mask` takes.
@@ -43,7 +47,8 @@ def reparametrize(
     verbose=True,
     num_threads=1,
 ):
-    """Turns multi-head attention into collaborative attention.
+    """Turns multi-head attention into collaborative attention, or
+    collaborative attention into a smaller one.
 
     The query/key part of head `h` is the matrix `T_h = Wq_h Wk_h^T`; a
     collaborative layer with shared key size `R` computes
@@ -55,18 +60,26 @@ def reparametrize(
     `shared_key_dim >= num_heads * key_dim` the heads' projections are copied
     side by side and the result equals the input up to float rounding.
 
+    A `CollaborativeAttention` layer converts the same way, to another
+    `shared_key_dim`: its head `h` is `T_h = Wq diag(m_h) Wk^T`, so a
+    smaller key is a CP decomposition of lower rank of the same tensor
+    (the content bias, values and output are copied). At or above its own
+    `shared_key_dim` the factors are copied, padded with zero columns:
+    exact.
+
     Given a Keras model (functional, Sequential or a keras-hub backbone),
-    every `MultiHeadAttention` layer is converted in a copy of the model; all
-    other weights are kept. A keras-hub BERT or ViT backbone or task is first
+    every `MultiHeadAttention` and `CollaborativeAttention` layer is
+    converted in a copy of the model; all other weights are kept. A keras-hub BERT or ViT backbone or task is first
     turned into its `collab_keras.models` counterpart (same weights,
     tokenizer and preprocessing), so that the result saves and loads whole. The input
     is never modified. A model with an attention switch (its config has
-    `"attention": "concatenate"`, as the backbones and tasks of
-    `collab_keras.models`) is instead rebuilt from its
+    `"attention": "concatenate"` or `"collaborative"`, as the backbones and
+    tasks of `collab_keras.models`) is instead rebuilt from its
     config with `attention="collaborative"` and `shared_key_dim`, so that it
     also saves and loads as collaborative; there, subclasses of
-    `MultiHeadAttention` (keras-hub's `CachedMultiHeadAttention`) convert
-    too, to the counterpart the model builds.
+    `MultiHeadAttention` (keras-hub's `CachedMultiHeadAttention`) and of
+    `CollaborativeAttention` convert too, to the counterpart the model
+    builds.
 
     With `calibration_data` the decomposition minimizes the mean squared
     error of the attention logits on those activations (keys centered per
@@ -85,8 +98,9 @@ def reparametrize(
     needs.
 
     Args:
-        obj: a built `keras.layers.MultiHeadAttention` layer, or a Keras
-            model containing such layers.
+        obj: a built `keras.layers.MultiHeadAttention` or
+            `CollaborativeAttention` layer, or a Keras model containing such
+            layers.
         shared_key_dim: positive integer, the shared key/query size `R` of
             the new layers.
         calibration_data: optional data for the data-aware mode. For a
@@ -238,7 +252,10 @@ def _reparametrize_model(model, calibration_data, options, verbose):
         # convention): the model rebuilds itself collaborative, so it also
         # saves as such; `model` itself is only read (its attention calls
         # are recorded, then restored), no copy is needed.
-        switch = config["config"].get("attention") == "concatenate"
+        switch = config["config"].get("attention") in (
+            "concatenate",
+            "collaborative",
+        )
         copy = model
         if not switch:
             # Compiled state is not copied: restoring a custom `compile()`
@@ -256,8 +273,8 @@ def _reparametrize_model(model, calibration_data, options, verbose):
     sites = _attention_sites(copy, subclasses=switch)
     if not sites:
         raise ValueError(
-            "The model has no keras.layers.MultiHeadAttention layer to "
-            f"reparametrize. Received: obj={model.name!r} with layers "
+            "The model has no keras.layers.MultiHeadAttention or "
+            f"CollaborativeAttention layer to reparametrize. Received: obj={model.name!r} with layers "
             f"{[layer.name for layer in model.layers]}"
         )
     targets = {}
@@ -309,8 +326,9 @@ def _collaborative_twin(model, sites, rank):
     """`model` rebuilt from its config with `attention="collaborative"`.
 
     Args:
-        model: a model whose config has `"attention": "concatenate"` and
-            accepts `attention="collaborative"` with `shared_key_dim`.
+        model: a model whose config has `"attention"` (`"concatenate"` or
+            `"collaborative"`) and accepts `attention="collaborative"` with
+            `shared_key_dim`.
         sites: `model`'s attention sites, from `_attention_sites`.
         rank: the shared key size of the new attention layers.
 
@@ -335,7 +353,7 @@ def _collaborative_twin(model, sites, rank):
         twin = model.__class__.from_config(config)
     except Exception as error:
         raise ValueError(
-            "A model whose config has attention='concatenate' must rebuild "
+            "A model whose config has an attention switch must rebuild "
             "from it with attention='collaborative' and shared_key_dim. "
             f"Received: obj={model.name!r}, which failed with: {error}"
         ) from error
@@ -362,7 +380,8 @@ def _attention_sites(root, subclasses=False):
 
     `attribute` names the parent's attribute holding the layer; `None` for a
     node of a functional graph. With `subclasses`, subclasses of
-    MultiHeadAttention (keras-hub's cached one) are accepted too.
+    MultiHeadAttention (keras-hub's cached one) and of CollaborativeAttention
+    are accepted too.
     """
     sites = []
 
@@ -372,7 +391,7 @@ def _attention_sites(root, subclasses=False):
             graph = {id(op) for op in parent.operations}
         for child in parent._flatten_layers(include_self=False, recursive=False):
             child_path = f"{path}/{child.name}"
-            if not isinstance(child, keras.layers.MultiHeadAttention):
+            if not isinstance(child, _SOURCES):
                 visit(child, child_path)
                 continue
             _check_attention(child, child_path, subclasses)
@@ -409,23 +428,22 @@ def _swap_sublayer(parent, attribute, layer, new_layer):
 
 
 def _check_attention(layer, argument, subclasses=False):
-    """Checks that `layer` is a built, convertible MultiHeadAttention.
+    """Checks that `layer` is a built, convertible attention layer.
 
     Subclasses are rejected unless `subclasses`: only a model that rebuilds
     itself collaborative knows their counterpart.
     """
-    is_attention = isinstance(layer, keras.layers.MultiHeadAttention)
-    if type(layer) is not keras.layers.MultiHeadAttention and not (
-        subclasses and is_attention
-    ):
+    is_attention = isinstance(layer, _SOURCES)
+    if type(layer) not in _SOURCES and not (subclasses and is_attention):
         kind = (
-            "a subclass of MultiHeadAttention with its own call"
+            f"a subclass of {type(layer).__mro__[1].__name__} with its own call"
             if is_attention
-            else "not a keras.layers.MultiHeadAttention layer or a Keras model"
+            else "not an attention layer or a Keras model"
         )
         raise ValueError(
-            f"`{argument}` must be a keras.layers.MultiHeadAttention layer or "
-            f"a Keras model; this is {kind}. Received: {argument}={layer!r}"
+            f"`{argument}` must be a keras.layers.MultiHeadAttention or "
+            "CollaborativeAttention layer, or a Keras model; this is "
+            f"{kind}. Received: {argument}={layer!r}"
         )
     if not layer.built:
         raise ValueError(
@@ -435,55 +453,102 @@ def _check_attention(layer, argument, subclasses=False):
         )
 
 
-def _convert(mha, statistics, options, path):
-    """One built CollaborativeAttention equal to `mha` up to its rank.
+def _head_kernels(layer):
+    """The query and key kernels `(d_q, H, k)` and `(d_k, H, k)` of
+    `layer`'s heads, `T_h = Wq_h Wk_h^T`, as numpy arrays.
 
+    A MultiHeadAttention's own; for a CollaborativeAttention
+    `Wq_h = Wq diag(m_h)` against the shared `Wk` (`k = shared_key_dim`).
+    """
+    query_kernel = keras.ops.convert_to_numpy(layer._query_dense.kernel)
+    key_kernel = keras.ops.convert_to_numpy(layer._key_dense.kernel)
+    if not isinstance(layer, CollaborativeAttention):
+        return query_kernel, key_kernel
+    mixing = keras.ops.convert_to_numpy(layer.mixing)
+    query_kernel = query_kernel[:, None, :] * mixing[None]  # (d_q, H, k)
+    key_kernel = np.broadcast_to(key_kernel[:, None, :], query_kernel.shape)
+    return query_kernel, np.ascontiguousarray(key_kernel)  # (d_k, H, k)
+
+
+def _copied_factors(layer, rank, statistics):
+    """A CollaborativeAttention's own factors, padded with zero columns to
+    `rank` (`>= shared_key_dim`): the exact solution, in `_decompose`'s
+    form."""
+    padding = [(0, 0), (0, rank - layer.shared_key_dim)]
+    factors = [
+        np.pad(keras.ops.convert_to_numpy(weight), padding)
+        for weight in (
+            layer._query_dense.kernel,  # (d_q, R)
+            layer.mixing,  # (H, R)
+            layer._key_dense.kernel,  # (d_k, R)
+        )
+    ]
+    info = {
+        "relative_error": 0.0,
+        "iterations": 0,
+        "logit_relative_error": None if statistics is None else 0.0,
+    }
+    return (*factors, info, {})
+
+
+def _convert(source, statistics, options, path):
+    """One built CollaborativeAttention equal to `source` up to its rank.
+
+    `source`: a MultiHeadAttention or CollaborativeAttention layer;
     `statistics`: `None` (tensor-only) or the layer's `HeldOutStatistics`;
     `path` names the layer in errors and in the report.
     """
     start = time.perf_counter()
-    for variable in mha.weights:
+    for variable in source.weights:
         check_finite(
             keras.ops.convert_to_numpy(variable.value),
             "`obj` must have finite weights to be reparametrized.",
             f"obj whose attention layer {path!r} has {variable.path!r}",
         )
-    query_kernel = keras.ops.convert_to_numpy(mha._query_dense.kernel)
-    key_kernel = keras.ops.convert_to_numpy(mha._key_dense.kernel)
-    query_factor, mixing, key_factor, info, calibration = _decompose(
-        query_kernel, key_kernel, statistics, options
-    )
+    rank = options["rank"]
+    collaborative = isinstance(source, CollaborativeAttention)
+    if collaborative and rank >= source.shared_key_dim:
+        decomposition = _copied_factors(source, rank, statistics)
+    else:
+        decomposition = _decompose(*_head_kernels(source), statistics, options)
+    query_factor, mixing, key_factor, info, calibration = decomposition
 
-    rank, heads = options["rank"], query_kernel.shape[1]
-    config = mha.get_config()  # use_gate and sliding_window carry over
+    heads = source.num_heads
+    config = source.get_config()  # use_gate and sliding_window carry over
     config["shared_key_dim"] = rank
     # Weights are set below; the initializer only matters for a rebuild, and
     # block one-hot mixing needs at least one dimension per head.
     if rank < heads:
         config["mixing_initializer"] = "random_normal"
     layer = CollaborativeAttention.from_config(config)
-    layer.build(**mha._build_shapes_dict)
+    layer.build(**source._build_shapes_dict)
 
     assignments = [
         (layer._query_dense.kernel, query_factor),  # (d_q, R)
         (layer._key_dense.kernel, key_factor),  # (d_k, R)
         (layer.mixing, mixing),  # (H, R)
-        (layer._value_dense.kernel, mha._value_dense.kernel),
-        (layer._output_dense.kernel, mha._output_dense.kernel),
+        (layer._value_dense.kernel, source._value_dense.kernel),
+        (layer._output_dense.kernel, source._output_dense.kernel),
     ]
     if layer.use_gate:
         assignments += [
             (new, old)
-            for new, old in zip(layer._gate_dense.weights, mha._gate_dense.weights)
+            for new, old in zip(
+                layer._gate_dense.weights, source._gate_dense.weights
+            )
         ]
     if layer.use_bias:
-        query_bias = keras.ops.convert_to_numpy(mha._query_dense.bias)
-        # c_h = Wk_h bq_h: the only query/key bias term softmax keeps.
-        content_bias = np.einsum("jhk,hk->jh", key_kernel, query_bias)
+        if collaborative:
+            content_bias = source.content_bias
+        else:
+            key_kernel = keras.ops.convert_to_numpy(source._key_dense.kernel)
+            query_bias = keras.ops.convert_to_numpy(source._query_dense.bias)
+            # c_h = Wk_h bq_h: the only query/key bias term softmax keeps.
+            content_bias = np.einsum("jhk,hk->jh", key_kernel, query_bias)
         assignments += [
             (layer.content_bias, content_bias),  # (d_k, H)
-            (layer._value_dense.bias, mha._value_dense.bias),
-            (layer._output_dense.bias, mha._output_dense.bias),
+            (layer._value_dense.bias, source._value_dense.bias),
+            (layer._output_dense.bias, source._output_dense.bias),
         ]
     for variable, value in assignments:
         value = keras.ops.convert_to_numpy(value).astype(variable.dtype)
@@ -632,7 +697,7 @@ def _describe(data):
         return repr(data)[:200]
 
 
-def _layer_statistics(mha, calibration_data):
+def _layer_statistics(layer, calibration_data):
     """HeldOutStatistics of activations given for one layer."""
     _check_calibration_data(calibration_data)
     if isinstance(calibration_data, (tuple, list)):
@@ -640,7 +705,7 @@ def _layer_statistics(mha, calibration_data):
     else:
         query = key = calibration_data
     query, key = np.asarray(query), np.asarray(key)
-    statistics = _empty_statistics(mha, len(query) if query.ndim > 2 else 1)
+    statistics = _empty_statistics(layer, len(query) if query.ndim > 2 else 1)
     query_dim, key_dim = statistics.query_dim, statistics.key_dim
     if (
         query.ndim < 2
@@ -659,12 +724,12 @@ def _layer_statistics(mha, calibration_data):
     return statistics
 
 
-def _empty_statistics(mha, num_sequences):
-    """HeldOutStatistics sized for `mha`'s query and key features."""
-    # Kernels (d_q, H, dk) and (d_k, H, dk).
+def _empty_statistics(layer, num_sequences):
+    """HeldOutStatistics sized for `layer`'s query and key features."""
+    # Kernels (d_q, H, dk) and (d_k, H, dk), or (d_q, R) and (d_k, R).
     return HeldOutStatistics(
-        mha._query_dense.kernel.shape[0],
-        mha._key_dense.kernel.shape[0],
+        layer._query_dense.kernel.shape[0],
+        layer._key_dense.kernel.shape[0],
         num_sequences,
     )
 
