@@ -672,11 +672,13 @@ def test_zoo_collaborative_translator_compresses_and_saves(tmp_path):
         "decoder_padding_mask": np.array([[1] * 5, [1] * 3 + [0] * 2], "int32"),
     }
     expected = _numpy(model(inputs)["decoder_sequence_output"])
-    same, report = reparametrize(model, 32, verbose=False)
-    assert all(entry["relative_error"] == 0.0 for entry in report)
-    np.testing.assert_allclose(
-        _numpy(same(inputs)["decoder_sequence_output"]), expected, atol=1e-5
-    )
+    for rank in (32, 64):  # its own width or more: exact
+        wider, report = reparametrize(model, rank, verbose=False)
+        assert wider.shared_key_dim == rank
+        assert all(entry["relative_error"] == 0.0 for entry in report)
+        np.testing.assert_allclose(
+            _numpy(wider(inputs)["decoder_sequence_output"]), expected, atol=1e-5
+        )
 
     calibration = {k: np.tile(v, (16, 1)) for k, v in inputs.items()}  # 32 sequences
     smaller, report = reparametrize(model, 8, calibration_data=calibration, verbose=False)
