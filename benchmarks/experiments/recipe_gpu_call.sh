@@ -55,14 +55,7 @@ cp -r $TB_RECORDS/runs/* /tmp/tb/runs/ 2>/dev/null
 for run in ${TB_RETRAIN//,/ }; do rm -rf /tmp/tb/runs/$run /tmp/tb/runs/$run.log; done
 # What came with the tree does not go back: tb.tgz holds the runs (and logs) this call trained, and the tables.
 (cd /tmp/tb && ls -d runs/* 2>/dev/null) > /tmp/committed.txt
-# Many small processes compiling at once: no GEMM autotuning under contention, and cuBLAS instead of
-# Triton GEMM fusions (whose compiles took minutes on 2026-12-06). XLA aborts on a flag it does not
-# know, so each set is probed and the first that runs is kept.
-for flags in "--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false" "--xla_gpu_autotune_level=0" ""; do
-  export XLA_FLAGS="$flags"
-  python3 -c "import jax; print(jax.devices(), jax.numpy.ones(3).sum())" >> $L/flags.txt 2>&1 && break
-done
-echo "XLA_FLAGS=$XLA_FLAGS" >> $L/flags.txt
+. benchmarks/experiments/xla_flags.sh $L/flags.txt
 R=benchmarks/experiments/translation_recipe.py
 T=benchmarks/experiments/translation_bible.py
 (sleep $((S / 2)); nvidia-smi > $L/smi.txt) &

@@ -14,12 +14,7 @@ SCHEDULES=${SCHEDULES:-384:1e-3:4000:400,384:2e-3:4000:400,384:3e-3:4000:400,384
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 mkdir -p /tmp/sched
-# XLA aborts on a flag it does not know: the first set that runs is kept (benchmarks/NOTES.md).
-for flags in "--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false" "--xla_gpu_autotune_level=0" ""; do
-  export XLA_FLAGS="$flags"
-  python3 -c "import jax; print(jax.devices(), jax.numpy.ones(3).sum())" >> /tmp/sched/flags.txt 2>&1 && break
-done
-echo "XLA_FLAGS=$XLA_FLAGS" >> /tmp/sched/flags.txt
+. benchmarks/experiments/xla_flags.sh /tmp/sched/flags.txt
 (while sleep 45; do
   tar czf $OUT/schedules.tgz.new --exclude=checkpoints --exclude=model -C /tmp/sched . && mv $OUT/schedules.tgz.new $OUT/schedules.tgz
 done 2>/dev/null) &
