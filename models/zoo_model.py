@@ -526,15 +526,9 @@ def convert_attention(model, attention, shared_key_dim, calibration_data):
             "Received: attention='concatenate' for a preset with "
             f"attention={backbone.attention!r}"
         )
-    if backbone.attention == "concatenate" and backbone.shared_key_dim is not None:
-        raise ValueError(
-            "Only full-size concatenated heads convert to collaborative ones; "
-            "this preset has concatenated heads at a reduced key size. "
-            f"Received: attention='collaborative' for a preset with "
-            f"attention='concatenate', shared_key_dim={backbone.shared_key_dim}"
-        )
-    # The source's full width: concatenated heads' total key width, or a
-    # collaborative preset's shared key (a smaller one compresses it).
+    # The source's full width: concatenated heads' total key width (reduced
+    # or not), or a collaborative preset's shared key; at it or above, the
+    # conversion is exact, below it a lower-rank decomposition.
     full = backbone.shared_key_dim or backbone.hidden_dim
     rank = shared_key_dim or full
     if auto and rank < full and hasattr(backbone, "synthetic_inputs"):

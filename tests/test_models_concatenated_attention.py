@@ -152,8 +152,20 @@ def test_preset_key_size_changes_only_by_conversion_to_collaborative():
         "transformer_tiny", vocabulary_size=50, attention="concatenate", shared_key_dim=32
     )
     assert convert_attention(reduced, "concatenate", None, None) is reduced
-    with pytest.raises(ValueError, match="Only full-size concatenated heads convert"):
-        convert_attention(reduced, "collaborative", 32, None)
+    # Concatenated heads at a reduced key size (scores scaled by 1/sqrt(8), where the
+    # collaborative twin keeps the model's 1/sqrt(16)) convert exactly at their total width.
+    inputs = {
+        "encoder_token_ids": np.array([[5, 6, 7, 0]], "int32"),
+        "encoder_padding_mask": np.array([[1, 1, 1, 0]], "int32"),
+        "decoder_token_ids": np.array([[1, 8, 9]], "int32"),
+        "decoder_padding_mask": np.array([[1, 1, 1]], "int32"),
+    }
+    converted = convert_attention(reduced, "collaborative", None, None)
+    assert (converted.attention, converted.shared_key_dim) == ("collaborative", 32)
+    assert all(e["relative_error"] == 0.0 for e in converted.conversion_report)
+    np.testing.assert_allclose(converted(inputs)["decoder_sequence_output"],
+                               reduced(inputs)["decoder_sequence_output"], atol=1e-5)
+    assert convert_attention(reduced, "collaborative", 16, None).shared_key_dim == 16
 
 
 def test_cli_trains_the_reduced_key_baseline(tmp_path):

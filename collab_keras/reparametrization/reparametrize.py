@@ -2,6 +2,7 @@
 
 import contextlib
 import inspect
+import math
 import time
 import warnings
 
@@ -299,7 +300,7 @@ def _reparametrize_model(model, calibration_data, options, verbose):
         )
         report.append(entry)
         if switch:
-            targets[id(layer)].set_weights(new_layer.get_weights())
+            _assign_to_twin(targets[id(layer)], new_layer)
         elif attribute is None:
             graph_replacements[id(layer)] = new_layer
         else:
@@ -373,6 +374,23 @@ def _collaborative_twin(model, sites, rank):
         if layer.path in layers
     }
     return twin, targets
+
+
+def _assign_to_twin(target, layer):
+    """Sets `layer`'s weights (a conversion) into `target`, the rebuilt
+    model's layer at its path.
+
+    The twin scales its scores by `1 / sqrt(target.key_dim)`, the model's
+    per-head size; concatenated heads of a reduced key size scaled theirs by
+    `1 / sqrt(layer.key_dim)`. The mixing matrix and the content bias, the
+    two factors of every logit, take the ratio: the same logits.
+    """
+    target.set_weights(layer.get_weights())
+    ratio = math.sqrt(target.key_dim / layer.key_dim)
+    if ratio != 1.0:
+        for variable in (target.mixing, target.content_bias):
+            if variable is not None:
+                variable.assign(variable * ratio)
 
 
 def _attention_sites(root, subclasses=False):
