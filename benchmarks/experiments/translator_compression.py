@@ -89,7 +89,7 @@ def main(argv=None):
     _common.print_header("A collaborative translator compressed after training", env)
     os.makedirs(args.output_dir, exist_ok=True)
     source = preset.read_results(preset_folder(args.source), args.source)
-    rows = [row(source)]
+    rows = [{**row(source), "calibration": None, "relative_error": None}]  # the source itself
     for key_size in _integers(args.key_sizes):
         for count in _integers(args.calibration_examples):
             path = os.path.join(args.output_dir, record_name(key_size, count) + ".json")
