@@ -484,8 +484,9 @@ def _head_kernels(layer):
         return query_kernel, key_kernel
     mixing = keras.ops.convert_to_numpy(layer.mixing)
     query_kernel = query_kernel[:, None, :] * mixing[None]  # (d_q, H, k)
-    key_kernel = np.broadcast_to(key_kernel[:, None, :], query_kernel.shape)
-    return query_kernel, np.ascontiguousarray(key_kernel)  # (d_k, H, k)
+    heads = query_kernel.shape[1]
+    key_kernel = np.repeat(key_kernel[:, None, :], heads, axis=1)  # (d_k, H, k)
+    return query_kernel, key_kernel
 
 
 def _copied_factors(layer, rank, statistics):
