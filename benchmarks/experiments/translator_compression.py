@@ -32,6 +32,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
+from collab_keras.models.presets import resolve_preset  # noqa: E402
 from collab_keras.training import preset  # noqa: E402
 
 QUICK = {"key_sizes": "16,8", "calibration_examples": "0,64", "eval_examples": 8, "beam_width": 2}
@@ -88,7 +89,7 @@ def main(argv=None):
     env = _common.environment()
     _common.print_header("A collaborative translator compressed after training", env)
     os.makedirs(args.output_dir, exist_ok=True)
-    source = preset.read_results(preset_folder(args.source), args.source)
+    source = preset.read_results(resolve_preset(args.source), args.source)
     rows = [{**row(source), "calibration": None, "relative_error": None}]  # the source itself
     for key_size in _integers(args.key_sizes):
         for count in _integers(args.calibration_examples):
@@ -110,12 +111,6 @@ def main(argv=None):
     print()
     print(table(rows))
     return rows
-
-
-def preset_folder(name):
-    from collab_keras.models.presets import resolve_preset
-
-    return resolve_preset(name)
 
 
 if __name__ == "__main__":
